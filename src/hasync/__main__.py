@@ -1,0 +1,5 @@
+"""`python -m hasync`."""
+
+from hasync.cli import main
+
+main()

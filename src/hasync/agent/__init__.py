@@ -1,0 +1,1 @@
+"""The node agent: HTTP server, peer client, authentication."""

@@ -1,0 +1,174 @@
+"""The HTTP client one agent (or the CLI) uses to talk to an agent."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerUnreachable
+from hasync.protocol import API, FRAME_HEADER, MAX_FRAME, MSGPACK, F_DONE, pack, unpack
+
+_REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
+
+
+class AgentClient:
+    """Authenticated calls to one agent; every failure becomes a PeerError subclass."""
+
+    def __init__(self, base_url: str, token: str, timeout_s: float = 10.0, name: str = "peer") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+        self.timeout_s = timeout_s
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=8, force_close=False, enable_cleanup_closed=True),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _timeout(self, total: float | None) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=total, connect=self.timeout_s, sock_read=None if total is None else total)
+
+    def _map(self, exc: BaseException) -> PeerError:
+        where = f"{self.name} agent at {self.base_url}"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            os_errno = getattr(exc.os_error, "errno", None)
+            if os_errno in _REFUSED:
+                return PeerAgentDown(f"{where}: connection refused (host up, agent not running)")
+            return PeerUnreachable(f"{where}: {exc.os_error.strerror or exc.os_error}")
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            return PeerUnreachable(f"{where}: no answer within {self.timeout_s:g} s")
+        if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError)):
+            return PeerAgentDown(f"{where}: connection closed by the agent")
+        return PeerError(f"{where}: {exc}")
+
+    async def _check(self, resp: aiohttp.ClientResponse) -> None:
+        if resp.status == 200:
+            return
+        body = await resp.read()
+        try:
+            err = json.loads(body)["error"]
+            msg = f"{err['code']}: {err['message']}"
+        except (ValueError, KeyError, TypeError):
+            msg = body[:200].decode("utf-8", "replace")
+        if resp.status == 401:
+            raise AuthFailed(f"{self.name} agent at {self.base_url} rejected our token (HTTP 401)")
+        raise PeerError(f"{self.name} agent at {self.base_url}: HTTP {resp.status}: {msg}")
+
+    async def request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
+                      timeout: float | None = -1.0, as_json: bool = False) -> Any:
+        total = self.timeout_s if timeout == -1.0 else timeout
+        data = None if body is None else pack(body)
+        headers = {"Content-Type": MSGPACK} if data is not None else {}
+        try:
+            async with self.session.request(method, self.base_url + path, data=data, params=params,
+                                            headers=headers, timeout=self._timeout(total)) as resp:
+                await self._check(resp)
+                raw = await resp.read()
+        except PeerError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise self._map(exc) from exc
+        return json.loads(raw) if as_json else unpack(raw)
+
+    # -- the API (docs/protocol.md) -----------------------------------------
+    async def health(self) -> bool:
+        try:
+            async with self.session.get(self.base_url + "/healthz", timeout=self._timeout(self.timeout_s)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise self._map(exc) from exc
+
+    async def info(self, since: int | None = None) -> dict[str, Any]:
+        params = {"since": str(since)} if since is not None else None
+        result: dict[str, Any] = await self.request("GET", f"{API}/info", params=params)
+        return result
+
+    async def tree(self, dir_name: str, reldirs: list[bytes]) -> list[list[Any]]:
+        result: list[list[Any]] = await self.request("POST", f"{API}/tree", body={"dir": dir_name, "dirs": reldirs})
+        return result
+
+    async def changes(self, instance: str, since: int, wait_s: float) -> dict[str, Any]:
+        params = {"instance": instance, "since": str(since), "wait": f"{wait_s:g}"}
+        result: dict[str, Any] = await self.request("GET", f"{API}/changes", params=params, timeout=wait_s + self.timeout_s)
+        return result
+
+    async def status(self, brief: bool = False) -> dict[str, Any]:
+        params = {"brief": "1"} if brief else None
+        result: dict[str, Any] = await self.request("GET", f"{API}/status", params=params, as_json=True)
+        return result
+
+    async def files(self, dir_name: str, paths: list[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+        """The frames of a file stream, as (type, payload), ending with F_DONE."""
+        try:
+            async with self.session.post(
+                self.base_url + f"{API}/files", data=pack({"dir": dir_name, "paths": paths}),
+                headers={"Content-Type": MSGPACK},
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_read=self.timeout_s * 3),
+            ) as resp:
+                await self._check(resp)
+                reader = resp.content
+                buf = b""
+                pos = 0
+                while True:
+                    # Parse frames out of large reads: far fewer awaits than one per frame.
+                    while len(buf) - pos < 5:
+                        more = await reader.read(1 << 20)
+                        if not more:
+                            raise asyncio.IncompleteReadError(buf[pos:], None)
+                        buf = buf[pos:] + more
+                        pos = 0
+                    kind, n = FRAME_HEADER.unpack_from(buf, pos)
+                    if n > MAX_FRAME:
+                        raise PeerError(f"{self.name} agent sent a frame of {n} bytes")
+                    while len(buf) - pos < 5 + n:
+                        more = await reader.read(max(1 << 20, 5 + n - (len(buf) - pos)))
+                        if not more:
+                            raise asyncio.IncompleteReadError(buf[pos:], 5 + n)
+                        buf = buf[pos:] + more
+                        pos = 0
+                    payload = buf[pos + 5:pos + 5 + n]
+                    pos += 5 + n
+                    yield kind, payload
+                    if kind == F_DONE:
+                        return
+        except PeerError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
+            raise self._map(exc) from exc
+
+    async def stream_json(self, method: str, path: str, params: dict[str, str] | None = None,
+                          timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """NDJSON events of a long operation (e.g. a sync run by the agent)."""
+        try:
+            async with self.session.request(method, self.base_url + path, params=params,
+                                            timeout=self._timeout(timeout)) as resp:
+                await self._check(resp)
+                async for line in resp.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except PeerError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise self._map(exc) from exc

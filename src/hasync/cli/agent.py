@@ -1,0 +1,24 @@
+"""`hasync agent`: run the node agent in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import click
+
+from hasync.cli import main
+from hasync.cli.common import config_option, handle_errors
+
+
+@main.command()
+@config_option
+@handle_errors
+def agent(config_path: str) -> None:
+    """Run this node's agent in the foreground; SIGTERM or Ctrl-C stops it within 5 s."""
+    import asyncio
+
+    from hasync import halog
+    from hasync.agent.server import Agent
+    from hasync.config import load
+
+    cfg = load(config_path)
+    halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level)
+    asyncio.run(Agent(cfg).run())

@@ -1,0 +1,74 @@
+"""`hasync status`: role, peer reachability, sync state, lag, pending items, alarms."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from hasync.cli import main
+from hasync.cli.common import config_option, handle_errors, json_option, print_json
+
+
+@main.command()
+@config_option
+@json_option
+@handle_errors
+def status(config_path: str, as_json: bool) -> None:
+    """Show this node's role and the pair's sync state."""
+    import asyncio
+
+    from hasync.config import load
+
+    cfg = load(config_path)
+    doc = asyncio.run(_status(cfg))
+    if as_json:
+        print_json(doc)
+    else:
+        _print(doc)
+    sys.exit(0)
+
+
+async def _status(cfg: Any) -> dict[str, Any]:
+    from hasync.agent.client import AgentClient
+    from hasync.errors import PeerAgentDown, PeerError
+    from hasync.roles import provider
+
+    async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as local:
+        try:
+            doc: dict[str, Any] = await local.status()
+            return doc
+        except PeerAgentDown:
+            pass
+    role = "active" if provider(cfg).active_node() == cfg.node.name else "standby"
+    doc = {"node": cfg.node.name, "hostname": cfg.node.hostname, "role": role, "peer": cfg.peer.name,
+           "agent_running": False, "peer_reachable": None, "in_sync": None, "lag_s": None, "last_sync_at": None,
+           "pending": None, "cause": None, "errors": [], "alarms": []}
+    async with AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, name=cfg.peer.name) as peer:
+        try:
+            await peer.info()
+            doc["peer_reachable"] = True
+        except PeerError as exc:
+            doc["peer_reachable"] = False
+            doc["peer_error"] = {"cause": exc.cause.value, "message": exc.message}
+    return doc
+
+
+def _print(d: dict[str, Any]) -> None:
+    def yn(v: Any) -> str:
+        return "unknown" if v is None else ("yes" if v else "no")
+
+    click.echo(f"node        {d['node']} ({d['role']}){'' if d.get('agent_running') else '  -- agent NOT running'}")
+    click.echo(f"peer        {d['peer']}  reachable: {yn(d.get('peer_reachable'))}")
+    if d.get("peer_error"):
+        click.echo(f"            {d['peer_error']['cause']}: {d['peer_error']['message']}")
+    click.echo(f"in sync     {yn(d.get('in_sync'))}" + (f"  cause: {d['cause']}" if d.get("cause") else ""))
+    lag = d.get("lag_s")
+    click.echo(f"lag         {'-' if lag is None else f'{lag:.1f} s'}")
+    click.echo(f"last sync   {d.get('last_sync_at') or '-'}")
+    click.echo(f"pending     {'-' if d.get('pending') is None else d['pending']}")
+    for e in d.get("errors", [])[:20]:
+        click.echo(f"  error     {e['dir']}/{e['path']}: {e['cause']}: {e['reason']}")
+    alarms = d.get("alarms", [])
+    click.echo(f"alarms      {len(alarms)} active")

@@ -1,0 +1,190 @@
+"""File-system helpers: atomic writes, temp names, path validation, dir fds, flushes."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from hasync.errors import PathRefused
+
+# Every temp file hasync creates starts with this; scanners skip it, start-up removes it.
+TMP_PREFIX = ".hasync-tmp-"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def tmp_name() -> str:
+    return TMP_PREFIX + secrets.token_hex(8)
+
+
+def is_tmp_name(name: str) -> bool:
+    return name.startswith(TMP_PREFIX)
+
+
+def validate_relpath(path: str) -> str:
+    """Return `path` if it is a safe relative POSIX path, else raise PathRefused.
+
+    Refused: empty, absolute, any ``..`` or ``.`` component, empty components,
+    NUL bytes, and our own temp-file names.
+    """
+    if not path:
+        raise PathRefused("empty path")
+    if "\0" in path:
+        raise PathRefused(f"path {path!r} contains NUL")
+    if path.startswith("/"):
+        raise PathRefused(f"path {path!r} is absolute")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise PathRefused(f"path {path!r} has a {part or 'empty'!r} component")
+        if is_tmp_name(part):
+            raise PathRefused(f"path {path!r} uses the reserved temp prefix")
+    return path
+
+
+def fsync_fd(fd: int) -> None:
+    os.fsync(fd)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole file system holding `fd` (one flush for a batch of files)."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` so that a crash leaves the old or the new file, never a mix."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / tmp_name()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_enoent():
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: Path | str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _suppress_enoent:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> bool:
+        return isinstance(ev, FileNotFoundError)
+
+
+def remove_temp_files(root: Path) -> int:
+    """Remove leftover temp files under `root` (not following symlinks); return the count."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            if is_tmp_name(name):
+                full = os.path.join(dirpath, name)
+                try:
+                    if os.path.isdir(full) and not os.path.islink(full):
+                        shutil.rmtree(full)
+                    else:
+                        os.unlink(full)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        dirnames[:] = [d for d in dirnames if not is_tmp_name(d)]
+    return removed
+
+
+class DirFds:
+    """Directory fds opened component by component with O_NOFOLLOW.
+
+    Every write on the standby goes through a directory fd from here, so a
+    symlinked parent can never redirect a write outside the sync dir, even if
+    it is swapped in between check and use.
+    """
+
+    _FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fds: dict[str, int] = {}
+
+    def __enter__(self) -> DirFds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def forget(self, reldir: str) -> None:
+        """Drop cached fds of `reldir` and below (after it was removed or replaced)."""
+        prefix = reldir + "/"
+        for key in [k for k in self._fds if k == reldir or k.startswith(prefix)]:
+            os.close(self._fds.pop(key))
+
+    def get(self, reldir: str, create: bool = False) -> int:
+        """The fd of directory `reldir` ('' for the root), creating missing parts if asked."""
+        fd = self._fds.get(reldir)
+        if fd is not None:
+            return fd
+        if reldir == "":
+            fd = os.open(self.root, self._FLAGS)
+        else:
+            parent, _, name = reldir.rpartition("/")
+            pfd = self.get(parent, create)
+            try:
+                fd = os.open(name, self._FLAGS, dir_fd=pfd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(name, 0o700, dir_fd=pfd)
+                fd = os.open(name, self._FLAGS, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise PathRefused(f"{reldir!r}: a parent is not a real directory") from exc
+                raise
+        self._fds[reldir] = fd
+        return fd
+
+    def fds(self) -> Iterator[int]:
+        return iter(self._fds.values())
+
+
+def split(relpath: str) -> tuple[str, str]:
+    parent, _, name = relpath.rpartition("/")
+    return parent, name
+
+
+def free_bytes(path: Path) -> tuple[int, int]:
+    """(free bytes for an unprivileged user, total bytes) of the file system holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def perm_bits(mode: int) -> int:
+    return stat.S_IMODE(mode)

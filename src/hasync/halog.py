@@ -1,0 +1,113 @@
+"""The HA run log (SPEC §8): one line per event, size-rotated to gzip files."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import logging.handlers
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+LOG_NAME = "ha.log"
+ROTATED_RE = re.compile(r"ha\.log\.(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})(?:-\d+)?\.gz")
+LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+
+
+def utc_offset() -> str:
+    off = time.strftime("%z", time.localtime())
+    return f"{off[:3]}:{off[3:]}"
+
+
+def kv(**fields: Any) -> str:
+    """Render key=value pairs for a log line; values with spaces are quoted."""
+    out = []
+    for k, v in fields.items():
+        s = str(v)
+        if not s or any(c.isspace() for c in s) or '"' in s:
+            s = '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        out.append(f"{k}={s}")
+    return " ".join(out)
+
+
+class HaFormatter(logging.Formatter):
+    """``YYYY-MM-DD HH:MM:SS,mmm LEVEL [component] message key=value ...`` in local time."""
+
+    def __init__(self) -> None:
+        super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = f"{self.formatTime(record, self.datefmt)},{int(record.msecs):03d}"
+        level = LEVELS.get(record.levelname, record.levelname)
+        component = record.name.rpartition(".")[2]
+        line = f"{when} {level} [{component}] {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class HaLogHandler(logging.handlers.RotatingFileHandler):
+    """Rotates ``ha.log`` by size to ``ha.log.YYYY-MM-DD_HH-MM-SS.gz``, keeping `backup_count` files."""
+
+    def __init__(self, log_dir: Path, max_bytes: int, backup_count: int) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = log_dir
+        super().__init__(log_dir / LOG_NAME, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        self.setFormatter(HaFormatter())
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        stream = super()._open()
+        if stream.tell() == 0:
+            stream.write(f"# hasync HA run log; times are local, UTC offset {utc_offset()}\n")
+            stream.flush()
+        return stream
+
+    def doRollover(self) -> None:
+        if self.stream:
+            self.stream.close()
+            self.stream = None  # type: ignore[assignment]
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime())
+        target = self.log_dir / f"{LOG_NAME}.{stamp}.gz"
+        n = 0
+        while target.exists():
+            n += 1
+            target = self.log_dir / f"{LOG_NAME}.{stamp}-{n}.gz"
+        src = Path(self.baseFilename)
+        if src.exists():
+            tmp = target.with_name(".hasync-tmp-" + target.name)
+            with open(src, "rb") as fin, gzip.open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            os.replace(tmp, target)
+            src.unlink()
+        rotated = rotated_logs(self.log_dir)
+        for old in rotated[: max(0, len(rotated) - self.backupCount)]:
+            old.unlink(missing_ok=True)
+        self.stream = self._open()
+
+
+def rotated_logs(log_dir: Path) -> list[Path]:
+    """Rotated logs, oldest first."""
+    try:
+        names = [n for n in os.listdir(log_dir) if ROTATED_RE.fullmatch(n)]
+    except FileNotFoundError:
+        return []
+    return [log_dir / n for n in sorted(names)]
+
+
+def setup(log_dir: Path, max_bytes: int, backup_count: int, level: str = "INFO", stderr: bool = True) -> None:
+    """Route the ``hasync`` loggers to the HA run log (and to stderr for a foreground agent)."""
+    root = logging.getLogger("hasync")
+    root.setLevel(logging.DEBUG if level == "DEBUG" else getattr(logging, {"WARN": "WARNING"}.get(level, level)))
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    root.addHandler(HaLogHandler(log_dir, max_bytes, backup_count))
+    if stderr:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(HaFormatter())
+        root.addHandler(console)
+    root.propagate = False

@@ -1,0 +1,398 @@
+"""Manifests: scan a sync dir into entries, cache hashes, keep Merkle dir hashes, diff two trees."""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import blake3
+import msgpack
+
+from hasync.errors import Cause, cause_of_oserror, is_junk
+from hasync.fsutil import atomic_write, is_tmp_name
+
+CHUNK = 1 << 20
+# A file modified this recently may change again within the same mtime tick:
+# its hash is not trusted from the cache (git's "racy clean" rule).
+RACY_NS = 2_000_000_000
+
+FILE, DIR, LINK, ERROR = "f", "d", "l", "e"
+
+
+class Entry(NamedTuple):
+    """One path of a sync dir. `digest` is the BLAKE3 of a file's content."""
+
+    kind: str
+    mode: int
+    size: int = 0
+    mtime_ns: int = 0
+    digest: bytes = b""
+    link: str = ""
+    uid: int = 0
+    gid: int = 0
+    ino: int = 0  # local cache key only; 0 = do not trust the cached digest
+    error: str = ""  # kind ERROR: "<cause>: <message>"
+
+    @property
+    def cause(self) -> Cause | None:
+        if self.kind != ERROR:
+            return None
+        return Cause(self.error.partition(":")[0])
+
+
+def same(a: Entry | None, b: Entry | None, with_owner: bool) -> bool:
+    """Whether two entries are equal in the sense of the spec (content, type, mode[, owner])."""
+    if a is None or b is None:
+        return a is b
+    if a.kind != b.kind or a.mode != b.mode:
+        return False
+    if with_owner and (a.uid != b.uid or a.gid != b.gid):
+        return False
+    if a.kind == FILE:
+        return a.digest == b.digest
+    if a.kind == LINK:
+        return a.link == b.link
+    if a.kind == ERROR:
+        return a.error == b.error
+    return True
+
+
+def _record(name: str, e: Entry, with_owner: bool) -> bytes:
+    parts = [os.fsencode(name), e.kind.encode(), b"%o" % e.mode]
+    if e.kind == FILE:
+        parts.append(e.digest)
+    elif e.kind == LINK:
+        parts.append(os.fsencode(e.link))
+    elif e.kind == ERROR:
+        parts.append(e.error.encode())
+    if with_owner:
+        parts.append(b"%d:%d" % (e.uid, e.gid))
+    return b"\0".join(parts)
+
+
+class Excluder:
+    """rsync-like globs: a pattern without '/' matches a name at any depth,
+    a pattern with '/' matches the path from the sync dir's root."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        names = [p for p in patterns if "/" not in p.strip("/")]
+        paths = [p.strip("/") for p in patterns if "/" in p.strip("/")]
+        self._name = re.compile("|".join(fnmatch.translate(p) for p in names)) if names else None
+        self._path = re.compile("|".join(fnmatch.translate(p) for p in paths)) if paths else None
+
+    def __call__(self, relpath: str, name: str) -> bool:
+        if self._name is not None and self._name.match(name):
+            return True
+        return self._path is not None and self._path.match(relpath) is not None
+
+
+class FileChanged(Exception):
+    """The file changed while it was read; read it again later."""
+
+
+def hash_fd(fd: int) -> tuple[bytes, os.stat_result]:
+    """BLAKE3 of an open file, refusing a result if the file changed during the read."""
+    before = os.fstat(fd)
+    h = blake3.blake3()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = os.readv(fd, [buf])
+        if not n:
+            break
+        h.update(view[:n])
+    after = os.fstat(fd)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        raise FileChanged()
+    return h.digest(), after
+
+
+def error_entry(name: str, st: os.stat_result, exc: OSError) -> Entry:
+    """An entry for a path the scanner could not read, with the spec's cause."""
+    mode = stat.S_IMODE(st.st_mode)
+    cause = cause_of_oserror(exc)
+    if cause is Cause.PERMISSION_DENIED and stat.S_ISREG(st.st_mode) and is_junk(name, st.st_size, mode):
+        cause = Cause.JUNK_FILE
+    return Entry(
+        ERROR, mode, st.st_size, st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+        error=f"{cause.value}: {exc.strerror or exc}",
+    )
+
+
+def stat_entry(name: str, st: os.stat_result, read: Callable[[], tuple[bytes, os.stat_result]] | None,
+               link: Callable[[], str], prev: Entry | None, now_ns: int) -> Entry | None:
+    """Build the entry for one stat result; hash files only when the cache cannot answer."""
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(DIR, mode, uid=st.st_uid, gid=st.st_gid, ino=st.st_ino)
+    if stat.S_ISLNK(st.st_mode):
+        return Entry(LINK, mode, st.st_size, st.st_mtime_ns, link=link(), uid=st.st_uid, gid=st.st_gid)
+    if not stat.S_ISREG(st.st_mode):
+        return None  # fifos, sockets and devices are not synchronized
+    if (prev is not None and prev.kind == FILE and prev.ino == st.st_ino and prev.ino
+            and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns):
+        digest = prev.digest
+    else:
+        assert read is not None
+        digest, st = read()
+    ino = st.st_ino if now_ns - st.st_mtime_ns > RACY_NS else 0
+    return Entry(FILE, mode, st.st_size, st.st_mtime_ns, digest, uid=st.st_uid, gid=st.st_gid, ino=ino)
+
+
+def read_file_entry(dir_fd: int | None, path: str) -> tuple[bytes, os.stat_result]:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Tree:
+    """All entries of one sync dir, by directory, with lazily computed Merkle hashes.
+
+    `dirs` maps a directory's relative path ('' is the root) to its children by
+    name. A directory's hash covers its children's records and, recursively,
+    their hashes, so equal root hashes mean equal trees.
+    """
+
+    with_owner: bool = False
+    dirs: dict[str, dict[str, Entry]] = field(default_factory=lambda: {"": {}})
+    _hashes: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    # -- access ------------------------------------------------------------
+    def get(self, relpath: str) -> Entry | None:
+        parent, _, name = relpath.rpartition("/")
+        kids = self.dirs.get(parent)
+        return kids.get(name) if kids is not None else None
+
+    def children(self, reldir: str) -> dict[str, Entry]:
+        return self.dirs.get(reldir, {})
+
+    def __len__(self) -> int:
+        return sum(len(k) for k in self.dirs.values())
+
+    def items(self, top: str = "") -> Iterator[tuple[str, Entry]]:
+        """Every (relpath, entry) below directory `top`, parents before children."""
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            for name, e in sorted(self.dirs.get(d, {}).items()):
+                rel = f"{d}/{name}" if d else name
+                yield rel, e
+                if e.kind == DIR:
+                    stack.append(rel)
+
+    def errors(self) -> list[tuple[str, Entry]]:
+        return [(p, e) for p, e in self.items() if e.kind == ERROR]
+
+    # -- mutation ----------------------------------------------------------
+    def _dirty(self, reldir: str) -> None:
+        # An uncached dir has uncached ancestors, so the walk up can stop there.
+        while self._hashes.pop(reldir, None) is not None and reldir:
+            reldir = reldir.rpartition("/")[0]
+
+    def put(self, relpath: str, entry: Entry) -> None:
+        parent, _, name = relpath.rpartition("/")
+        old = self.dirs.setdefault(parent, {}).get(name)
+        if old is not None and old.kind == DIR and entry.kind != DIR:
+            self._drop_subtree(relpath)
+        self.dirs[parent][name] = entry
+        if entry.kind == DIR:
+            self.dirs.setdefault(relpath, {})
+        self._dirty(parent)
+        if entry.kind == DIR:
+            self._hashes.pop(relpath, None)
+
+    def remove(self, relpath: str) -> Entry | None:
+        parent, _, name = relpath.rpartition("/")
+        kids = self.dirs.get(parent)
+        if kids is None or name not in kids:
+            return None
+        old = kids.pop(name)
+        if old.kind == DIR:
+            self._drop_subtree(relpath)
+        self._dirty(parent)
+        return old
+
+    def _drop_subtree(self, reldir: str) -> None:
+        prefix = reldir + "/"
+        for d in [d for d in self.dirs if d == reldir or d.startswith(prefix)]:
+            del self.dirs[d]
+            self._hashes.pop(d, None)
+
+    def set_with_owner(self, with_owner: bool) -> None:
+        if with_owner != self.with_owner:
+            self.with_owner = with_owner
+            self._hashes.clear()
+
+    # -- Merkle hashes -----------------------------------------------------
+    def dir_hash(self, reldir: str = "") -> bytes:
+        cached = self._hashes.get(reldir)
+        if cached is not None:
+            return cached
+        h = blake3.blake3()
+        for name in sorted(self.dirs.get(reldir, {})):
+            e = self.dirs[reldir][name]
+            h.update(_record(name, e, self.with_owner))
+            if e.kind == DIR:
+                h.update(self.dir_hash(f"{reldir}/{name}" if reldir else name))
+            h.update(b"\n")
+        digest = h.digest(16)
+        self._hashes[reldir] = digest
+        return digest
+
+    def root_hash(self) -> bytes:
+        return self.dir_hash("")
+
+    # -- persistence (the hash cache) --------------------------------------
+    def dump(self) -> bytes:
+        rows = [[rel, *e] for rel, e in self.items()]
+        return msgpack.packb({"v": 1, "with_owner": self.with_owner, "rows": rows}, use_bin_type=True)
+
+    @classmethod
+    def loads(cls, data: bytes) -> Tree:
+        doc = msgpack.unpackb(data, raw=False)
+        tree = cls(with_owner=bool(doc.get("with_owner")))
+        for row in doc["rows"]:
+            tree.put(row[0], Entry(*row[1:]))
+        return tree
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, self.dump())
+
+    @classmethod
+    def load(cls, path: Path) -> Tree | None:
+        try:
+            return cls.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return None  # a damaged cache only costs a re-hash
+
+
+def scan(root: Path, exclude: Excluder, previous: Tree | None = None, with_owner: bool = False,
+         subdir: str = "") -> Tree:
+    """Scan `root` (or its `subdir`) into a Tree, reusing digests from `previous` by
+    (inode, size, mtime). An unreadable path becomes an ERROR entry, never an exception;
+    a missing root raises FileNotFoundError."""
+    tree = Tree(with_owner=with_owner)
+    now = time.time_ns()
+    top = root / subdir if subdir else root
+    if not top.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "sync directory does not exist", str(top))
+    stack: list[str] = [subdir]
+    while stack:
+        reldir = stack.pop()
+        tree.dirs.setdefault(reldir, {})
+        absdir = os.path.join(root, reldir) if reldir else str(root)
+        try:
+            it = os.scandir(absdir)
+        except OSError as exc:
+            # The directory itself is listed but not readable.
+            parent, _, name = reldir.rpartition("/")
+            try:
+                st = os.lstat(absdir)
+            except OSError:
+                continue
+            tree.dirs.setdefault(parent, {})[name] = error_entry(name, st, exc)
+            tree.dirs.pop(reldir, None)
+            continue
+        kids = tree.dirs[reldir]
+        with it:
+            for de in it:
+                name = de.name
+                if is_tmp_name(name):
+                    continue
+                rel = f"{reldir}/{name}" if reldir else name
+                if exclude(rel, name):
+                    continue
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                prev = previous.get(rel) if previous is not None else None
+                full = de.path
+                try:
+                    e = stat_entry(name, st, lambda: read_file_entry(None, full), lambda: os.readlink(full), prev, now)
+                except FileNotFoundError:
+                    continue
+                except FileChanged:
+                    e = Entry(FILE, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, b"", ino=0,
+                              uid=st.st_uid, gid=st.st_gid)
+                except OSError as exc:
+                    e = error_entry(name, st, exc)
+                if e is None:
+                    continue
+                kids[name] = e
+                if e.kind == DIR:
+                    stack.append(rel)
+    return tree
+
+
+@dataclass
+class Plan:
+    """What the standby must do so that its tree equals the active's."""
+
+    fetch: list[str] = field(default_factory=list)  # regular files to transfer
+    make: list[tuple[str, Entry]] = field(default_factory=list)  # dirs and links, parents first
+    chmod: list[tuple[str, Entry]] = field(default_factory=list)  # metadata-only changes
+    delete: list[str] = field(default_factory=list)  # deepest first
+    errors: list[tuple[str, Entry]] = field(default_factory=list)  # unreadable on the active
+
+    def __bool__(self) -> bool:
+        return bool(self.fetch or self.make or self.chmod or self.delete or self.errors)
+
+
+def compare_entry(rel: str, want: Entry | None, have: Entry | None, with_owner: bool, plan: Plan) -> bool:
+    """Add what turns `have` into `want` to `plan`; return True when `rel` is a dir to descend."""
+    if want is None:
+        if have is not None:
+            plan.delete.append(rel)
+        return False
+    if want.kind == ERROR:
+        plan.errors.append((rel, want))
+        return False
+    if have is not None and have.kind != want.kind:
+        if have.kind != ERROR:
+            plan.delete.append(rel)
+        have = None
+    if want.kind == DIR:
+        if have is None:
+            plan.make.append((rel, want))
+        elif not same(want, have, with_owner):
+            plan.chmod.append((rel, want))
+        return True
+    if same(want, have, with_owner):
+        return False
+    if want.kind == LINK:
+        plan.make.append((rel, want))
+    elif have is not None and have.digest == want.digest:
+        plan.chmod.append((rel, want))
+    else:
+        plan.fetch.append(rel)
+    return False
+
+
+def diff(want: Tree, have: Tree, reldir: str = "", plan: Plan | None = None) -> Plan:
+    """The plan that turns `have` into `want`, descending only where Merkle hashes differ."""
+    plan = plan if plan is not None else Plan()
+    with_owner = want.with_owner
+    if want.dirs.get(reldir) is not None and have.dirs.get(reldir) is not None and \
+            want.dir_hash(reldir) == have.dir_hash(reldir):
+        return plan
+    wk, hk = want.children(reldir), have.children(reldir)
+    for name in sorted(wk.keys() | hk.keys()):
+        rel = f"{reldir}/{name}" if reldir else name
+        if compare_entry(rel, wk.get(name), hk.get(name), with_owner, plan):
+            diff(want, have, rel, plan)
+    plan.delete.sort(key=lambda p: (-p.count("/"), p))
+    return plan

@@ -1,0 +1,392 @@
+"""The active role: keeps its trees current from file-system events and serves them.
+
+The active never writes to its sync dirs. It scans each sync dir once at
+start (reusing cached digests), then follows inotify events through
+watchfiles: each event re-stats the path, re-hashes it if its (inode, size,
+mtime) changed, and when the entry really changed it bumps the change
+sequence `seq` and wakes the standby's long-poll. A periodic full rescan
+catches anything the events missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import secrets
+import stat
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import watchfiles
+
+from hasync.config import Config, SyncDir
+from hasync.errors import Cause, PathRefused, cause_of_oserror, is_junk
+from hasync.fsutil import DirFds, is_tmp_name
+from hasync.halog import kv
+from hasync.manifest import (
+    CHUNK, DIR, Entry, Excluder, FileChanged, Tree, diff, read_file_entry, same, scan, stat_entry,
+)
+from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, enc_path, frame, pack
+from hasync.replication.base import Side
+
+log = logging.getLogger("hasync.active")
+
+MAX_LOG = 200_000
+BIG_FILE = 4 << 20
+FLUSH_AT = 256 << 10
+
+
+class ActiveSide(Side):
+    """Serves trees, change feed and file contents to the standby."""
+
+    role = "active"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.instance = secrets.token_hex(8)
+        self.seq = 0
+        self._log: deque[tuple[int, str, str, float]] = deque()
+        self._floor = 0  # changes at or below this seq are no longer in the log
+        self._wake = asyncio.Event()
+        self._scanning: set[str] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watched: tuple[Path, ...] = ()
+        self.with_owner = cfg.is_root
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        await self.rescan_all(initial=True)
+        self._tasks.append(asyncio.create_task(self._periodic_rescan(), name="rescan"))
+        self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
+        self._restart_watcher()
+
+    async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        await super().stop()
+
+    def _restart_watcher(self) -> None:
+        roots = tuple(d.path for d in self.cfg.sync.dirs if self.trees.get(d.name) is not None)
+        if roots == self._watched and self._watch_task is not None and not self._watch_task.done():
+            return
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        self._watched = roots
+        if roots:
+            self._watch_task = asyncio.create_task(self._watch(roots), name="watch")
+
+    async def _watch(self, roots: tuple[Path, ...]) -> None:
+        # step: how long to wait for more events after the first before yielding.
+        # Small, so that one changed file reaches the standby in milliseconds.
+        try:
+            async for changes in watchfiles.awatch(
+                *roots, watch_filter=None, debounce=200, step=5, stop_event=self._stop_event,
+                rust_timeout=1000, yield_on_timeout=False, recursive=True,
+            ):
+                await self.refresh(Path(p) for _, p in changes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the watcher died (e.g. a root was removed): rescan will restart it
+            log.error("file watcher stopped %s", kv(error=exc))
+            self._watched = ()
+
+    async def _periodic_rescan(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.sync.full_reconcile_s)
+            await self.rescan_all()
+
+    async def _periodic_save(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            await asyncio.to_thread(self.save_caches)
+
+    # -- keeping the trees current ----------------------------------------
+    async def rescan_all(self, initial: bool = False) -> None:
+        """Full rescan of every sync dir; record what changed since the last look."""
+        self._scanning = set()
+        try:
+            for d in self.cfg.sync.dirs:
+                cur = self.trees.get(d.name)
+                new = await asyncio.to_thread(self._scan_dir, d, cur)
+                if new is None:
+                    if cur is not None or initial:
+                        log.error("sync dir missing %s", kv(dir=d.name, path=d.path, cause=Cause.SOURCE_MISSING))
+                    self.trees[d.name] = None
+                    if cur is not None:
+                        self._record(d.name, "")
+                    continue
+                if cur is None:
+                    self.trees[d.name] = new
+                    self._record(d.name, "")
+                    if not initial:
+                        log.info("sync dir back %s", kv(dir=d.name, path=d.path))
+                    continue
+                plan = diff(new, cur)
+                self.trees[d.name] = new
+                for rel in [*plan.fetch, *(p for p, _ in plan.make), *(p for p, _ in plan.chmod),
+                            *plan.delete, *(p for p, _ in plan.errors)]:
+                    self._record(d.name, rel)
+                if not initial and plan:
+                    log.warning("rescan found changes the events missed %s", kv(dir=d.name, paths=len(self._pending_paths(plan))))
+            touched, self._scanning = self._scanning, None
+            if touched:
+                await self.refresh(Path(p) for p in touched)
+        finally:
+            self._scanning = None
+        self._restart_watcher()
+
+    @staticmethod
+    def _pending_paths(plan: object) -> list[str]:
+        from hasync.manifest import Plan
+
+        assert isinstance(plan, Plan)
+        return [*plan.fetch, *(p for p, _ in plan.make), *(p for p, _ in plan.chmod), *plan.delete]
+
+    def _scan_dir(self, d: SyncDir, previous: Tree | None) -> Tree | None:
+        prev = previous if previous is not None else Tree.load(self.cache_path(d.name))
+        try:
+            return scan(d.path, self.excluder, prev, self.with_owner)
+        except FileNotFoundError:
+            return None
+
+    def _locate(self, path: Path) -> tuple[SyncDir, str] | None:
+        sp = str(path)
+        for d in self.cfg.sync.dirs:
+            root = str(d.path)
+            if sp == root:
+                return d, ""
+            if sp.startswith(root + "/"):
+                return d, sp[len(root) + 1:]
+        return None
+
+    def _ignored(self, rel: str) -> bool:
+        parts = rel.split("/")
+        for i, name in enumerate(parts):
+            if is_tmp_name(name) or self.excluder("/".join(parts[: i + 1]), name):
+                return True
+        return False
+
+    async def refresh(self, paths: Iterable[Path]) -> None:
+        """Re-read the given absolute paths after file-system events."""
+        todo: dict[tuple[str, str], SyncDir] = {}
+        for p in paths:
+            hit = self._locate(p)
+            if hit is None:
+                continue
+            d, rel = hit
+            if rel and self._ignored(rel):
+                continue
+            if self._scanning is not None:
+                self._scanning.add(str(p))
+            todo[(d.name, rel)] = d
+        # Parents before children, so a new directory is merged as a whole once.
+        for (name, rel), d in sorted(todo.items(), key=lambda kv_: kv_[0][1].count("/")):
+            tree = self.trees.get(name)
+            if tree is None or rel == "":
+                if (tree is None) != (not d.path.is_dir()):
+                    await self.rescan_all()
+                continue
+            await self._refresh_one(d, tree, rel)
+
+    async def _refresh_one(self, d: SyncDir, tree: Tree, rel: str) -> None:
+        parent = tree.get(rel.rpartition("/")[0]) if "/" in rel else None
+        if "/" in rel and (parent is None or parent.kind != DIR):
+            return  # its parent is unknown: the parent's own event brings it in
+        full = d.path / rel
+        old = tree.get(rel)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            if tree.remove(rel) is not None:
+                self._record(d.name, rel)
+            return
+        except OSError as exc:
+            log.warning("cannot stat %s", kv(dir=d.name, path=rel, error=exc.strerror))
+            return
+        name = rel.rpartition("/")[2]
+        if stat.S_ISDIR(st.st_mode) and (old is None or old.kind != DIR):
+            sub = await asyncio.to_thread(self._scan_subtree, d, rel)
+            if sub is not None:
+                self._merge(d.name, tree, rel, st, sub)
+            return
+        read = lambda: read_file_entry(None, str(full))  # noqa: E731
+        try:
+            if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE and not self._cached(old, st):
+                new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", old, time.time_ns())
+            else:
+                new = stat_entry(name, st, read, lambda: os.readlink(full), old, time.time_ns())
+        except FileNotFoundError:
+            if tree.remove(rel) is not None:
+                self._record(d.name, rel)
+            return
+        except FileChanged:
+            return  # it is being written: its next event brings it
+        except OSError as exc:
+            from hasync.manifest import error_entry
+
+            new = error_entry(name, st, exc)
+        if new is None:
+            if tree.remove(rel) is not None:
+                self._record(d.name, rel)
+            return
+        tree.put(rel, new)
+        if not same(old, new, self.with_owner):
+            self._record(d.name, rel)
+            if new.kind == "e" and (old is None or old.kind != "e"):
+                log.error("cannot read file %s", kv(dir=d.name, path=rel, cause=new.error))
+
+    @staticmethod
+    def _cached(old: Entry | None, st: os.stat_result) -> bool:
+        return old is not None and old.ino == st.st_ino and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
+
+    def _scan_subtree(self, d: SyncDir, rel: str) -> Tree | None:
+        try:
+            return scan(d.path, self.excluder, None, self.with_owner, subdir=rel)
+        except FileNotFoundError:
+            return None
+
+    def _merge(self, name: str, tree: Tree, rel: str, st: os.stat_result, sub: Tree) -> None:
+        tree.put(rel, Entry(DIR, stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, ino=st.st_ino))
+        self._record(name, rel)
+        for path, e in sub.items(rel):
+            tree.put(path, e)
+            self._record(name, path)
+
+    # -- the change feed ---------------------------------------------------
+    def _record(self, dir_name: str, rel: str) -> None:
+        self.seq += 1
+        self._log.append((self.seq, dir_name, rel, time.time()))
+        if len(self._log) > MAX_LOG:
+            self._floor = self._log.popleft()[0]
+        self._dirty.add(dir_name)
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    def oldest_change_after(self, seq: int) -> float | None:
+        """Time of the oldest change newer than `seq` (for lag), or None."""
+        for s, _, _, t in self._log:
+            if s > seq:
+                return t
+        return None
+
+    async def changes(self, instance: str, since: int, timeout: float) -> dict[str, object]:
+        """Changes after `since`, waiting up to `timeout` for the first one (long-poll)."""
+        if instance == self.instance and since == self.seq and timeout > 0:
+            wake = self._wake
+            try:
+                await asyncio.wait_for(wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        reset = instance != self.instance or since > self.seq or since < self._floor
+        rows: list[list[object]] = []
+        if not reset:
+            seen: dict[tuple[str, str], None] = {}
+            for s, name, rel, _ in reversed(self._log):
+                if s <= since:
+                    break
+                seen[(name, rel)] = None
+            for name, rel in reversed(list(seen)):
+                tree = self.trees.get(name)
+                e = tree.get(rel) if tree is not None and rel else None
+                rows.append([name, enc_path(rel), None if e is None else self.enc(tree, rel, e)])
+        return {"instance": self.instance, "seq": self.seq, "reset": reset, "changes": rows,
+                "roots": self.roots(), "with_owner": self.with_owner}
+
+    @staticmethod
+    def enc(tree: Tree | None, rel: str, e: Entry) -> list[object]:
+        from hasync.protocol import enc_entry
+
+        return enc_entry(e, tree.dir_hash(rel) if tree is not None and e.kind == DIR else None)
+
+    def listing(self, dir_name: str, reldirs: list[str]) -> list[list[object]]:
+        """Children of each requested directory, with each subdirectory's Merkle hash."""
+        tree = self.trees.get(dir_name)
+        out: list[list[object]] = []
+        for reldir in reldirs:
+            if tree is None or reldir not in tree.dirs:
+                out.append([enc_path(reldir), None, []])
+                continue
+            kids = tree.children(reldir)
+            rows = []
+            for name, e in kids.items():
+                rel = f"{reldir}/{name}" if reldir else name
+                rows.append([enc_path(name), self.enc(tree, rel, e)])
+            out.append([enc_path(reldir), tree.dir_hash(reldir), rows])
+        return out
+
+    # -- file contents -----------------------------------------------------
+    async def stream_files(self, dir_name: str, paths: list[str]) -> AsyncIterator[bytes]:
+        """Frames of the requested files (docs/protocol.md): header, data, end; or an error frame."""
+        d = self.cfg.sync_dir(dir_name)
+        buf = bytearray()
+        with DirFds(d.path) as fds:
+            for rel in paths:
+                async for chunk in self._file_frames(fds, rel):
+                    buf += chunk
+                    if len(buf) >= FLUSH_AT:
+                        yield bytes(buf)
+                        buf.clear()
+        buf += frame(F_DONE)
+        yield bytes(buf)
+
+    async def _file_frames(self, fds: DirFds, rel: str) -> AsyncIterator[bytes]:
+        parent, _, name = rel.rpartition("/")
+        wire = enc_path(rel)
+        if self._ignored(rel):
+            yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, "excluded path"]))
+            return
+        try:
+            pfd = fds.get(parent)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
+        except PathRefused as exc:
+            yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, exc.message]))
+            return
+        except OSError as exc:
+            cause = cause_of_oserror(exc)
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                msg = "vanished"
+            else:
+                msg = exc.strerror or str(exc)
+                try:
+                    st = os.stat(name, dir_fd=fds.get(parent), follow_symlinks=False)
+                    if is_junk(name, st.st_size, st.st_mode):
+                        cause = Cause.JUNK_FILE
+                except OSError:
+                    pass
+            yield frame(F_ERR, pack([wire, cause.value, msg]))
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, "vanished"]))
+                return
+            yield frame(F_HEAD, pack([wire, "f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid]))
+            import blake3
+
+            h = blake3.blake3()
+            sent = 0
+            while True:
+                chunk = os.read(fd, CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+                sent += len(chunk)
+                yield frame(F_DATA, chunk)
+                if len(chunk) == CHUNK:
+                    await asyncio.sleep(0)  # let other requests through during a big file
+            after = os.fstat(fd)
+            changed = (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or sent != st.st_size
+            self.sent_files += 1
+            self.sent_bytes += sent
+            yield frame(F_END, pack([h.digest(), not changed, "changed during transfer" if changed else None]))
+        except OSError as exc:
+            yield frame(F_END, pack([b"", False, exc.strerror or str(exc)]))
+        finally:
+            os.close(fd)
+
+    def roots(self) -> dict[str, bytes | None]:
+        return {name: (t.root_hash() if t is not None else None) for name, t in self.trees.items()}

@@ -1,0 +1,279 @@
+"""Applying changes on the standby: atomic per file, batch-flushed, backed up, path-safe."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+import blake3
+
+from hasync.backup import BackupSets
+from hasync.config import SyncDir
+from hasync.fsutil import DirFds, fsync_fd, syncfs, tmp_name
+from hasync.manifest import DIR, FILE, LINK, RACY_NS, Entry, Tree
+
+
+@dataclass
+class _Pending:
+    rel: str
+    parent: str
+    tmp: str
+    entry: Entry
+
+
+class FileWriter:
+    """One incoming file, written to a temp name in its final directory."""
+
+    def __init__(self, applier: Applier, rel: str, meta: Entry) -> None:
+        self.applier = applier
+        self.rel = rel
+        self.meta = meta
+        self.parent, _, self.name = rel.rpartition("/")
+        self.pfd = applier.parent_fd(self.parent)
+        self.tmp = tmp_name()
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
+                          dir_fd=self.pfd)
+        self.hasher = blake3.blake3()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.hasher.update(data)
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+
+    def finish(self, digest: bytes) -> bool:
+        """Close the temp file with the active's metadata; False (temp removed) if it is not what was sent."""
+        try:
+            if self.hasher.digest() != digest or self.size != self.meta.size:
+                self.abort()
+                return False
+            m = self.meta
+            if self.applier.as_root:
+                os.fchown(self.fd, m.uid, m.gid)
+            os.fchmod(self.fd, m.mode)
+            os.utime(self.fd, ns=(m.mtime_ns, m.mtime_ns))
+            if self.applier.fsync_each:
+                fsync_fd(self.fd)
+            st = os.fstat(self.fd)
+        except BaseException:
+            self.abort()
+            raise
+        os.close(self.fd)
+        self.fd = -1
+        ino = st.st_ino if abs(st.st_mtime_ns - m.mtime_ns) < 1 and _settled(m.mtime_ns) else 0
+        entry = m._replace(digest=digest, ino=ino, uid=st.st_uid, gid=st.st_gid)
+        self.applier.pending.append(_Pending(self.rel, self.parent, self.tmp, entry))
+        self.applier.pending_bytes += self.size
+        return True
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp, dir_fd=self.pfd)
+        except FileNotFoundError:
+            pass
+
+
+def _settled(mtime_ns: int) -> bool:
+    import time
+
+    return time.time_ns() - mtime_ns > RACY_NS
+
+
+class Applier:
+    """Writes one sync dir of the standby. Every operation goes through verified dir fds.
+
+    Files are written to temp names; `flush` makes the batch durable (one
+    `syncfs`, or an fsync per file for tiny batches), keeps the old versions
+    in the backup set, renames, and fsyncs the directories. A crash at any
+    point leaves every name with its old or its new content; the temp files
+    are removed at the next start.
+    """
+
+    def __init__(self, d: SyncDir, tree: Tree, backups: BackupSets, as_root: bool, fsync_each: bool) -> None:
+        self.d = d
+        self.tree = tree
+        self.backups = backups
+        self.as_root = as_root
+        self.fsync_each = fsync_each
+        self.fds = DirFds(d.path)
+        self.pending: list[_Pending] = []
+        self.pending_bytes = 0
+        self._dir_modes: dict[str, Entry] = {}
+        self._opened: dict[str, int] = {}  # dirs given u+rwx for the batch: original mode
+
+    def close(self) -> None:
+        for p in self.pending:
+            try:
+                os.unlink(p.tmp, dir_fd=self.fds.get(p.parent))
+            except OSError:
+                pass
+        self.pending.clear()
+        self._restore_modes()
+        self.fds.close()
+
+    # -- helpers -----------------------------------------------------------
+    def parent_fd(self, parent: str) -> int:
+        """Fd of `parent`, created if missing, writable for the batch if we own it."""
+        fd = self.fds.get(parent, create=True)
+        if not self.as_root and parent not in self._opened:
+            st = os.fstat(fd)
+            if st.st_mode & 0o700 != 0o700 and st.st_uid == os.geteuid():
+                self._opened[parent] = stat.S_IMODE(st.st_mode)
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+        return fd
+
+    def _restore_modes(self) -> None:
+        for rel, mode in sorted(self._opened.items(), key=lambda kv: -kv[0].count("/")):
+            if rel in self._dir_modes:
+                continue
+            try:
+                os.fchmod(self.fds.get(rel), mode)
+            except OSError:
+                pass
+        self._opened.clear()
+
+    def _lstat(self, rel: str) -> os.stat_result | None:
+        parent, _, name = rel.rpartition("/")
+        try:
+            return os.stat(name, dir_fd=self.fds.get(parent), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    # -- operations --------------------------------------------------------
+    def delete(self, rel: str) -> None:
+        parent, _, name = rel.rpartition("/")
+        try:
+            pfd = self.parent_fd(parent) if parent == "" or self._lstat(parent) else None
+        except FileNotFoundError:
+            pfd = None
+        if pfd is None or self._lstat(rel) is None:
+            self.tree.remove(rel)
+            return
+        self.fds.forget(rel)
+        self.backups.keep(self.d.name, rel, pfd, name, move=True)
+        os.fsync(pfd)
+        self.tree.remove(rel)
+
+    def make_dir(self, rel: str, e: Entry) -> None:
+        parent, _, name = rel.rpartition("/")
+        pfd = self.parent_fd(parent)
+        st = self._lstat(rel)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            self.delete(rel)
+            st = None
+        if st is None:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        fd = self.fds.get(rel)
+        self._dir_modes[rel] = e
+        self.tree.put(rel, e._replace(ino=os.fstat(fd).st_ino))
+
+    def make_link(self, rel: str, e: Entry) -> None:
+        parent, _, name = rel.rpartition("/")
+        pfd = self.parent_fd(parent)
+        tmp = tmp_name()
+        os.symlink(e.link, tmp, dir_fd=pfd)
+        try:
+            if self.as_root:
+                os.chown(tmp, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+            st = self._lstat(rel)
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    self.delete(rel)
+                else:
+                    self.backups.keep(self.d.name, rel, pfd, name, move=False)
+            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=pfd)
+            except OSError:
+                pass
+            raise
+        os.fsync(pfd)
+        st2 = self._lstat(rel)
+        self.tree.put(rel, e._replace(uid=st2.st_uid if st2 else e.uid, gid=st2.st_gid if st2 else e.gid))
+
+    def chmod(self, rel: str, e: Entry) -> None:
+        if e.kind == DIR:
+            self.fds.get(rel)
+            self._dir_modes[rel] = e
+            have = self.tree.get(rel)
+            self.tree.put(rel, e._replace(ino=have.ino if have else 0))
+            return
+        parent, _, name = rel.rpartition("/")
+        pfd = self.parent_fd(parent)
+        st = self._lstat(rel)
+        have = self.tree.get(rel)
+        if st is None or not stat.S_ISREG(st.st_mode) or have is None:
+            raise FileNotFoundError(errno.ENOENT, "changed on the standby during the sync", rel)
+        # The lstat above shows a regular file: chmod by name does not follow a link.
+        if self.as_root:
+            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chmod(name, e.mode, dir_fd=pfd)
+        self.tree.put(rel, have._replace(mode=e.mode, uid=e.uid if self.as_root else st.st_uid,
+                                         gid=e.gid if self.as_root else st.st_gid))
+
+    def begin(self, rel: str, meta: Entry) -> FileWriter:
+        return FileWriter(self, rel, meta)
+
+    def flush(self) -> list[str]:
+        """Make the written batch durable and visible; return the paths now in place."""
+        if not self.pending:
+            return []
+        if not self.fsync_each:
+            syncfs(self.fds.get(""))
+        parents: set[str] = set()
+        done: list[str] = []
+        batch, self.pending = self.pending, []
+        self.pending_bytes = 0
+        try:
+            for i, p in enumerate(batch):
+                pfd = self.fds.get(p.parent)
+                name = p.rel.rpartition("/")[2]
+                st = self._lstat(p.rel)
+                if st is not None:
+                    if stat.S_ISDIR(st.st_mode):
+                        self.delete(p.rel)
+                    else:
+                        self.backups.keep(self.d.name, p.rel, pfd, name, move=False)
+                os.rename(p.tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+                parents.add(p.parent)
+                self.tree.put(p.rel, p.entry)
+                done.append(p.rel)
+        except BaseException:
+            self.pending = batch[len(done) + (1 if len(done) < len(batch) else 0):]
+            failed = batch[len(done)] if len(done) < len(batch) else None
+            if failed is not None:
+                try:
+                    os.unlink(failed.tmp, dir_fd=self.fds.get(failed.parent))
+                except OSError:
+                    pass
+            raise
+        finally:
+            for parent in parents:
+                os.fsync(self.fds.get(parent))
+        return done
+
+    def finish(self) -> None:
+        """Give directories their final modes, deepest first (a read-only dir last)."""
+        for rel, e in sorted(self._dir_modes.items(), key=lambda kv: -kv[0].count("/")):
+            try:
+                fd = self.fds.get(rel)
+            except FileNotFoundError:
+                continue
+            if self.as_root:
+                os.fchown(fd, e.uid, e.gid)
+            os.fchmod(fd, e.mode)
+            self._opened.pop(rel, None)
+        self._dir_modes.clear()
+        self._restore_modes()
+
+
+__all__ = ["Applier", "FileWriter", "FILE", "LINK"]

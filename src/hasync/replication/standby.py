@@ -1,0 +1,500 @@
+"""The standby role: pulls the active's trees and changes and applies them.
+
+Mechanism: at start, and every `full_reconcile_s`, a Merkle walk compares
+the local trees with the active's, level by level, fetching listings only of
+directories whose hashes differ (one request when nothing changed). Between
+walks it long-polls the active's change feed, so a change is fetched the
+moment the active sees it. Files arrive as a framed stream and are applied by
+the Applier (atomic per file, batch-flushed, old versions backed up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hasync.backup import BackupSets
+from hasync.config import Config, SyncDir
+from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_oserror
+from hasync.fsutil import remove_temp_files
+from hasync.halog import kv
+from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
+from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec_path, enc_path, unpack
+from hasync.replication.apply import Applier, FileWriter
+from hasync.replication.base import Side
+
+log = logging.getLogger("hasync.standby")
+
+LONG_POLL_S = 25.0
+TREE_BATCH = 256
+RETRIES = 5
+FSYNC_EACH_MAX = 16  # up to this many files, fsync each; above, one syncfs per batch
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class FileError:
+    """A path the standby could not bring in sync, with the spec's cause."""
+
+    dir: str
+    path: str
+    cause: Cause
+    message: str
+    since: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"dir": self.dir, "path": self.path, "cause": self.cause.value, "reason": self.message}
+
+
+@dataclass
+class SyncResult:
+    in_sync: bool
+    files: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    errors: list[FileError] = field(default_factory=list)
+    cause: Cause | None = None
+    message: str = ""
+
+
+class StandbySide(Side):
+    """Keeps this node's sync dirs equal to the active's."""
+
+    role = "standby"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        from hasync.agent.client import AgentClient
+
+        self.client = AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, name=cfg.peer.name)
+        self.backups = BackupSets(cfg.backup.dir, cfg.cluster.role_name, cfg.backup.max_copies, cfg.backup.set_period_s)
+        self.errors: dict[tuple[str, str], FileError] = {}
+        self.peer_error: PeerError | None = None
+        self.instance = ""
+        self.seq = 0
+        self.with_owner = cfg.is_root
+        self.remote_roots: dict[str, bytes | None] = {}
+        self.in_sync: bool | None = None
+        self.last_sync_at: float | None = None
+        self.oldest_pending_at: float | None = None
+        self.pending = 0
+        self._lock = asyncio.Lock()
+        self._need_full = True
+        self._last_full = 0.0
+        self.missing: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------
+    async def load_local(self) -> None:
+        """Remove leftover temp files and scan the local trees (reusing the hash cache)."""
+        for d in self.cfg.sync.dirs:
+            if d.path.is_dir():
+                n = await asyncio.to_thread(remove_temp_files, d.path)
+                if n:
+                    log.warning("removed leftover temp files %s", kv(dir=d.name, count=n))
+            self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
+
+    def _scan_local(self, d: SyncDir) -> Tree | None:
+        prev = self.trees.get(d.name) or Tree.load(self.cache_path(d.name))
+        try:
+            tree = scan(d.path, self.excluder, prev, self.with_owner)
+        except FileNotFoundError:
+            return None
+        self._dirty.add(d.name)
+        return tree
+
+    async def start(self) -> None:
+        await self.load_local()
+        self._tasks.append(asyncio.create_task(self._run(), name="standby-loop"))
+        self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.client.close()
+
+    async def _periodic_save(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            await asyncio.to_thread(self.save_caches)
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                due = time.monotonic() - self._last_full > self.cfg.sync.full_reconcile_s
+                if self._need_full or due or (self.errors and time.monotonic() - self._last_full > self.cfg.sync.retry_s):
+                    await self.reconcile(rescan_local=due)
+                wait = LONG_POLL_S if not self.errors else min(LONG_POLL_S, self.cfg.sync.retry_s)
+                resp = await self.client.changes(self.instance, self.seq, wait)
+                await self._apply_changes(resp)
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except PeerError as exc:
+                self._peer_failed(exc)
+                self._need_full = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("standby loop error")
+                self._need_full = True
+                await asyncio.sleep(1.0)
+
+    def _peer_failed(self, exc: PeerError) -> None:
+        if self.peer_error is None or type(self.peer_error) is not type(exc):
+            log.error("peer unavailable %s", kv(cause=exc.cause, error=exc.message))
+        self.peer_error = exc
+        self.in_sync = False
+
+    def _peer_ok(self) -> None:
+        if self.peer_error is not None:
+            log.info("peer available again %s", kv(peer=self.cfg.peer.name))
+        self.peer_error = None
+
+    # -- full reconcile (Merkle walk) --------------------------------------
+    async def reconcile(self, progress: Progress | None = None, rescan_local: bool = False) -> SyncResult:
+        """Bring every sync dir in line with the active now; the one writer holds the lock."""
+        async with self._lock:
+            if rescan_local:
+                for d in self.cfg.sync.dirs:
+                    self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
+            try:
+                info = await self.client.info()
+            except PeerError as exc:
+                self._peer_failed(exc)
+                return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
+            self._peer_ok()
+            self._set_owner_mode(bool(info["with_owner"]))
+            roots: dict[str, bytes | None] = info["roots"]
+            plans: dict[str, tuple[Plan, dict[str, int]]] = {}
+            errors: dict[tuple[str, str], FileError] = {}
+            for d in self.cfg.sync.dirs:
+                plan_sizes = await self._plan(d, roots.get(d.name), errors)
+                if plan_sizes is not None:
+                    plans[d.name] = plan_sizes
+            total_files = sum(len(p.fetch) for p, _ in plans.values())
+            total_bytes = sum(sum(s.values()) for _, s in plans.values())
+            self.pending = total_files + sum(len(p.make) + len(p.chmod) + len(p.delete) for p, _ in plans.values())
+            tally = {"files": 0, "bytes": 0, "total_files": total_files, "total_bytes": total_bytes, "deleted": 0}
+            if progress:
+                progress(dict(tally, event="start"))
+            try:
+                for name, (plan, sizes) in plans.items():
+                    await self._apply_plan(self.cfg.sync_dir(name), plan, sizes, errors, tally, progress)
+            except PeerError as exc:
+                self._peer_failed(exc)
+                self._set_errors(errors, full=True)
+                return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
+            self.instance, self.seq = info["instance"], info["seq"]
+            self.remote_roots = roots
+            self._set_errors(errors, full=True)
+            self._need_full = False
+            self._last_full = time.monotonic()
+            self.pending = 0
+            self._update_in_sync()
+            return self._result(SyncResult(bool(self.in_sync), tally["files"], tally["bytes"], tally["deleted"]))
+
+    def _result(self, r: SyncResult) -> SyncResult:
+        r.errors = sorted(self.errors.values(), key=lambda e: (e.dir, e.path))
+        if r.cause is None and r.errors:
+            r.cause = self.main_cause()
+        return r
+
+    def _set_owner_mode(self, with_owner: bool) -> None:
+        self.with_owner = with_owner
+        for tree in self.trees.values():
+            if tree is not None:
+                tree.set_with_owner(with_owner)
+
+    async def _plan(self, d: SyncDir, remote_root: bytes | None,
+                    errors: dict[tuple[str, str], FileError]) -> tuple[Plan, dict[str, int]] | None:
+        local = self.trees.get(d.name)
+        if local is None and d.path.is_dir():
+            local = self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
+        if remote_root is None or local is None:
+            where = "active" if remote_root is None else "standby"
+            path = d.path if local is None else "(on the active)"
+            errors[(d.name, "")] = FileError(d.name, "", Cause.SOURCE_MISSING,
+                                             f"sync dir {d.name!r} does not exist on the {where}: {path}", time.time())
+            self.missing.add(d.name)
+            return None
+        self.missing.discard(d.name)
+        plan, sizes = Plan(), {}
+        if local.root_hash() == remote_root:
+            return plan, sizes
+        level: list[str] = [""]
+        while level:
+            nxt: list[str] = []
+            for i in range(0, len(level), TREE_BATCH):
+                chunk = level[i:i + TREE_BATCH]
+                listings = await self.client.tree(d.name, [enc_path(p) for p in chunk])
+                for raw_dir, dir_hash, rows in listings:
+                    reldir = dec_path(raw_dir, allow_root=True)
+                    if dir_hash is None or (reldir in local.dirs and local.dir_hash(reldir) == dir_hash):
+                        continue
+                    want: dict[str, tuple[Entry, bytes | None]] = {}
+                    for raw_name, row in rows:
+                        name = dec_path(raw_name)
+                        if "/" in name:
+                            raise PathRefused(f"listing of {reldir!r} names {name!r}")
+                        want[name] = dec_entry(row)
+                    have = local.children(reldir)
+                    for name in sorted(want.keys() | have.keys()):
+                        rel = f"{reldir}/{name}" if reldir else name
+                        w = want.get(name)
+                        went = w[0] if w else None
+                        if went is not None and went.kind == FILE:
+                            sizes[rel] = went.size
+                        if compare_entry(rel, went, have.get(name), self.with_owner, plan):
+                            sub_hash = w[1] if w else None
+                            if rel not in local.dirs or local.dir_hash(rel) != sub_hash:
+                                nxt.append(rel)
+            level = nxt
+        plan.delete.sort(key=lambda p: (-p.count("/"), p))
+        plan.make.sort(key=lambda pe: pe[0].count("/"))
+        sizes = {p: sizes[p] for p in plan.fetch}
+        return plan, sizes
+
+    # -- the change feed ---------------------------------------------------
+    async def _apply_changes(self, resp: dict[str, Any]) -> None:
+        if resp["reset"] or resp["instance"] != self.instance:
+            self._need_full = True
+            return
+        self._peer_ok()
+        if not resp["changes"]:
+            self.remote_roots = resp["roots"]
+            self.seq = resp["seq"]
+            self._update_in_sync()
+            return
+        async with self._lock:
+            if resp["instance"] != self.instance or self._need_full:
+                return
+            by_dir: dict[str, Plan] = {}
+            sizes: dict[str, dict[str, int]] = {}
+            errors: dict[tuple[str, str], FileError] = {}
+            touched: set[tuple[str, str]] = set()
+            for name, raw, row in resp["changes"]:
+                tree = self.trees.get(name)
+                rel = dec_path(raw, allow_root=True)
+                if tree is None or rel == "":
+                    self._need_full = True
+                    continue
+                want = dec_entry(row)[0] if row is not None else None
+                plan = by_dir.setdefault(name, Plan())
+                compare_entry(rel, want, tree.get(rel), self.with_owner, plan)
+                touched.add((name, rel))
+                if want is not None and want.kind == FILE:
+                    sizes.setdefault(name, {})[rel] = want.size
+            self.pending = sum(len(p.fetch) + len(p.make) + len(p.chmod) + len(p.delete) for p in by_dir.values())
+            tally = {"files": 0, "bytes": 0, "deleted": 0}
+            for name, plan in by_dir.items():
+                plan.delete.sort(key=lambda p: (-p.count("/"), p))
+                plan.make.sort(key=lambda pe: pe[0].count("/"))
+                await self._apply_plan(self.cfg.sync_dir(name), plan, sizes.get(name, {}), errors, tally, None)
+            for key in touched:
+                self.errors.pop(key, None)
+            self.errors.update(errors)
+            self.seq = resp["seq"]
+            self.remote_roots = resp["roots"]
+            self.pending = 0
+            self._update_in_sync()
+
+    def _update_in_sync(self) -> None:
+        ok = self.peer_error is None and not self.errors and not self._need_full
+        if ok:
+            for name, remote in self.remote_roots.items():
+                tree = self.trees.get(name)
+                if remote is None or tree is None or tree.root_hash() != remote:
+                    ok = False
+                    break
+        if ok and not self.in_sync:
+            log.info("in sync %s", kv(peer=self.cfg.peer.name, seq=self.seq))
+        self.in_sync = ok
+        if ok:
+            self.last_sync_at = time.time()
+
+    def _set_errors(self, errors: dict[tuple[str, str], FileError], full: bool) -> None:
+        for key, err in errors.items():
+            old = self.errors.get(key)
+            if old is None or old.cause != err.cause:
+                log.error("sync failed %s", kv(dir=err.dir, path=err.path or "/", cause=err.cause, error=err.message))
+            else:
+                errors[key] = old  # keep the first time it was seen
+        for key in self.errors.keys() - errors.keys():
+            e = self.errors[key]
+            log.info("sync error cleared %s", kv(dir=e.dir, path=e.path or "/", cause=e.cause))
+        self.errors = errors if full else {**self.errors, **errors}
+
+    def main_cause(self) -> Cause | None:
+        """The one cause to report: peer problems first, then the most frequent file cause."""
+        if self.peer_error is not None:
+            return self.peer_error.cause
+        if not self.errors:
+            return None
+        order = [Cause.SOURCE_MISSING, Cause.DISK_FULL, Cause.JUNK_FILE, Cause.PERMISSION_DENIED, Cause.SYNC_ERROR]
+        present = {e.cause for e in self.errors.values()}
+        return next(c for c in order if c in present)
+
+    # -- applying a plan ---------------------------------------------------
+    def _fail(self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, cause: Cause, msg: str) -> None:
+        errors[(d.name, rel)] = FileError(d.name, rel, cause, msg, time.time())
+
+    async def _apply_plan(self, d: SyncDir, plan: Plan, sizes: dict[str, int],
+                          errors: dict[tuple[str, str], FileError], tally: dict[str, int],
+                          progress: Progress | None) -> None:
+        tree = self.trees[d.name]
+        assert tree is not None
+        for rel, e in plan.errors:
+            cause = e.cause or Cause.SYNC_ERROR
+            self._fail(errors, d, rel, cause, f"cannot be read on the active: {e.error.partition(': ')[2]}")
+        if not (plan.fetch or plan.make or plan.chmod or plan.delete):
+            return
+        applier = Applier(d, tree, self.backups, self.cfg.is_root, fsync_each=len(plan.fetch) <= FSYNC_EACH_MAX)
+        self._dirty.add(d.name)
+        try:
+            for rel in plan.delete:
+                self._guard(errors, d, rel, applier.delete, rel)
+                tally["deleted"] += 1
+            for rel, e in plan.make:
+                self._guard(errors, d, rel, applier.make_dir if e.kind == DIR else applier.make_link, rel, e)
+            for rel, e in plan.chmod:
+                self._guard(errors, d, rel, applier.chmod, rel, e)
+            todo = list(plan.fetch)
+            for attempt in range(RETRIES):
+                retry = await self._fetch(d, applier, todo, sizes, errors, tally, progress)
+                if not retry:
+                    break
+                todo = retry
+                await asyncio.sleep(0.05 * (attempt + 1))
+            else:
+                for rel in todo:
+                    self._fail(errors, d, rel, Cause.SYNC_ERROR, "file kept changing during transfer")
+            self._guard(errors, d, "", applier.finish)
+        finally:
+            applier.close()
+
+    def _guard(self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str,
+               fn: Callable[..., object], *args: Any) -> bool:
+        try:
+            fn(*args)
+            return True
+        except PathRefused as exc:
+            log.error("path refused %s", kv(dir=d.name, path=rel, error=exc.message))
+            self._fail(errors, d, rel, Cause.SYNC_ERROR, f"path refused: {exc.message}")
+        except OSError as exc:
+            self._fail(errors, d, rel, cause_of_oserror(exc), f"{exc.strerror or exc} (on the standby)")
+        return False
+
+    async def _fetch(self, d: SyncDir, applier: Applier, paths: list[str], sizes: dict[str, int],
+                     errors: dict[tuple[str, str], FileError], tally: dict[str, int],
+                     progress: Progress | None) -> list[str]:
+        """Transfer `paths` in batches; return those that changed during transfer."""
+        retry: list[str] = []
+        batches: list[list[str]] = [[]]
+        acc = 0
+        for rel in paths:
+            size = sizes.get(rel, 0)
+            if batches[-1] and (len(batches[-1]) >= self.cfg.sync.batch_files or acc + size > self.cfg.sync.batch_bytes):
+                batches.append([])
+                acc = 0
+            batches[-1].append(rel)
+            acc += size
+        for batch in batches:
+            if batch:
+                await self._fetch_batch(d, applier, batch, errors, tally, progress, retry)
+        return retry
+
+    async def _fetch_batch(self, d: SyncDir, applier: Applier, batch: list[str],
+                           errors: dict[tuple[str, str], FileError], tally: dict[str, int],
+                           progress: Progress | None, retry: list[str]) -> None:
+        wanted = set(batch)
+        writer: FileWriter | None = None
+        skip = False
+        last_progress = 0.0
+        try:
+            async for kind, payload in self.client.files(d.name, [enc_path(p) for p in batch]):
+                if kind == F_DATA:
+                    if writer is not None and not skip:
+                        try:
+                            writer.write(payload)
+                        except OSError as exc:
+                            self._fail(errors, d, writer.rel, cause_of_oserror(exc), f"{exc.strerror} (on the standby)")
+                            writer.abort()
+                            skip = True
+                        tally["bytes"] += len(payload)
+                    if progress and time.monotonic() - last_progress > 0.1:
+                        last_progress = time.monotonic()
+                        progress(dict(tally, event="progress"))
+                elif kind == F_HEAD:
+                    raw, _kind, mode, size, mtime_ns, uid, gid = unpack(payload)
+                    rel = dec_path(raw)
+                    if rel not in wanted:
+                        raise PathRefused(f"the active sent {rel!r}, which was not asked for")
+                    meta = Entry(FILE, mode, size, mtime_ns, uid=uid, gid=gid)
+                    skip = False
+                    writer = None
+                    try:
+                        writer = applier.begin(rel, meta)
+                    except (OSError, PathRefused) as exc:
+                        self._guard(errors, d, rel, _raise, exc)
+                        skip = True
+                elif kind == F_END:
+                    digest, ok, reason = unpack(payload)
+                    if writer is not None and not skip:
+                        if ok and writer.finish(digest):
+                            tally["files"] += 1
+                            self.received_files += 1
+                            self.received_bytes += writer.size
+                        else:
+                            retry.append(writer.rel)
+                    writer = None
+                    if applier.pending_bytes > self.cfg.sync.batch_bytes or len(applier.pending) >= self.cfg.sync.batch_files:
+                        self._flush(applier, d, errors)
+                elif kind == F_ERR:
+                    raw, cause, msg = unpack(payload)
+                    rel = dec_path(raw)
+                    if msg == "vanished":
+                        continue  # the change feed brings its deletion
+                    self._fail(errors, d, rel, Cause(cause), f"cannot be read on the active: {msg}")
+                elif kind == F_DONE:
+                    break
+        except BaseException:
+            if writer is not None and not skip:
+                writer.abort()
+            raise
+        self._flush(applier, d, errors)
+        if progress:
+            progress(dict(tally, event="progress"))
+
+    def _flush(self, applier: Applier, d: SyncDir, errors: dict[tuple[str, str], FileError]) -> None:
+        try:
+            applier.flush()
+        except OSError as exc:
+            for p in applier.pending:
+                self._fail(errors, d, p.rel, cause_of_oserror(exc), f"{exc.strerror} (on the standby)")
+            applier.close()
+
+    # -- status ------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "in_sync": self.in_sync,
+            "pending": self.pending,
+            "last_sync_at": self.last_sync_at,
+            "peer_error": None if self.peer_error is None else {"cause": self.peer_error.cause.value,
+                                                                   "message": self.peer_error.message},
+            "errors": [e.as_json() for e in sorted(self.errors.values(), key=lambda e: (e.dir, e.path))],
+            "cause": None if self.main_cause() is None else str(self.main_cause()),
+            "seq": self.seq,
+        }
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+__all__ = ["StandbySide", "SyncResult", "FileError", "HasyncError", "ERROR", "os"]
