@@ -225,7 +225,11 @@ def load(path: str | os.PathLike[str]) -> Config:
     backup = cfg.backup.model_copy(update={"dir": _resolve(base, cfg.backup.dir)})
     sec = cfg.security
     sec = sec.model_copy(
-        update={k: _resolve(base, getattr(sec, k)) for k in ("token_file", "tls_cert", "tls_key", "tls_ca") if getattr(sec, k)}
+        update={
+            k: _resolve(base, getattr(sec, k))
+            for k in ("token_file", "tls_cert", "tls_key", "tls_ca")
+            if getattr(sec, k)
+        }
     )
     if cfg.role.mode == "static" and cfg.role.active not in (cfg.node.name, cfg.peer.name):
         raise ConfigError(
@@ -238,7 +242,9 @@ def load(path: str | os.PathLike[str]) -> Config:
         try:
             token = sec.token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"{cfg_path}: security.token_file: cannot read {sec.token_file}: {exc.strerror}") from None
+            raise ConfigError(
+                f"{cfg_path}: security.token_file: cannot read {sec.token_file}: {exc.strerror}"
+            ) from None
         if not token:
             raise ConfigError(f"{cfg_path}: security.token_file: {sec.token_file} is empty")
     else:

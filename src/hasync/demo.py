@@ -34,8 +34,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_pair(base: Path, port_a: int | None = None, port_b: int | None = None, interval_s: float = 60,
-               extra: str = "", dirs: tuple[str, ...] = SYNC_DIRS) -> Pair:
+def write_pair(
+    base: Path,
+    port_a: int | None = None,
+    port_b: int | None = None,
+    interval_s: float = 60,
+    extra: str = "",
+    dirs: tuple[str, ...] = SYNC_DIRS,
+) -> Pair:
     """Write two node configs and a shared token under `base`: node-a active, node-b standby."""
     base = base.resolve()
     port_a = port_a or free_port()
@@ -135,9 +141,10 @@ def make_jar(path: Path, rng: random.Random, classes: int = 5) -> None:
 
 
 def _agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115  (owned by the child for its life)
-    return subprocess.Popen([sys.executable, "-m", "hasync", "agent", "-c", str(config)], stdout=out, stderr=out,
-                            start_new_session=True)
+    out = open(log, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "hasync", "agent", "-c", str(config)], stdout=out, stderr=out, start_new_session=True
+    )
 
 
 def _wait_until(pred: object, timeout: float) -> float | None:
@@ -155,15 +162,21 @@ def run(work_dir: str) -> None:
     con = Console(highlight=False)
     base = Path(work_dir).resolve()
     fresh = not (base / "node-a.toml").exists()
-    pair = write_pair(base) if fresh else Pair(base, base / "node-a.toml", base / "node-b.toml",
-                                               base / "data/node-a", base / "data/node-b", 0, 0)
+    pair = (
+        write_pair(base)
+        if fresh
+        else Pair(base, base / "node-a.toml", base / "node-b.toml", base / "data/node-a", base / "data/node-b", 0, 0)
+    )
     if fresh:
         seed(pair.data_a)
     con.print(f"[bold]hasync demo[/] in {base}")
     con.print(f"  node-a (active)  config {pair.config_a.name}, data {pair.data_a}")
     con.print(f"  node-b (standby) config {pair.config_b.name}, data {pair.data_b}")
     (base / "logs").mkdir(exist_ok=True)
-    agents = [_agent(pair.config_a, base / "logs" / "agent-a.out"), _agent(pair.config_b, base / "logs" / "agent-b.out")]
+    agents = [
+        _agent(pair.config_a, base / "logs" / "agent-a.out"),
+        _agent(pair.config_b, base / "logs" / "agent-b.out"),
+    ]
     stopping = False
 
     def stop(*_: object) -> None:
@@ -187,7 +200,7 @@ def run(work_dir: str) -> None:
             step += 1
             what, path = _change(pair.data_a, rng, step)
             t0 = time.monotonic()
-            dt = _wait_until(lambda: _same_path(pair, path), 10)
+            dt = _wait_until(lambda path=path: _same_path(pair, path), 10)  # type: ignore[misc]
             shown = f"{dt * 1000:.0f} ms" if dt is not None else "[red]not yet after 10 s[/]"
             con.print(f"  active: {what:<40} -> on the standby after {shown}")
             del t0
@@ -234,8 +247,7 @@ def _same_path(pair: Pair, path: Path) -> bool:
     if not path.exists():
         return not other.exists()
     try:
-        return (other.read_bytes() == path.read_bytes()
-                and os.stat(other).st_mode == os.stat(path).st_mode)
+        return other.read_bytes() == path.read_bytes() and os.stat(other).st_mode == os.stat(path).st_mode
     except OSError:
         return False
 

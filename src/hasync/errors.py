@@ -17,11 +17,11 @@ errno to the cause the spec names for it.
 
 from __future__ import annotations
 
-import errno
 import enum
+import errno
 
 
-class Cause(str, enum.Enum):
+class Cause(enum.StrEnum):
     """Why the standby is out of sync. The values are the spec's identifiers."""
 
     PEER_UNREACHABLE = "peer_unreachable"

@@ -10,6 +10,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -122,13 +123,24 @@ def error_entry(name: str, st: os.stat_result, exc: OSError) -> Entry:
     if cause is Cause.PERMISSION_DENIED and stat.S_ISREG(st.st_mode) and is_junk(name, st.st_size, mode):
         cause = Cause.JUNK_FILE
     return Entry(
-        ERROR, mode, st.st_size, st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+        ERROR,
+        mode,
+        st.st_size,
+        st.st_mtime_ns,
+        uid=st.st_uid,
+        gid=st.st_gid,
         error=f"{cause.value}: {exc.strerror or exc}",
     )
 
 
-def stat_entry(name: str, st: os.stat_result, read: Callable[[], tuple[bytes, os.stat_result]] | None,
-               link: Callable[[], str], prev: Entry | None, now_ns: int) -> Entry | None:
+def stat_entry(
+    name: str,
+    st: os.stat_result,
+    read: Callable[[], tuple[bytes, os.stat_result]] | None,
+    link: Callable[[], str],
+    prev: Entry | None,
+    now_ns: int,
+) -> Entry | None:
     """Build the entry for one stat result; hash files only when the cache cannot answer."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
@@ -137,8 +149,14 @@ def stat_entry(name: str, st: os.stat_result, read: Callable[[], tuple[bytes, os
         return Entry(LINK, mode, st.st_size, st.st_mtime_ns, link=link(), uid=st.st_uid, gid=st.st_gid)
     if not stat.S_ISREG(st.st_mode):
         return None  # fifos, sockets and devices are not synchronized
-    if (prev is not None and prev.kind == FILE and prev.ino == st.st_ino and prev.ino
-            and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns):
+    if (
+        prev is not None
+        and prev.kind == FILE
+        and prev.ino == st.st_ino
+        and prev.ino
+        and prev.size == st.st_size
+        and prev.mtime_ns == st.st_mtime_ns
+    ):
         digest = prev.digest
     else:
         assert read is not None
@@ -279,8 +297,9 @@ class Tree:
             return None  # a damaged cache only costs a re-hash
 
 
-def scan(root: Path, exclude: Excluder, previous: Tree | None = None, with_owner: bool = False,
-         subdir: str = "") -> Tree:
+def scan(
+    root: Path, exclude: Excluder, previous: Tree | None = None, with_owner: bool = False, subdir: str = ""
+) -> Tree:
     """Scan `root` (or its `subdir`) into a Tree, reusing digests from `previous` by
     (inode, size, mtime). An unreadable path becomes an ERROR entry, never an exception;
     a missing root raises FileNotFoundError."""
@@ -322,12 +341,22 @@ def scan(root: Path, exclude: Excluder, previous: Tree | None = None, with_owner
                 prev = previous.get(rel) if previous is not None else None
                 full = de.path
                 try:
-                    e = stat_entry(name, st, lambda: read_file_entry(None, full), lambda: os.readlink(full), prev, now)
+                    e = stat_entry(
+                        name, st, partial(read_file_entry, None, full), partial(os.readlink, full), prev, now
+                    )
                 except FileNotFoundError:
                     continue
                 except FileChanged:
-                    e = Entry(FILE, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, b"", ino=0,
-                              uid=st.st_uid, gid=st.st_gid)
+                    e = Entry(
+                        FILE,
+                        stat.S_IMODE(st.st_mode),
+                        st.st_size,
+                        st.st_mtime_ns,
+                        b"",
+                        ino=0,
+                        uid=st.st_uid,
+                        gid=st.st_gid,
+                    )
                 except OSError as exc:
                     e = error_entry(name, st, exc)
                 if e is None:
@@ -386,8 +415,11 @@ def diff(want: Tree, have: Tree, reldir: str = "", plan: Plan | None = None) -> 
     """The plan that turns `have` into `want`, descending only where Merkle hashes differ."""
     plan = plan if plan is not None else Plan()
     with_owner = want.with_owner
-    if want.dirs.get(reldir) is not None and have.dirs.get(reldir) is not None and \
-            want.dir_hash(reldir) == have.dir_hash(reldir):
+    if (
+        want.dirs.get(reldir) is not None
+        and have.dirs.get(reldir) is not None
+        and want.dir_hash(reldir) == have.dir_hash(reldir)
+    ):
         return plan
     wk, hk = want.children(reldir), have.children(reldir)
     for name in sorted(wk.keys() | hk.keys()):

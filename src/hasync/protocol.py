@@ -65,5 +65,7 @@ def dec_entry(row: list[Any]) -> tuple[Entry, bytes | None]:
     kind, mode, size, mtime_ns, digest, link, uid, gid, error = row[:9]
     if kind not in ("f", "d", "l", "e") or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
         raise ValueError(f"bad entry {row[:3]!r}")
-    entry = Entry(kind, mode, int(size), int(mtime_ns), bytes(digest), os.fsdecode(link), int(uid), int(gid), 0, str(error))
+    entry = Entry(
+        kind, mode, int(size), int(mtime_ns), bytes(digest), os.fsdecode(link), int(uid), int(gid), 0, str(error)
+    )
     return entry, (row[9] if kind == DIR and len(row) > 9 else None)

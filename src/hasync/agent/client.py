@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerUnreachable
-from hasync.protocol import API, FRAME_HEADER, MAX_FRAME, MSGPACK, F_DONE, pack, unpack
+from hasync.protocol import API, F_DONE, FRAME_HEADER, MAX_FRAME, MSGPACK, pack, unpack
 
 _REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
 
@@ -30,7 +30,9 @@ class AgentClient:
     async def __aenter__(self) -> AgentClient:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     @property
@@ -76,19 +78,28 @@ class AgentClient:
             raise AuthFailed(f"{self.name} agent at {self.base_url} rejected our token (HTTP 401)")
         raise PeerError(f"{self.name} agent at {self.base_url}: HTTP {resp.status}: {msg}")
 
-    async def request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
-                      timeout: float | None = -1.0, as_json: bool = False) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = -1.0,
+        as_json: bool = False,
+    ) -> Any:
         total = self.timeout_s if timeout == -1.0 else timeout
         data = None if body is None else pack(body)
         headers = {"Content-Type": MSGPACK} if data is not None else {}
         try:
-            async with self.session.request(method, self.base_url + path, data=data, params=params,
-                                            headers=headers, timeout=self._timeout(total)) as resp:
+            async with self.session.request(
+                method, self.base_url + path, data=data, params=params, headers=headers, timeout=self._timeout(total)
+            ) as resp:
                 await self._check(resp)
                 raw = await resp.read()
         except PeerError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._map(exc) from exc
         return json.loads(raw) if as_json else unpack(raw)
 
@@ -97,7 +108,7 @@ class AgentClient:
         try:
             async with self.session.get(self.base_url + "/healthz", timeout=self._timeout(self.timeout_s)) as resp:
                 return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._map(exc) from exc
 
     async def info(self, since: int | None = None) -> dict[str, Any]:
@@ -111,7 +122,9 @@ class AgentClient:
 
     async def changes(self, instance: str, since: int, wait_s: float) -> dict[str, Any]:
         params = {"instance": instance, "since": str(since), "wait": f"{wait_s:g}"}
-        result: dict[str, Any] = await self.request("GET", f"{API}/changes", params=params, timeout=wait_s + self.timeout_s)
+        result: dict[str, Any] = await self.request(
+            "GET", f"{API}/changes", params=params, timeout=wait_s + self.timeout_s
+        )
         return result
 
     async def status(self, brief: bool = False) -> dict[str, Any]:
@@ -123,7 +136,8 @@ class AgentClient:
         """The frames of a file stream, as (type, payload), ending with F_DONE."""
         try:
             async with self.session.post(
-                self.base_url + f"{API}/files", data=pack({"dir": dir_name, "paths": paths}),
+                self.base_url + f"{API}/files",
+                data=pack({"dir": dir_name, "paths": paths}),
                 headers={"Content-Type": MSGPACK},
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_read=self.timeout_s * 3),
             ) as resp:
@@ -148,27 +162,29 @@ class AgentClient:
                             raise asyncio.IncompleteReadError(buf[pos:], 5 + n)
                         buf = buf[pos:] + more
                         pos = 0
-                    payload = buf[pos + 5:pos + 5 + n]
+                    payload = buf[pos + 5 : pos + 5 + n]
                     pos += 5 + n
                     yield kind, payload
                     if kind == F_DONE:
                         return
         except PeerError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
             raise self._map(exc) from exc
 
-    async def stream_json(self, method: str, path: str, params: dict[str, str] | None = None,
-                          timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def stream_json(
+        self, method: str, path: str, params: dict[str, str] | None = None, timeout: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """NDJSON events of a long operation (e.g. a sync run by the agent)."""
         try:
-            async with self.session.request(method, self.base_url + path, params=params,
-                                            timeout=self._timeout(timeout)) as resp:
+            async with self.session.request(
+                method, self.base_url + path, params=params, timeout=self._timeout(timeout)
+            ) as resp:
                 await self._check(resp)
                 async for line in resp.content:
                     if line.strip():
                         yield json.loads(line)
         except PeerError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._map(exc) from exc

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).astimezone().isoformat(timespec="seconds")
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -111,8 +111,10 @@ class Agent:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.cfg.token.encode()):
-            log.warning("rejected request %s", kv(peer=request.remote, path=request.path,
-                                                    reason="no token" if not header else "wrong token"))
+            log.warning(
+                "rejected request %s",
+                kv(peer=request.remote, path=request.path, reason="no token" if not header else "wrong token"),
+            )
             return error_response(401, "auth_failed", "missing or wrong bearer token")
         return await handler(request)
 
@@ -125,11 +127,16 @@ class Agent:
         return web.Response(text="ok\n")
 
     async def info(self, request: web.Request) -> web.Response:
-        body: dict[str, Any] = {"node": self.cfg.node.name, "hostname": self.cfg.node.hostname,
-                                "role": self.role, "time": time.time()}
+        body: dict[str, Any] = {
+            "node": self.cfg.node.name,
+            "hostname": self.cfg.node.hostname,
+            "role": self.role,
+            "time": time.time(),
+        }
         if isinstance(self.side, ActiveSide):
-            body.update(instance=self.side.instance, seq=self.side.seq, roots=self.side.roots(),
-                        with_owner=self.side.with_owner)
+            body.update(
+                instance=self.side.instance, seq=self.side.seq, roots=self.side.roots(), with_owner=self.side.with_owner
+            )
             since = request.query.get("since")
             if since is not None:
                 t = self.side.oldest_change_after(int(since))
@@ -171,9 +178,15 @@ class Agent:
         return web.json_response(await self.status_doc(brief=request.query.get("brief") == "1"))
 
     async def status_doc(self, brief: bool = False) -> dict[str, Any]:
-        doc: dict[str, Any] = {"node": self.cfg.node.name, "hostname": self.cfg.node.hostname,
-                               "role": self.role, "peer": self.cfg.peer.name, "agent_running": True,
-                               "started_at": iso(self.started_at), "alarms": []}
+        doc: dict[str, Any] = {
+            "node": self.cfg.node.name,
+            "hostname": self.cfg.node.hostname,
+            "role": self.role,
+            "peer": self.cfg.peer.name,
+            "agent_running": True,
+            "started_at": iso(self.started_at),
+            "alarms": [],
+        }
         if isinstance(self.side, StandbySide):
             snap = self.side.snapshot()
             lag = 0.0 if snap["in_sync"] else None
@@ -185,17 +198,35 @@ class Agent:
                     pass
             if lag is None and self.side.last_sync_at is not None:
                 lag = max(0.0, time.time() - self.side.last_sync_at)
-            doc.update(peer_reachable=self.side.peer_error is None, in_sync=snap["in_sync"], lag_s=lag,
-                       last_sync_at=iso(snap["last_sync_at"]), pending=snap["pending"], cause=snap["cause"],
-                       errors=snap["errors"], peer_error=snap["peer_error"])
+            doc.update(
+                peer_reachable=self.side.peer_error is None,
+                in_sync=snap["in_sync"],
+                lag_s=lag,
+                last_sync_at=iso(snap["last_sync_at"]),
+                pending=snap["pending"],
+                cause=snap["cause"],
+                errors=snap["errors"],
+                peer_error=snap["peer_error"],
+            )
         else:
             side = self._active()
-            doc.update(peer_reachable=None, in_sync=None, lag_s=None, last_sync_at=None, pending=None,
-                       cause=None, errors=[e for e in self._active_errors(side)])
+            doc.update(
+                peer_reachable=None,
+                in_sync=None,
+                lag_s=None,
+                last_sync_at=None,
+                pending=None,
+                cause=None,
+                errors=[e for e in self._active_errors(side)],
+            )
             if not brief:
                 await self._fill_from_standby(doc)
-        doc["transferred"] = {"files_sent": self.side.sent_files, "bytes_sent": self.side.sent_bytes,
-                              "files_received": self.side.received_files, "bytes_received": self.side.received_bytes}
+        doc["transferred"] = {
+            "files_sent": self.side.sent_files,
+            "bytes_sent": self.side.sent_bytes,
+            "files_received": self.side.received_files,
+            "bytes_received": self.side.received_bytes,
+        }
         return doc
 
     @staticmethod
@@ -213,18 +244,29 @@ class Agent:
         from hasync.agent.client import AgentClient
 
         if self._peer_client is None:
-            self._peer_client = AgentClient(self.cfg.peer_url(), self.cfg.token, self.cfg.peer.timeout_s, self.cfg.peer.name)
+            self._peer_client = AgentClient(
+                self.cfg.peer_url(), self.cfg.token, self.cfg.peer.timeout_s, self.cfg.peer.name
+            )
         try:
             peer = await self._peer_client.status(brief=True)
         except PeerError as exc:
-            doc.update(peer_reachable=False, in_sync=False, cause=exc.cause.value, peer_error={"cause": exc.cause.value,
-                                                                                             "message": exc.message})
+            doc.update(
+                peer_reachable=False,
+                in_sync=False,
+                cause=exc.cause.value,
+                peer_error={"cause": exc.cause.value, "message": exc.message},
+            )
             side = self._active()
             t = side.oldest_change_after(self.peer_since) if self.peer_since is not None else None
             doc["lag_s"] = None if t is None else max(0.0, time.time() - t)
             return
-        doc.update(peer_reachable=True, in_sync=peer.get("in_sync"), last_sync_at=peer.get("last_sync_at"),
-                   pending=peer.get("pending"), cause=peer.get("cause"))
+        doc.update(
+            peer_reachable=True,
+            in_sync=peer.get("in_sync"),
+            last_sync_at=peer.get("last_sync_at"),
+            pending=peer.get("pending"),
+            cause=peer.get("cause"),
+        )
         doc["errors"] = peer.get("errors", []) or doc["errors"]
         t = self._active().oldest_change_after(self.peer_since) if self.peer_since is not None else None
         doc["lag_s"] = 0.0 if peer.get("in_sync") else (None if t is None else max(0.0, time.time() - t))
@@ -245,9 +287,16 @@ class Agent:
             else:
                 getter.cancel()
         result = task.result()
-        final = {"event": "result", "in_sync": result.in_sync, "files": result.files, "bytes": result.bytes,
-                 "deleted": result.deleted, "cause": None if result.cause is None else result.cause.value,
-                 "message": result.message, "errors": [e.as_json() for e in result.errors]}
+        final = {
+            "event": "result",
+            "in_sync": result.in_sync,
+            "files": result.files,
+            "bytes": result.bytes,
+            "deleted": result.deleted,
+            "cause": None if result.cause is None else result.cause.value,
+            "message": result.message,
+            "errors": [e.as_json() for e in result.errors],
+        }
         await resp.write(json.dumps(final).encode() + b"\n")
         await resp.write_eof()
         return resp
@@ -266,13 +315,17 @@ class Agent:
             await runner.cleanup()
             lock.release()
             reason = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-            raise ConfigError(f"{self.cfg.path}: node.listen: cannot listen on {self.cfg.node.listen}: {reason}") from None
+            raise ConfigError(
+                f"{self.cfg.path}: node.listen: cannot listen on {self.cfg.node.listen}: {reason}"
+            ) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("agent started %s", kv(node=self.cfg.node.name, role=self.role, listen=self.cfg.node.listen,
-                                        pid=os.getpid()))
+        log.info(
+            "agent started %s",
+            kv(node=self.cfg.node.name, role=self.role, listen=self.cfg.node.listen, pid=os.getpid()),
+        )
         try:
             await self.side.start()
             if ready is not None:
@@ -282,7 +335,7 @@ class Agent:
         finally:
             try:
                 await asyncio.wait_for(self._shutdown(runner), STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("shutdown timed out")
             lock.release()
             log.info("agent stopped %s", kv(node=self.cfg.node.name))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import click
-
 from hasync.cli import main
 from hasync.cli.common import config_option, handle_errors
 

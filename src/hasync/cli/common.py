@@ -15,7 +15,12 @@ from hasync.config import DEFAULT_CONFIG
 F = TypeVar("F", bound=Callable[..., Any])
 
 config_option = click.option(
-    "-c", "--config", "config_path", default=DEFAULT_CONFIG, show_default=True, metavar="FILE",
+    "-c",
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    metavar="FILE",
     help="the node's config file",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document on stdout")

@@ -42,9 +42,21 @@ async def _status(cfg: Any) -> dict[str, Any]:
         except PeerAgentDown:
             pass
     role = "active" if provider(cfg).active_node() == cfg.node.name else "standby"
-    doc = {"node": cfg.node.name, "hostname": cfg.node.hostname, "role": role, "peer": cfg.peer.name,
-           "agent_running": False, "peer_reachable": None, "in_sync": None, "lag_s": None, "last_sync_at": None,
-           "pending": None, "cause": None, "errors": [], "alarms": []}
+    doc = {
+        "node": cfg.node.name,
+        "hostname": cfg.node.hostname,
+        "role": role,
+        "peer": cfg.peer.name,
+        "agent_running": False,
+        "peer_reachable": None,
+        "in_sync": None,
+        "lag_s": None,
+        "last_sync_at": None,
+        "pending": None,
+        "cause": None,
+        "errors": [],
+        "alarms": [],
+    }
     async with AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, name=cfg.peer.name) as peer:
         try:
             await peer.info()

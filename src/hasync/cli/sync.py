@@ -90,9 +90,15 @@ async def _standalone(cfg: Any, bar: _Bar) -> dict[str, Any]:
     finally:
         await side.client.close()
         lock.release()
-    return {"in_sync": r.in_sync, "files": r.files, "bytes": r.bytes, "deleted": r.deleted,
-            "cause": None if r.cause is None else r.cause.value, "message": r.message,
-            "errors": [e.as_json() for e in r.errors]}
+    return {
+        "in_sync": r.in_sync,
+        "files": r.files,
+        "bytes": r.bytes,
+        "deleted": r.deleted,
+        "cause": None if r.cause is None else r.cause.value,
+        "message": r.message,
+        "errors": [e.as_json() for e in r.errors],
+    }
 
 
 async def asyncio_to_thread(fn: Any) -> None:
@@ -110,14 +116,27 @@ class _Bar:
         self._task: Any = None
 
     def update(self, ev: dict[str, Any]) -> None:
-        if not self.enabled or not ev.get("total_bytes") and not ev.get("total_files") and self._progress is None:
+        if not self.enabled or (not ev.get("total_bytes") and not ev.get("total_files") and self._progress is None):
             return
         if self._progress is None:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
-            self._progress = Progress(TextColumn("syncing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                      TextColumn("{task.fields[files]} files"), TimeRemainingColumn(), transient=True)
+            self._progress = Progress(
+                TextColumn("syncing"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[files]} files"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self._progress.start()
             self._task = self._progress.add_task("sync", total=ev.get("total_bytes") or None, files=0)
         self._progress.update(self._task, completed=ev.get("bytes", 0), files=ev.get("files", 0))

@@ -28,7 +28,16 @@ from hasync.errors import Cause, PathRefused, cause_of_oserror, is_junk
 from hasync.fsutil import DirFds, is_tmp_name
 from hasync.halog import kv
 from hasync.manifest import (
-    CHUNK, DIR, Entry, Excluder, FileChanged, Tree, diff, read_file_entry, same, scan, stat_entry,
+    CHUNK,
+    DIR,
+    Entry,
+    FileChanged,
+    Tree,
+    diff,
+    read_file_entry,
+    same,
+    scan,
+    stat_entry,
 )
 from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, enc_path, frame, pack
 from hasync.replication.base import Side
@@ -84,8 +93,14 @@ class ActiveSide(Side):
         # Small, so that one changed file reaches the standby in milliseconds.
         try:
             async for changes in watchfiles.awatch(
-                *roots, watch_filter=None, debounce=200, step=5, stop_event=self._stop_event,
-                rust_timeout=1000, yield_on_timeout=False, recursive=True,
+                *roots,
+                watch_filter=None,
+                debounce=200,
+                step=5,
+                stop_event=self._stop_event,
+                rust_timeout=1000,
+                yield_on_timeout=False,
+                recursive=True,
             ):
                 await self.refresh(Path(p) for _, p in changes)
         except asyncio.CancelledError:
@@ -127,11 +142,19 @@ class ActiveSide(Side):
                     continue
                 plan = diff(new, cur)
                 self.trees[d.name] = new
-                for rel in [*plan.fetch, *(p for p, _ in plan.make), *(p for p, _ in plan.chmod),
-                            *plan.delete, *(p for p, _ in plan.errors)]:
+                for rel in [
+                    *plan.fetch,
+                    *(p for p, _ in plan.make),
+                    *(p for p, _ in plan.chmod),
+                    *plan.delete,
+                    *(p for p, _ in plan.errors),
+                ]:
                     self._record(d.name, rel)
                 if not initial and plan:
-                    log.warning("rescan found changes the events missed %s", kv(dir=d.name, paths=len(self._pending_paths(plan))))
+                    log.warning(
+                        "rescan found changes the events missed %s",
+                        kv(dir=d.name, paths=len(self._pending_paths(plan))),
+                    )
             touched, self._scanning = self._scanning, None
             if touched:
                 await self.refresh(Path(p) for p in touched)
@@ -160,7 +183,7 @@ class ActiveSide(Side):
             if sp == root:
                 return d, ""
             if sp.startswith(root + "/"):
-                return d, sp[len(root) + 1:]
+                return d, sp[len(root) + 1 :]
         return None
 
     def _ignored(self, rel: str) -> bool:
@@ -213,7 +236,7 @@ class ActiveSide(Side):
             if sub is not None:
                 self._merge(d.name, tree, rel, st, sub)
             return
-        read = lambda: read_file_entry(None, str(full))  # noqa: E731
+        read = lambda: read_file_entry(None, str(full))
         try:
             if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE and not self._cached(old, st):
                 new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", old, time.time_ns())
@@ -279,7 +302,7 @@ class ActiveSide(Side):
             wake = self._wake
             try:
                 await asyncio.wait_for(wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         reset = instance != self.instance or since > self.seq or since < self._floor
         rows: list[list[object]] = []
@@ -293,8 +316,14 @@ class ActiveSide(Side):
                 tree = self.trees.get(name)
                 e = tree.get(rel) if tree is not None and rel else None
                 rows.append([name, enc_path(rel), None if e is None else self.enc(tree, rel, e)])
-        return {"instance": self.instance, "seq": self.seq, "reset": reset, "changes": rows,
-                "roots": self.roots(), "with_owner": self.with_owner}
+        return {
+            "instance": self.instance,
+            "seq": self.seq,
+            "reset": reset,
+            "changes": rows,
+            "roots": self.roots(),
+            "with_owner": self.with_owner,
+        }
 
     @staticmethod
     def enc(tree: Tree | None, rel: str, e: Entry) -> list[object]:
@@ -364,7 +393,9 @@ class ActiveSide(Side):
             if not stat.S_ISREG(st.st_mode):
                 yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, "vanished"]))
                 return
-            yield frame(F_HEAD, pack([wire, "f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid]))
+            yield frame(
+                F_HEAD, pack([wire, "f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid])
+            )
             import blake3
 
             h = blake3.blake3()

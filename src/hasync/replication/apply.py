@@ -33,8 +33,9 @@ class FileWriter:
         self.parent, _, self.name = rel.rpartition("/")
         self.pfd = applier.parent_fd(self.parent)
         self.tmp = tmp_name()
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
-                          dir_fd=self.pfd)
+        self.fd = os.open(
+            self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=self.pfd
+        )
         self.hasher = blake3.blake3()
         self.size = 0
 
@@ -217,8 +218,12 @@ class Applier:
         if self.as_root:
             os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
         os.chmod(name, e.mode, dir_fd=pfd)
-        self.tree.put(rel, have._replace(mode=e.mode, uid=e.uid if self.as_root else st.st_uid,
-                                         gid=e.gid if self.as_root else st.st_gid))
+        self.tree.put(
+            rel,
+            have._replace(
+                mode=e.mode, uid=e.uid if self.as_root else st.st_uid, gid=e.gid if self.as_root else st.st_gid
+            ),
+        )
 
     def begin(self, rel: str, meta: Entry) -> FileWriter:
         return FileWriter(self, rel, meta)
@@ -234,7 +239,7 @@ class Applier:
         batch, self.pending = self.pending, []
         self.pending_bytes = 0
         try:
-            for i, p in enumerate(batch):
+            for p in batch:
                 pfd = self.fds.get(p.parent)
                 name = p.rel.rpartition("/")[2]
                 st = self._lstat(p.rel)
@@ -248,7 +253,7 @@ class Applier:
                 self.tree.put(p.rel, p.entry)
                 done.append(p.rel)
         except BaseException:
-            self.pending = batch[len(done) + (1 if len(done) < len(batch) else 0):]
+            self.pending = batch[len(done) + (1 if len(done) < len(batch) else 0) :]
             failed = batch[len(done)] if len(done) < len(batch) else None
             if failed is not None:
                 try:
@@ -276,4 +281,4 @@ class Applier:
         self._restore_modes()
 
 
-__all__ = ["Applier", "FileWriter", "FILE", "LINK"]
+__all__ = ["FILE", "LINK", "Applier", "FileWriter"]

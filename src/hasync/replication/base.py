@@ -54,7 +54,7 @@ class Side:
         for t in self._tasks:
             try:
                 await t
-            except (asyncio.CancelledError, Exception):  # noqa: PERF203
+            except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
         await asyncio.to_thread(self.save_caches)

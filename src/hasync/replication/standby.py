@@ -127,7 +127,11 @@ class StandbySide(Side):
         while True:
             try:
                 due = time.monotonic() - self._last_full > self.cfg.sync.full_reconcile_s
-                if self._need_full or due or (self.errors and time.monotonic() - self._last_full > self.cfg.sync.retry_s):
+                if (
+                    self._need_full
+                    or due
+                    or (self.errors and time.monotonic() - self._last_full > self.cfg.sync.retry_s)
+                ):
                     await self.reconcile(rescan_local=due)
                 wait = LONG_POLL_S if not self.errors else min(LONG_POLL_S, self.cfg.sync.retry_s)
                 resp = await self.client.changes(self.instance, self.seq, wait)
@@ -211,16 +215,22 @@ class StandbySide(Side):
             if tree is not None:
                 tree.set_with_owner(with_owner)
 
-    async def _plan(self, d: SyncDir, remote_root: bytes | None,
-                    errors: dict[tuple[str, str], FileError]) -> tuple[Plan, dict[str, int]] | None:
+    async def _plan(
+        self, d: SyncDir, remote_root: bytes | None, errors: dict[tuple[str, str], FileError]
+    ) -> tuple[Plan, dict[str, int]] | None:
         local = self.trees.get(d.name)
         if local is None and d.path.is_dir():
             local = self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
         if remote_root is None or local is None:
             where = "active" if remote_root is None else "standby"
             path = d.path if local is None else "(on the active)"
-            errors[(d.name, "")] = FileError(d.name, "", Cause.SOURCE_MISSING,
-                                             f"sync dir {d.name!r} does not exist on the {where}: {path}", time.time())
+            errors[(d.name, "")] = FileError(
+                d.name,
+                "",
+                Cause.SOURCE_MISSING,
+                f"sync dir {d.name!r} does not exist on the {where}: {path}",
+                time.time(),
+            )
             self.missing.add(d.name)
             return None
         self.missing.discard(d.name)
@@ -231,7 +241,7 @@ class StandbySide(Side):
         while level:
             nxt: list[str] = []
             for i in range(0, len(level), TREE_BATCH):
-                chunk = level[i:i + TREE_BATCH]
+                chunk = level[i : i + TREE_BATCH]
                 listings = await self.client.tree(d.name, [enc_path(p) for p in chunk])
                 for raw_dir, dir_hash, rows in listings:
                     reldir = dec_path(raw_dir, allow_root=True)
@@ -344,9 +354,15 @@ class StandbySide(Side):
     def _fail(self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, cause: Cause, msg: str) -> None:
         errors[(d.name, rel)] = FileError(d.name, rel, cause, msg, time.time())
 
-    async def _apply_plan(self, d: SyncDir, plan: Plan, sizes: dict[str, int],
-                          errors: dict[tuple[str, str], FileError], tally: dict[str, int],
-                          progress: Progress | None) -> None:
+    async def _apply_plan(
+        self,
+        d: SyncDir,
+        plan: Plan,
+        sizes: dict[str, int],
+        errors: dict[tuple[str, str], FileError],
+        tally: dict[str, int],
+        progress: Progress | None,
+    ) -> None:
         tree = self.trees[d.name]
         assert tree is not None
         for rel, e in plan.errors:
@@ -378,8 +394,9 @@ class StandbySide(Side):
         finally:
             applier.close()
 
-    def _guard(self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str,
-               fn: Callable[..., object], *args: Any) -> bool:
+    def _guard(
+        self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, fn: Callable[..., object], *args: Any
+    ) -> bool:
         try:
             fn(*args)
             return True
@@ -390,16 +407,25 @@ class StandbySide(Side):
             self._fail(errors, d, rel, cause_of_oserror(exc), f"{exc.strerror or exc} (on the standby)")
         return False
 
-    async def _fetch(self, d: SyncDir, applier: Applier, paths: list[str], sizes: dict[str, int],
-                     errors: dict[tuple[str, str], FileError], tally: dict[str, int],
-                     progress: Progress | None) -> list[str]:
+    async def _fetch(
+        self,
+        d: SyncDir,
+        applier: Applier,
+        paths: list[str],
+        sizes: dict[str, int],
+        errors: dict[tuple[str, str], FileError],
+        tally: dict[str, int],
+        progress: Progress | None,
+    ) -> list[str]:
         """Transfer `paths` in batches; return those that changed during transfer."""
         retry: list[str] = []
         batches: list[list[str]] = [[]]
         acc = 0
         for rel in paths:
             size = sizes.get(rel, 0)
-            if batches[-1] and (len(batches[-1]) >= self.cfg.sync.batch_files or acc + size > self.cfg.sync.batch_bytes):
+            if batches[-1] and (
+                len(batches[-1]) >= self.cfg.sync.batch_files or acc + size > self.cfg.sync.batch_bytes
+            ):
                 batches.append([])
                 acc = 0
             batches[-1].append(rel)
@@ -409,9 +435,16 @@ class StandbySide(Side):
                 await self._fetch_batch(d, applier, batch, errors, tally, progress, retry)
         return retry
 
-    async def _fetch_batch(self, d: SyncDir, applier: Applier, batch: list[str],
-                           errors: dict[tuple[str, str], FileError], tally: dict[str, int],
-                           progress: Progress | None, retry: list[str]) -> None:
+    async def _fetch_batch(
+        self,
+        d: SyncDir,
+        applier: Applier,
+        batch: list[str],
+        errors: dict[tuple[str, str], FileError],
+        tally: dict[str, int],
+        progress: Progress | None,
+        retry: list[str],
+    ) -> None:
         wanted = set(batch)
         writer: FileWriter | None = None
         skip = False
@@ -444,16 +477,22 @@ class StandbySide(Side):
                         self._guard(errors, d, rel, _raise, exc)
                         skip = True
                 elif kind == F_END:
-                    digest, ok, reason = unpack(payload)
+                    digest, ok, _reason = unpack(payload)
                     if writer is not None and not skip:
-                        if ok and writer.finish(digest):
+                        if not ok:
+                            writer.abort()
+                            retry.append(writer.rel)
+                        elif writer.finish(digest):
                             tally["files"] += 1
                             self.received_files += 1
                             self.received_bytes += writer.size
                         else:
                             retry.append(writer.rel)
                     writer = None
-                    if applier.pending_bytes > self.cfg.sync.batch_bytes or len(applier.pending) >= self.cfg.sync.batch_files:
+                    if (
+                        applier.pending_bytes > self.cfg.sync.batch_bytes
+                        or len(applier.pending) >= self.cfg.sync.batch_files
+                    ):
                         self._flush(applier, d, errors)
                 elif kind == F_ERR:
                     raw, cause, msg = unpack(payload)
@@ -485,8 +524,9 @@ class StandbySide(Side):
             "in_sync": self.in_sync,
             "pending": self.pending,
             "last_sync_at": self.last_sync_at,
-            "peer_error": None if self.peer_error is None else {"cause": self.peer_error.cause.value,
-                                                                   "message": self.peer_error.message},
+            "peer_error": None
+            if self.peer_error is None
+            else {"cause": self.peer_error.cause.value, "message": self.peer_error.message},
             "errors": [e.as_json() for e in sorted(self.errors.values(), key=lambda e: (e.dir, e.path))],
             "cause": None if self.main_cause() is None else str(self.main_cause()),
             "seq": self.seq,
@@ -497,4 +537,4 @@ def _raise(exc: BaseException) -> None:
     raise exc
 
 
-__all__ = ["StandbySide", "SyncResult", "FileError", "HasyncError", "ERROR", "os"]
+__all__ = ["ERROR", "FileError", "HasyncError", "StandbySide", "SyncResult", "os"]

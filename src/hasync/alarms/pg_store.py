@@ -1,0 +1,416 @@
+"""The PostgreSQL alarm store (psycopg 3): one database shared by many agents and pairs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+
+from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
+from hasync.alarms.store import (
+    DEFAULT_LEASE_S,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    StoreError,
+    mask_url,
+    one_line,
+    url_secrets,
+)
+
+log = logging.getLogger("hasync.alarms")
+
+T = TypeVar("T")
+Conn = psycopg.Connection[DictRow]
+
+# Serializes migrations of agents opening the same database at once.
+_MIGRATION_LOCK_KEY = 45641
+
+_SQL: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE alarms (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            alarm_id INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            service_name TEXT NOT NULL,
+            role_name TEXT NOT NULL,
+            host_name TEXT NOT NULL,
+            cause TEXT NOT NULL,
+            additional_info TEXT NOT NULL,
+            raised_at TIMESTAMPTZ NOT NULL,
+            cleared_at TIMESTAMPTZ,
+            updated_at TIMESTAMPTZ NOT NULL,
+            diagnosis JSONB,
+            CHECK (cleared_at IS NULL OR cleared_at >= raised_at)
+        )""",
+        "CREATE UNIQUE INDEX alarms_one_active ON alarms (fingerprint) WHERE cleared_at IS NULL",
+        "CREATE INDEX alarms_fingerprint ON alarms (fingerprint, raised_at)",
+        "CREATE INDEX alarms_raised_at ON alarms (raised_at, id)",
+    ),
+    2: (
+        """CREATE TABLE outbox (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            alarm_row BIGINT NOT NULL REFERENCES alarms (id) ON DELETE CASCADE,
+            event TEXT NOT NULL CHECK (event IN ('raise', 'clear')),
+            notifier TEXT NOT NULL,
+            payload JSONB NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            next_try_at TIMESTAMPTZ NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            sent_at TIMESTAMPTZ
+        )""",
+        "CREATE INDEX outbox_pending ON outbox (next_try_at, id) WHERE sent_at IS NULL",
+        "CREATE INDEX outbox_alarm ON outbox (alarm_row, notifier, id)",
+    ),
+}
+assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
+
+_ALARM_COLS = (
+    "id, alarm_id, source, service_name, role_name, host_name, cause, additional_info, raised_at, cleared_at, diagnosis"
+)
+_OUTBOX_COLS = "id, alarm_row, event, notifier, payload, created_at, next_try_at, attempts, last_error, sent_at"
+
+
+def _alarm(row: DictRow) -> Alarm:
+    return Alarm(
+        id=row["id"],
+        alarm_id=row["alarm_id"],
+        source=row["source"],
+        service_name=row["service_name"],
+        role_name=row["role_name"],
+        host_name=row["host_name"],
+        cause=row["cause"],
+        additional_info=row["additional_info"],
+        raised_at=utc(row["raised_at"]),
+        cleared_at=None if row["cleared_at"] is None else utc(row["cleared_at"]),
+        diagnosis=row["diagnosis"],
+    )
+
+
+def _item(row: DictRow) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"],
+        alarm_row=row["alarm_row"],
+        event=cast(Event, row["event"]),
+        notifier=row["notifier"],
+        payload=row["payload"],
+        created_at=utc(row["created_at"]),
+        next_try_at=utc(row["next_try_at"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        sent_at=None if row["sent_at"] is None else utc(row["sent_at"]),
+    )
+
+
+class PgStore:
+    """Alarms in a PostgreSQL database named by a ``postgresql://`` URL.
+
+    One connection, used by one thread at a time. A connection that dropped
+    (server restart, network cut, idle kill) is replaced and the operation
+    retried once; every operation is one transaction, and the raise is
+    idempotent, so a retry after a lost commit acknowledgement is harmless
+    (an outbox item may then be sent twice: delivery is at least once).
+    """
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 5.0, statement_timeout_s: float = 30.0) -> None:
+        self.location = mask_url(url)
+        self._url = url
+        self._secrets = url_secrets(url)
+        self._connect_timeout_s = connect_timeout_s
+        self._statement_timeout_s = statement_timeout_s
+        self._lock = threading.RLock()
+        self._conn: Conn | None = None
+        self._closed = False
+        with self._lock:
+            self._connect()
+            try:
+                self._migrate()
+            except BaseException:
+                self.close()
+                raise
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _error(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"alarm store {self.location}: {what}: {one_line(exc, self._secrets)}")
+
+    def _connect(self) -> Conn:
+        try:
+            params: dict[str, Any] = conninfo_to_dict(self._url)
+        except psycopg.Error as exc:
+            raise self._error("bad URL", exc) from None
+        params.setdefault("connect_timeout", max(1, round(self._connect_timeout_s)))
+        params.setdefault("application_name", "hasync")
+        # Notice a silently dropped connection instead of waiting on it forever.
+        params.setdefault("keepalives", 1)
+        params.setdefault("keepalives_idle", 30)
+        params.setdefault("keepalives_interval", 10)
+        params.setdefault("keepalives_count", 3)
+        try:
+            conn: Conn = psycopg.connect(autocommit=True, row_factory=dict_row, **params)
+        except psycopg.Error as exc:
+            raise self._error("cannot connect", exc) from None
+        try:
+            conn.execute("SET TIME ZONE 'UTC'")
+            conn.execute(f"SET statement_timeout = {int(self._statement_timeout_s * 1000)}")
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._error("cannot set up the session", exc) from None
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    def _run(self, what: str, fn: Callable[[Conn], T]) -> T:
+        """Run `fn` in one transaction, reconnecting once when the connection turns out to be gone."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"alarm store {self.location}: store is closed")
+            for attempt in (1, 2):
+                conn = self._conn if self._conn is not None and not self._conn.closed else self._connect()
+                try:
+                    with conn.transaction():
+                        return fn(conn)
+                except psycopg.OperationalError as exc:
+                    if conn.broken or conn.closed:
+                        self._drop()
+                        if attempt == 1:
+                            log.warning("alarm store connection lost, reconnecting store=%s", self.location)
+                            continue
+                    raise self._error(what, exc) from None
+                except psycopg.Error as exc:
+                    raise self._error(what, exc) from None
+            raise AssertionError("unreachable")
+
+    def _migrate(self) -> None:
+        def fn(conn: Conn) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            row = conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version").fetchone()
+            have = int(row["v"]) if row else 0
+            if have > SCHEMA_VERSION:
+                raise StoreError(
+                    f"alarm store {self.location}: schema version {have} is newer than this hasync knows"
+                    f" ({SCHEMA_VERSION}); upgrade hasync"
+                )
+            for version, description in MIGRATIONS:
+                if version <= have:
+                    continue
+                for statement in _SQL[version]:
+                    conn.execute(statement.encode())
+                conn.execute(
+                    "INSERT INTO schema_version (version, description, applied_at) VALUES (%s, %s, now())",
+                    (version, description),
+                )
+
+        self._run("cannot migrate the schema", fn)
+
+    @staticmethod
+    def _enqueue(conn: Conn, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: datetime) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown outbox event {event!r}")
+        conn.execute(
+            "INSERT INTO outbox (alarm_row, event, notifier, payload, created_at, next_try_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (alarm_row, event, notifier, Jsonb(payload), now, now),
+        )
+
+    # -- alarms -------------------------------------------------------------
+
+    def raise_alarm(
+        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+    ) -> tuple[Alarm, bool]:
+        when = utc(at)
+        fp = identity.fingerprint
+
+        def fn(conn: Conn) -> tuple[Alarm, bool]:
+            # The unique partial index decides between racing raisers: the loser's insert does nothing
+            # (after waiting for the winner's commit) and it reads the winner's row instead.
+            for _ in range(5):
+                row = conn.execute(
+                    "INSERT INTO alarms (fingerprint, alarm_id, source, service_name, role_name, host_name,"
+                    " cause, additional_info, raised_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (fingerprint) WHERE cleared_at IS NULL DO NOTHING"
+                    f" RETURNING {_ALARM_COLS}",
+                    (fp, identity.alarm_id, identity.source, identity.service_name, identity.role_name,
+                     identity.host_name, cause, additional_info, when, when),
+                ).fetchone()
+                if row is not None:
+                    alarm = _alarm(row)
+                    for key in dict.fromkeys(notify):
+                        self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
+                    return alarm, True
+                row = conn.execute(
+                    f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = %s AND cleared_at IS NULL FOR UPDATE",
+                    (fp,),
+                ).fetchone()
+                if row is None:
+                    continue  # cleared between our insert and our select: try again
+                if (row["cause"], row["additional_info"]) != (cause, additional_info):
+                    row = conn.execute(
+                        "UPDATE alarms SET cause = %s, additional_info = %s, updated_at = %s WHERE id = %s"
+                        f" RETURNING {_ALARM_COLS}",
+                        (cause, additional_info, when, row["id"]),
+                    ).fetchone()
+                    assert row is not None
+                return _alarm(row), False
+            raise StoreError(f"alarm store {self.location}: alarm {fp} keeps being raised and cleared concurrently")
+
+        return self._run("cannot raise alarm", fn)
+
+    def clear(self, fingerprint: str, at: datetime, *, notify: Sequence[str] = ()) -> Alarm | None:
+        when = utc(at)
+
+        def fn(conn: Conn) -> Alarm | None:
+            # Concurrent clearers queue on the row lock; the later ones then see cleared_at set and get nothing.
+            row = conn.execute(
+                "UPDATE alarms SET cleared_at = GREATEST(%s, raised_at), updated_at = %s"
+                f" WHERE fingerprint = %s AND cleared_at IS NULL RETURNING {_ALARM_COLS}",
+                (when, when, fingerprint),
+            ).fetchone()
+            if row is None:
+                return None
+            alarm = _alarm(row)
+            for key in dict.fromkeys(notify):
+                self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
+            return alarm
+
+        return self._run("cannot clear alarm", fn)
+
+    def active(self, fingerprint: str | None = None) -> list[Alarm]:
+        sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE cleared_at IS NULL"
+        args: tuple[Any, ...] = ()
+        if fingerprint is not None:
+            sql += " AND fingerprint = %s"
+            args = (fingerprint,)
+        sql += " ORDER BY raised_at, id"
+        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql.encode(), args)])
+
+    def history(self, limit: int = 1000) -> list[Alarm]:
+        sql = f"SELECT {_ALARM_COLS} FROM alarms ORDER BY raised_at DESC, id DESC LIMIT %s"
+        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql.encode(), (limit,))])
+
+    def get(self, fingerprint_or_id: str | int) -> Alarm | None:
+        if isinstance(fingerprint_or_id, int):
+            sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE id = %s"
+        else:
+            sql = (
+                f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = %s"
+                " ORDER BY cleared_at IS NULL DESC, raised_at DESC, id DESC LIMIT 1"
+            )
+
+        def fn(c: Conn) -> Alarm | None:
+            row = c.execute(sql.encode(), (fingerprint_or_id,)).fetchone()
+            return None if row is None else _alarm(row)
+
+        return self._run("cannot read alarms", fn)
+
+    def set_diagnosis(self, alarm_id: int, diagnosis: dict[str, Any]) -> None:
+        def fn(c: Conn) -> None:
+            cur = c.execute("UPDATE alarms SET diagnosis = %s WHERE id = %s", (Jsonb(diagnosis), alarm_id))
+            if cur.rowcount != 1:
+                raise StoreError(f"alarm store {self.location}: no alarm with id {alarm_id}")
+
+        self._run("cannot store diagnosis", fn)
+
+    # -- outbox -------------------------------------------------------------
+
+    def enqueue(self, alarm_id: int, event: Event, notifier: str, payload: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        self._run("cannot queue notification", lambda c: self._enqueue(c, alarm_id, event, notifier, payload, now))
+
+    def due(
+        self,
+        now: datetime,
+        limit: int = 100,
+        *,
+        notifiers: Collection[str] | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> list[OutboxItem]:
+        keys = None if notifiers is None else sorted(set(notifiers))
+        if keys == []:
+            return []
+        when = utc(now)
+        lease = when + timedelta(seconds=lease_s)
+        # SKIP LOCKED: a row another dispatcher is claiming right now is left to it.
+        sql = (
+            "WITH c AS (SELECT o.id FROM outbox o WHERE o.sent_at IS NULL AND o.next_try_at <= %(now)s"
+            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.alarm_row = o.alarm_row AND p.notifier = o.notifier"
+            " AND p.sent_at IS NULL AND p.id < o.id)"
+            + ("" if keys is None else " AND o.notifier = ANY(%(keys)s)")
+            + " ORDER BY o.id LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED)"
+            " UPDATE outbox SET attempts = outbox.attempts + 1, next_try_at = %(lease)s FROM c WHERE outbox.id = c.id"
+            f" RETURNING {', '.join('outbox.' + col.strip() for col in _OUTBOX_COLS.split(','))}"
+        )
+        args = {"now": when, "keys": keys, "limit": limit, "lease": lease}
+
+        def fn(c: Conn) -> list[OutboxItem]:
+            return sorted((_item(r) for r in c.execute(sql.encode(), args)), key=lambda i: i.id)
+
+        return self._run("cannot read outbox", fn)
+
+    def mark_sent(self, item_id: int, at: datetime | None = None) -> None:
+        when = utc(at or datetime.now(UTC))
+        self._run("cannot update outbox", lambda c: c.execute(
+            "UPDATE outbox SET sent_at = %s, last_error = NULL WHERE id = %s", (when, item_id)))
+
+    def mark_failed(self, item_id: int, next_try_at: datetime, error: str) -> None:
+        args = (utc(next_try_at), error[:1000], item_id)
+        self._run("cannot update outbox", lambda c: c.execute(
+            "UPDATE outbox SET next_try_at = %s, last_error = %s WHERE id = %s AND sent_at IS NULL", args))
+
+    def pending(self) -> list[OutboxItem]:
+        sql = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE sent_at IS NULL ORDER BY id"
+        return self._run("cannot read outbox", lambda c: [_item(r) for r in c.execute(sql.encode())])
+
+    def resend_candidates(self, notifier: str, cleared_since: datetime) -> list[Alarm]:
+        sql = (
+            f"SELECT {_ALARM_COLS} FROM alarms a WHERE (a.cleared_at IS NULL OR a.cleared_at >= %(since)s)"
+            " AND EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = %(key)s"
+            " AND o.event = 'raise' AND o.sent_at IS NOT NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = %(key)s"
+            " AND o.sent_at IS NULL)"
+            " ORDER BY a.id"
+        )
+        args = {"since": utc(cleared_since), "key": notifier}
+        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql.encode(), args)])
+
+    def prune(self, before: datetime) -> int:
+        cut = utc(before)
+        sql = (
+            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < %(cut)s AND alarm_row IN"
+            " (SELECT id FROM alarms WHERE cleared_at IS NOT NULL AND cleared_at < %(cut)s)"
+        )
+        return self._run("cannot prune outbox", lambda c: c.execute(sql.encode(), {"cut": cut}).rowcount)
+
+    def schema_version(self) -> int:
+        def fn(c: Conn) -> int:
+            row = c.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version").fetchone()
+            return int(row["v"]) if row else 0
+
+        return self._run("cannot read schema version", fn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+    def __repr__(self) -> str:
+        return f"PgStore({self.location!r})"

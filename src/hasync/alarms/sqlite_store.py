@@ -1,0 +1,392 @@
+"""The SQLite alarm store: one file in the node's state dir, WAL mode, the default backend."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
+from hasync.alarms.store import DEFAULT_LEASE_S, MIGRATIONS, SCHEMA_VERSION, StoreError, one_line
+
+T = TypeVar("T")
+
+# Times are stored as fixed-width UTC text, so text order is time order.
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+
+_SQL: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE alarms (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            fingerprint TEXT NOT NULL,
+            alarm_id INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            service_name TEXT NOT NULL,
+            role_name TEXT NOT NULL,
+            host_name TEXT NOT NULL,
+            cause TEXT NOT NULL,
+            additional_info TEXT NOT NULL,
+            raised_at TEXT NOT NULL,
+            cleared_at TEXT,
+            updated_at TEXT NOT NULL,
+            diagnosis TEXT,
+            CHECK (cleared_at IS NULL OR cleared_at >= raised_at)
+        )""",
+        "CREATE UNIQUE INDEX alarms_one_active ON alarms (fingerprint) WHERE cleared_at IS NULL",
+        "CREATE INDEX alarms_fingerprint ON alarms (fingerprint, raised_at)",
+        "CREATE INDEX alarms_raised_at ON alarms (raised_at, id)",
+    ),
+    2: (
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alarm_row INTEGER NOT NULL REFERENCES alarms (id) ON DELETE CASCADE,
+            event TEXT NOT NULL CHECK (event IN ('raise', 'clear')),
+            notifier TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            next_try_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            sent_at TEXT
+        )""",
+        "CREATE INDEX outbox_pending ON outbox (next_try_at, id) WHERE sent_at IS NULL",
+        "CREATE INDEX outbox_alarm ON outbox (alarm_row, notifier, id)",
+    ),
+}
+assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
+
+_ALARM_COLS = (
+    "id, alarm_id, source, service_name, role_name, host_name, cause, additional_info, raised_at, cleared_at, diagnosis"
+)
+_OUTBOX_COLS = "id, alarm_row, event, notifier, payload, created_at, next_try_at, attempts, last_error, sent_at"
+
+
+def _ts(dt: datetime) -> str:
+    return utc(dt).strftime(_TS_FORMAT)
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _alarm(row: sqlite3.Row) -> Alarm:
+    return Alarm(
+        id=row["id"],
+        alarm_id=row["alarm_id"],
+        source=row["source"],
+        service_name=row["service_name"],
+        role_name=row["role_name"],
+        host_name=row["host_name"],
+        cause=row["cause"],
+        additional_info=row["additional_info"],
+        raised_at=_dt(row["raised_at"]),
+        cleared_at=None if row["cleared_at"] is None else _dt(row["cleared_at"]),
+        diagnosis=None if row["diagnosis"] is None else json.loads(row["diagnosis"]),
+    )
+
+
+def _item(row: sqlite3.Row) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"],
+        alarm_row=row["alarm_row"],
+        event=cast(Event, row["event"]),
+        notifier=row["notifier"],
+        payload=json.loads(row["payload"]),
+        created_at=_dt(row["created_at"]),
+        next_try_at=_dt(row["next_try_at"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        sent_at=None if row["sent_at"] is None else _dt(row["sent_at"]),
+    )
+
+
+class SqliteStore:
+    """Alarms in ``<state_dir>/alarms.db``. Writers take the lock up front (BEGIN IMMEDIATE) and wait for
+    each other up to `busy_timeout_s`, so a CLI command and the agent can share the file."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self.location = f"sqlite:{self.path}"
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise self._error("cannot open", exc) from exc
+        conn.row_factory = sqlite3.Row
+        self._conn = conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except (sqlite3.Error, StoreError) as exc:
+            conn.close()
+            self._conn = None
+            if isinstance(exc, StoreError):
+                raise
+            raise self._error("cannot open", exc) from exc
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _error(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"alarm store {self.path}: {what}: {one_line(exc)}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database's write lock from its start."""
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"alarm store {self.path}: store is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _run(self, what: str, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        with self._lock:
+            try:
+                if write:
+                    with self._tx() as conn:
+                        return fn(conn)
+                if self._conn is None:
+                    raise StoreError(f"alarm store {self.path}: store is closed")
+                return fn(self._conn)
+            except sqlite3.Error as exc:
+                raise self._error(what, exc) from exc
+
+    def _migrate(self) -> None:
+        assert self._conn is not None
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        with self._tx() as conn:
+            have = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            if have > SCHEMA_VERSION:
+                raise StoreError(
+                    f"alarm store {self.path}: schema version {have} is newer than this hasync knows"
+                    f" ({SCHEMA_VERSION}); upgrade hasync"
+                )
+            for version, description in MIGRATIONS:
+                if version <= have:
+                    continue
+                for statement in _SQL[version]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                    (version, description, _ts(datetime.now(UTC))),
+                )
+
+    @staticmethod
+    def _active_row(conn: sqlite3.Connection, fingerprint: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = conn.execute(
+            f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = ? AND cleared_at IS NULL", (fingerprint,)
+        ).fetchone()
+        return row
+
+    @staticmethod
+    def _enqueue(
+        conn: sqlite3.Connection, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: str
+    ) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown outbox event {event!r}")
+        conn.execute(
+            "INSERT INTO outbox (alarm_row, event, notifier, payload, created_at, next_try_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (alarm_row, event, notifier, json.dumps(payload, sort_keys=True), now, now),
+        )
+
+    # -- alarms -------------------------------------------------------------
+
+    def raise_alarm(
+        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+    ) -> tuple[Alarm, bool]:
+        when = _ts(at)
+        fp = identity.fingerprint
+
+        def fn(conn: sqlite3.Connection) -> tuple[Alarm, bool]:
+            row = self._active_row(conn, fp)
+            if row is not None:
+                if (row["cause"], row["additional_info"]) != (cause, additional_info):
+                    conn.execute(
+                        "UPDATE alarms SET cause = ?, additional_info = ?, updated_at = ? WHERE id = ?",
+                        (cause, additional_info, when, row["id"]),
+                    )
+                    row = self._active_row(conn, fp)
+                    assert row is not None
+                return _alarm(row), False
+            cur = conn.execute(
+                "INSERT INTO alarms (fingerprint, alarm_id, source, service_name, role_name, host_name,"
+                " cause, additional_info, raised_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (fp, identity.alarm_id, identity.source, identity.service_name, identity.role_name,
+                 identity.host_name, cause, additional_info, when, when),
+            )
+            row = conn.execute(f"SELECT {_ALARM_COLS} FROM alarms WHERE id = ?", (cur.lastrowid,)).fetchone()
+            alarm = _alarm(row)
+            for key in dict.fromkeys(notify):
+                self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
+            return alarm, True
+
+        return self._run("cannot raise alarm", fn)
+
+    def clear(self, fingerprint: str, at: datetime, *, notify: Sequence[str] = ()) -> Alarm | None:
+        when = _ts(at)
+
+        def fn(conn: sqlite3.Connection) -> Alarm | None:
+            row = self._active_row(conn, fingerprint)
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE alarms SET cleared_at = MAX(?, raised_at), updated_at = ? WHERE id = ?",
+                (when, when, row["id"]),
+            )
+            alarm = _alarm(conn.execute(f"SELECT {_ALARM_COLS} FROM alarms WHERE id = ?", (row["id"],)).fetchone())
+            for key in dict.fromkeys(notify):
+                self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
+            return alarm
+
+        return self._run("cannot clear alarm", fn)
+
+    def active(self, fingerprint: str | None = None) -> list[Alarm]:
+        sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE cleared_at IS NULL"
+        args: tuple[Any, ...] = ()
+        if fingerprint is not None:
+            sql += " AND fingerprint = ?"
+            args = (fingerprint,)
+        sql += " ORDER BY raised_at, id"
+        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql, args)], write=False)
+
+    def history(self, limit: int = 1000) -> list[Alarm]:
+        sql = f"SELECT {_ALARM_COLS} FROM alarms ORDER BY raised_at DESC, id DESC LIMIT ?"
+        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql, (limit,))], write=False)
+
+    def get(self, fingerprint_or_id: str | int) -> Alarm | None:
+        if isinstance(fingerprint_or_id, int):
+            sql, args = f"SELECT {_ALARM_COLS} FROM alarms WHERE id = ?", (fingerprint_or_id,)
+        else:
+            sql = (
+                f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = ?"
+                " ORDER BY cleared_at IS NULL DESC, raised_at DESC, id DESC LIMIT 1"
+            )
+            args = (fingerprint_or_id,)
+
+        def fn(c: sqlite3.Connection) -> Alarm | None:
+            row = c.execute(sql, args).fetchone()
+            return None if row is None else _alarm(row)
+
+        return self._run("cannot read alarms", fn, write=False)
+
+    def set_diagnosis(self, alarm_id: int, diagnosis: dict[str, Any]) -> None:
+        text = json.dumps(diagnosis, sort_keys=True, default=str)
+
+        def fn(c: sqlite3.Connection) -> None:
+            if c.execute("UPDATE alarms SET diagnosis = ? WHERE id = ?", (text, alarm_id)).rowcount != 1:
+                raise StoreError(f"alarm store {self.path}: no alarm with id {alarm_id}")
+
+        self._run("cannot store diagnosis", fn)
+
+    # -- outbox -------------------------------------------------------------
+
+    def enqueue(self, alarm_id: int, event: Event, notifier: str, payload: dict[str, Any]) -> None:
+        now = _ts(datetime.now(UTC))
+        self._run("cannot queue notification", lambda c: self._enqueue(c, alarm_id, event, notifier, payload, now))
+
+    def due(
+        self,
+        now: datetime,
+        limit: int = 100,
+        *,
+        notifiers: Collection[str] | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> list[OutboxItem]:
+        keys = None if notifiers is None else sorted(set(notifiers))
+        if keys == []:
+            return []
+        sql = (
+            f"SELECT {_OUTBOX_COLS} FROM outbox o WHERE sent_at IS NULL AND next_try_at <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.alarm_row = o.alarm_row AND p.notifier = o.notifier"
+            " AND p.sent_at IS NULL AND p.id < o.id)"
+        )
+        args: list[Any] = [_ts(now)]
+        if keys is not None:
+            sql += f" AND notifier IN ({', '.join('?' * len(keys))})"
+            args += keys
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        lease = _ts(utc(now) + timedelta(seconds=lease_s))
+
+        def fn(c: sqlite3.Connection) -> list[OutboxItem]:
+            ids = [r["id"] for r in c.execute(sql, args)]
+            if not ids:
+                return []
+            marks = ", ".join("?" * len(ids))
+            c.execute(f"UPDATE outbox SET attempts = attempts + 1, next_try_at = ? WHERE id IN ({marks})", [lease, *ids])
+            return [_item(r) for r in c.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY id",
+                                                 ids)]
+
+        return self._run("cannot read outbox", fn)
+
+    def mark_sent(self, item_id: int, at: datetime | None = None) -> None:
+        when = _ts(at or datetime.now(UTC))
+        self._run("cannot update outbox",
+                  lambda c: c.execute("UPDATE outbox SET sent_at = ?, last_error = NULL WHERE id = ?", (when, item_id)))
+
+    def mark_failed(self, item_id: int, next_try_at: datetime, error: str) -> None:
+        args = (_ts(next_try_at), error[:1000], item_id)
+        self._run("cannot update outbox", lambda c: c.execute(
+            "UPDATE outbox SET next_try_at = ?, last_error = ? WHERE id = ? AND sent_at IS NULL", args))
+
+    def pending(self) -> list[OutboxItem]:
+        sql = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE sent_at IS NULL ORDER BY id"
+        return self._run("cannot read outbox", lambda c: [_item(r) for r in c.execute(sql)], write=False)
+
+    def resend_candidates(self, notifier: str, cleared_since: datetime) -> list[Alarm]:
+        sql = (
+            f"SELECT {_ALARM_COLS} FROM alarms a WHERE (a.cleared_at IS NULL OR a.cleared_at >= ?)"
+            " AND EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = ? AND o.event = 'raise'"
+            " AND o.sent_at IS NOT NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = ? AND o.sent_at IS NULL)"
+            " ORDER BY a.id"
+        )
+        args = (_ts(cleared_since), notifier, notifier)
+        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql, args)], write=False)
+
+    def prune(self, before: datetime) -> int:
+        cut = _ts(before)
+        sql = (
+            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ? AND alarm_row IN"
+            " (SELECT id FROM alarms WHERE cleared_at IS NOT NULL AND cleared_at < ?)"
+        )
+        return self._run("cannot prune outbox", lambda c: c.execute(sql, (cut, cut)).rowcount)
+
+    def schema_version(self) -> int:
+        return self._run(
+            "cannot read schema version",
+            lambda c: int(c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]),
+            write=False,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"

@@ -1,0 +1,233 @@
+"""Test helpers: real agent processes on 127.0.0.1, tree comparison, waiting."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hasync.demo import Pair, write_pair
+
+ROOT = os.geteuid() == 0
+PLAIN_USER = "nobody"
+
+
+def plain_ids() -> tuple[int, int]:
+    pw = pwd.getpwnam(PLAIN_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value: {last!r})")
+
+
+def snapshot(root: Path, with_owner: bool = False) -> dict[str, tuple[Any, ...]]:
+    """Every path under `root`: type, permission bits, content SHA-256 or link target."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue  # a temp file renamed away while we looked
+            owner = (st.st_uid, st.st_gid) if with_owner else ()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(full), *owner)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d", stat.S_IMODE(st.st_mode), *owner)
+            else:
+                try:
+                    with open(full, "rb") as f:
+                        digest = hashlib.file_digest(f, "sha256").hexdigest()
+                except PermissionError:
+                    digest = "unreadable"
+                except FileNotFoundError:
+                    continue
+                out[rel] = ("f", stat.S_IMODE(st.st_mode), st.st_size, digest, *owner)
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+    return out
+
+
+def temp_files(root: Path) -> list[str]:
+    return [os.path.join(d, n) for d, ds, fs in os.walk(root) for n in fs + ds if n.startswith(".hasync-tmp-")]
+
+
+@dataclass
+class AgentProc:
+    config: Path
+    port: int
+    token: str
+    user: tuple[int, int] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.config.with_suffix(".out")
+
+    def start(self, wait: bool = True) -> AgentProc:
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs.update(user=self.user[0], group=self.user[1], extra_groups=[])
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hasync", "agent", "-c", str(self.config)],
+                stdout=out,
+                stderr=out,
+                env=env,
+                cwd=self.config.parent,
+                **kwargs,
+            )
+        if wait:
+            wait_for(self.healthy, 30, what=f"agent {self.config.name} to answer /healthz")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agent {self.config.name} exited with {self.proc.returncode}:\n{self.output()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 10) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"agent {self.config.name} did not stop within {timeout} s") from None
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class PairEnv:
+    pair: Pair
+    a: AgentProc
+    b: AgentProc
+    user: tuple[int, int] | None
+
+    @property
+    def src(self) -> Path:
+        return self.pair.data_a
+
+    @property
+    def dst(self) -> Path:
+        return self.pair.data_b
+
+    def hasync(
+        self, *args: str, node: str = "b", check: bool = False, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        cfg = self.pair.config_a if node == "a" else self.pair.config_b
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs.update(user=self.user[0], group=self.user[1], extra_groups=[])
+        r = subprocess.run(
+            [sys.executable, "-m", "hasync", *args, "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.pair.base,
+            **kwargs,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"hasync {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def in_sync(self) -> bool:
+        return snapshot(self.src) == snapshot(self.dst)
+
+    def wait_in_sync(self, timeout: float = 30) -> None:
+        try:
+            wait_for(self.in_sync, timeout, what="standby tree == active tree")
+        except AssertionError:
+            a, b = snapshot(self.src), snapshot(self.dst)
+            diff = {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+            raise AssertionError(
+                f"trees differ: {dict(list(diff.items())[:10])}\n--- a:\n{self.a.output()}\n--- b:\n{self.b.output()}"
+            ) from None
+
+    def chown_all(self) -> None:
+        if self.user is not None:
+            for dirpath, dirnames, filenames in os.walk(self.pair.base):
+                for n in [*dirnames, *filenames]:
+                    os.lchown(os.path.join(dirpath, n), *self.user)
+            os.lchown(self.pair.base, *self.user)
+
+    def stop(self) -> None:
+        for agent in (self.a, self.b):
+            try:
+                agent.kill9()
+            except Exception:
+                pass
+
+
+def make_base() -> Path:
+    """A temp dir that an unprivileged agent can reach (pytest's tmp_path is mode 700 under root)."""
+    base = Path(tempfile.mkdtemp(prefix="hasync-test-", dir=os.environ.get("HASYNC_TEST_TMP", "/tmp")))
+    base.chmod(0o755)
+    return base
+
+
+def new_pair(
+    base: Path,
+    unprivileged: bool = False,
+    extra: str = "",
+    interval_s: float = 60,
+    dirs: tuple[str, ...] = ("conf", "udf"),
+) -> PairEnv:
+    pair = write_pair(base, interval_s=interval_s, extra=extra, dirs=dirs)
+    token = (base / "secrets" / "pair.token").read_text().strip()
+    user = plain_ids() if unprivileged and ROOT else None
+    env = PairEnv(
+        pair,
+        AgentProc(pair.config_a, pair.port_a, token, user),
+        AgentProc(pair.config_b, pair.port_b, token, user),
+        user,
+    )
+    return env
+
+
+def cleanup_base(base: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(base):
+        for d in dirnames:
+            try:
+                os.chmod(os.path.join(dirpath, d), 0o755)
+            except OSError:
+                pass
+    shutil.rmtree(base, ignore_errors=True)
