@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hasync.errors import ConfigError
 
@@ -76,15 +76,6 @@ class SyncSection(_Section):
     retry_s: float = Field(10.0, gt=0, description="retry failed paths after this")
     batch_files: int = Field(2000, gt=0, description="files written per flush")
     batch_bytes: int = Field(64 << 20, gt=0, description="bytes written per flush")
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> SyncSection:
-        seen: set[str] = set()
-        for d in self.dirs:
-            if d.name in seen:
-                raise ValueError(f"duplicate dir name {d.name!r}")
-            seen.add(d.name)
-        return self
 
 
 class BackupSection(_Section):
@@ -210,12 +201,17 @@ def load(path: str | os.PathLike[str]) -> Config:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _loc(err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "missing required key"
         raise ConfigError(f"{cfg_path}: {key}: {msg}") from None
+    seen: set[str] = set()
+    for i, d in enumerate(cfg.sync.dirs):
+        if d.name in seen:
+            raise ConfigError(f"{cfg_path}: sync.dirs[{i}].name: duplicate dir name {d.name!r}")
+        seen.add(d.name)
     base = cfg_path.resolve().parent
     node = cfg.node.model_copy(
         update={"state_dir": _resolve(base, cfg.node.state_dir), "log_dir": _resolve(base, cfg.node.log_dir)}

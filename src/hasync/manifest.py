@@ -80,12 +80,14 @@ def _record(name: str, e: Entry, with_owner: bool) -> bytes:
 
 
 class Excluder:
-    """rsync-like globs: a pattern without '/' matches a name at any depth,
-    a pattern with '/' matches the path from the sync dir's root."""
+    """rsync-like globs: a pattern without '/' matches a name at any depth; a
+    pattern with a '/' (a leading one anchors it) matches the path from the
+    sync dir's root."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
-        names = [p for p in patterns if "/" not in p.strip("/")]
-        paths = [p.strip("/") for p in patterns if "/" in p.strip("/")]
+        anchored = [p for p in patterns if "/" in p.rstrip("/")]
+        names = [p.rstrip("/") for p in patterns if p not in anchored]
+        paths = [p.strip("/") for p in anchored]
         self._name = re.compile("|".join(fnmatch.translate(p) for p in names)) if names else None
         self._path = re.compile("|".join(fnmatch.translate(p) for p in paths)) if paths else None
 

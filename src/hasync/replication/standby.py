@@ -249,10 +249,13 @@ class StandbySide(Side):
                         continue
                     want: dict[str, tuple[Entry, bytes | None]] = {}
                     for raw_name, row in rows:
-                        name = dec_path(raw_name)
-                        if "/" in name:
-                            raise PathRefused(f"listing of {reldir!r} names {name!r}")
-                        want[name] = dec_entry(row)
+                        try:
+                            name = dec_path(raw_name)
+                            if "/" in name:
+                                raise PathRefused(f"listing of {reldir!r} names {name!r}")
+                            want[name] = dec_entry(row)
+                        except (PathRefused, ValueError, TypeError) as exc:
+                            self._refused(errors, d, reldir, raw_name, exc)
                     have = local.children(reldir)
                     for name in sorted(want.keys() | have.keys()):
                         rel = f"{reldir}/{name}" if reldir else name
@@ -290,11 +293,16 @@ class StandbySide(Side):
             touched: set[tuple[str, str]] = set()
             for name, raw, row in resp["changes"]:
                 tree = self.trees.get(name)
-                rel = dec_path(raw, allow_root=True)
+                try:
+                    rel = dec_path(raw, allow_root=True)
+                    want = dec_entry(row)[0] if row is not None else None
+                except (PathRefused, ValueError, TypeError) as exc:
+                    if tree is not None:
+                        self._refused(errors, self.cfg.sync_dir(name), "", raw, exc)
+                    continue
                 if tree is None or rel == "":
                     self._need_full = True
                     continue
-                want = dec_entry(row)[0] if row is not None else None
                 plan = by_dir.setdefault(name, Plan())
                 compare_entry(rel, want, tree.get(rel), self.with_owner, plan)
                 touched.add((name, rel))
@@ -400,6 +408,8 @@ class StandbySide(Side):
         try:
             fn(*args)
             return True
+        except _Retry:
+            return False
         except PathRefused as exc:
             log.error("path refused %s", kv(dir=d.name, path=rel, error=exc.message))
             self._fail(errors, d, rel, Cause.SYNC_ERROR, f"path refused: {exc.message}")
@@ -482,12 +492,10 @@ class StandbySide(Side):
                         if not ok:
                             writer.abort()
                             retry.append(writer.rel)
-                        elif writer.finish(digest):
+                        elif self._guard(errors, d, writer.rel, self._finish, writer, digest, retry):
                             tally["files"] += 1
                             self.received_files += 1
                             self.received_bytes += writer.size
-                        else:
-                            retry.append(writer.rel)
                     writer = None
                     if (
                         applier.pending_bytes > self.cfg.sync.batch_bytes
@@ -497,11 +505,25 @@ class StandbySide(Side):
                 elif kind == F_ERR:
                     raw, cause, msg = unpack(payload)
                     rel = dec_path(raw)
+                    if rel not in wanted:
+                        raise PathRefused(f"the active reported {rel!r}, which was not asked for")
                     if msg == "vanished":
                         continue  # the change feed brings its deletion
-                    self._fail(errors, d, rel, Cause(cause), f"cannot be read on the active: {msg}")
+                    known = cause in {c.value for c in Cause}
+                    self._fail(
+                        errors,
+                        d,
+                        rel,
+                        Cause(cause) if known else Cause.SYNC_ERROR,
+                        f"cannot be read on the active: {msg}",
+                    )
                 elif kind == F_DONE:
                     break
+        except (PathRefused, ValueError, TypeError) as exc:
+            # A malformed or hostile stream: keep what was whole, refuse the rest.
+            if writer is not None and not skip:
+                writer.abort()
+            self._refused(errors, d, "", b"(file stream)", exc)
         except BaseException:
             if writer is not None and not skip:
                 writer.abort()
@@ -509,6 +531,22 @@ class StandbySide(Side):
         self._flush(applier, d, errors)
         if progress:
             progress(dict(tally, event="progress"))
+
+    @staticmethod
+    def _finish(writer: FileWriter, digest: bytes, retry: list[str]) -> None:
+        if not writer.finish(digest):
+            retry.append(writer.rel)
+            raise _Retry()
+
+    def _refused(
+        self, errors: dict[tuple[str, str], FileError], d: SyncDir, reldir: str, raw: object, exc: Exception
+    ) -> None:
+        what = exc.message if isinstance(exc, HasyncError) else f"malformed entry: {exc}"
+        log.error(
+            "refused data from the active %s", kv(dir=d.name, where=reldir or "/", entry=repr(raw)[:80], error=what)
+        )
+        key = f"{reldir}/{os.fsdecode(raw) if isinstance(raw, bytes) else raw!r}".lstrip("/")
+        self._fail(errors, d, key.replace("\0", "\\0"), Cause.SYNC_ERROR, f"refused: {what}")
 
     def _flush(self, applier: Applier, d: SyncDir, errors: dict[tuple[str, str], FileError]) -> None:
         try:
@@ -531,6 +569,10 @@ class StandbySide(Side):
             "cause": None if self.main_cause() is None else str(self.main_cause()),
             "seq": self.seq,
         }
+
+
+class _Retry(Exception):
+    """The file arrived but did not match what was announced: fetch it again."""
 
 
 def _raise(exc: BaseException) -> None:

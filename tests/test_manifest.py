@@ -1,0 +1,140 @@
+"""Manifests: scanning, the hash cache, Merkle hashes and diffing (property-based)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Excluder, Plan, Tree, diff, scan
+
+NAMES = st.sampled_from(["a", "b", "c", "d d", "é", "x.swp"])
+KINDS = st.sampled_from([FILE, DIR, LINK])
+
+
+@st.composite
+def trees(draw: st.DrawFn, depth: int = 0) -> dict[str, Entry | dict]:  # type: ignore[type-arg]
+    out: dict[str, Entry | dict] = {}  # type: ignore[type-arg]
+    for name in draw(st.lists(NAMES, unique=True, max_size=4)):
+        kind = draw(KINDS) if depth < 2 else draw(st.sampled_from([FILE, LINK]))
+        mode = draw(st.sampled_from([0o644, 0o600, 0o755]))
+        if kind == DIR:
+            out[name] = [Entry(DIR, mode), draw(trees(depth + 1))]  # type: ignore[assignment]
+        elif kind == FILE:
+            out[name] = Entry(FILE, mode, 1, 0, draw(st.sampled_from([b"1" * 32, b"2" * 32])))
+        else:
+            out[name] = Entry(LINK, 0o777, link=draw(st.sampled_from(["a", "../b", "/etc"])))
+    return out
+
+
+def build(spec: dict, tree: Tree | None = None, prefix: str = "") -> Tree:  # type: ignore[type-arg]
+    tree = tree or Tree()
+    for name, val in spec.items():
+        rel = f"{prefix}/{name}" if prefix else name
+        if isinstance(val, list):
+            tree.put(rel, val[0])
+            build(val[1], tree, rel)
+        else:
+            tree.put(rel, val)
+    return tree
+
+
+def apply(plan: Plan, have: Tree, want: Tree) -> None:
+    """A model of the standby's Applier: what it does to its tree."""
+    for rel in plan.delete:
+        have.remove(rel)
+    for rel, e in plan.make:
+        have.put(rel, e)
+    for rel, e in plan.chmod:
+        have.put(rel, e)
+    for rel in plan.fetch:
+        e = want.get(rel)
+        assert e is not None
+        have.put(rel, e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(trees(), trees())
+def test_diff_then_apply_gives_equal_trees(want_spec: dict, have_spec: dict) -> None:  # type: ignore[type-arg]
+    want, have = build(want_spec), build(have_spec)
+    plan = diff(want, have)
+    apply(plan, have, want)
+    assert have.root_hash() == want.root_hash()
+    assert dict(have.items()) == dict(want.items())
+    assert not diff(want, have)
+
+
+@settings(max_examples=200, deadline=None)
+@given(trees(), trees())
+def test_root_hash_equal_iff_trees_equal(a_spec: dict, b_spec: dict) -> None:  # type: ignore[type-arg]
+    a, b = build(a_spec), build(b_spec)
+    same = dict(a.items()) == dict(b.items())
+    assert (a.root_hash() == b.root_hash()) == same
+
+
+@settings(max_examples=100, deadline=None)
+@given(trees(), st.data())
+def test_incremental_hash_matches_fresh_build(spec: dict, data: st.DataObject) -> None:  # type: ignore[type-arg]
+    t = build(spec)
+    t.root_hash()
+    paths = [p for p, _ in t.items()]
+    if paths:
+        victim = data.draw(st.sampled_from(paths))
+        t.remove(victim)
+    t.put("new-file", Entry(FILE, 0o644, 1, 0, b"9" * 32))
+    fresh = Tree()
+    for p, e in t.items():
+        fresh.put(p, e)
+    assert t.root_hash() == fresh.root_hash()
+
+
+def test_error_entries_are_reported_not_fetched_or_deleted() -> None:
+    want, have = Tree(), Tree()
+    want.put("bad", Entry(ERROR, 0, error="permission_denied: Permission denied"))
+    have.put("bad", Entry(FILE, 0o644, 1, 0, b"x" * 32))
+    plan = diff(want, have)
+    assert plan.errors == [("bad", want.get("bad"))] and not plan.fetch and not plan.delete
+
+
+def test_scan_reuses_cached_digests(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"hello")
+    old = time.time_ns() - 10_000_000_000
+    os.utime(f, ns=(old, old))
+    first = scan(tmp_path, Excluder([]))
+    e = first.get("f")
+    assert e is not None and e.ino
+    # Same inode, size and mtime: the cached digest is reused, the file is not read.
+    poisoned = Tree()
+    poisoned.put("f", e._replace(digest=b"cached" * 5 + b"xx"))
+    assert scan(tmp_path, Excluder([]), poisoned).get("f").digest == b"cached" * 5 + b"xx"  # type: ignore[union-attr]
+    # A change of mtime forces a re-hash.
+    os.utime(f, ns=(old + 1, old + 1))
+    assert scan(tmp_path, Excluder([]), poisoned).get("f").digest == e.digest  # type: ignore[union-attr]
+
+
+def test_recent_files_are_not_trusted_from_the_cache(tmp_path: Path) -> None:
+    (tmp_path / "fresh").write_bytes(b"x")
+    assert scan(tmp_path, Excluder([])).get("fresh").ino == 0  # type: ignore[union-attr]
+
+
+def test_cache_roundtrip(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    (tmp_path / "l").symlink_to("d/f")
+    t = scan(tmp_path, Excluder([]))
+    t.save(tmp_path / "cache")
+    loaded = Tree.load(tmp_path / "cache")
+    assert loaded is not None and dict(loaded.items()) == dict(t.items())
+    (tmp_path / "cache").write_bytes(b"garbage")
+    assert Tree.load(tmp_path / "cache") is None
+
+
+def test_excluder_name_and_path_patterns() -> None:
+    ex = Excluder(["*.swp", "logs/*.log", "/tmp"])
+    assert ex("a/b/c.swp", "c.swp")
+    assert ex("logs/x.log", "x.log") and not ex("other/x.log", "x.log")
+    assert ex("tmp", "tmp") and not ex("a/tmp", "tmp")
