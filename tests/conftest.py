@@ -29,3 +29,20 @@ def make_pair(base: Path) -> Iterator[Callable[..., PairEnv]]:
     yield factory
     for env in made:
         env.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (HASYNC_FAIL_ON_SKIP=1) a skipped test fails the run; so does collecting none."""
+    import os
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or os.environ.get("HASYNC_FAIL_ON_SKIP") != "1":
+        return
+    skipped = reporter.stats.get("skipped", [])
+    if skipped:
+        reporter.write_line(f"HASYNC_FAIL_ON_SKIP: {len(skipped)} test(s) skipped; every test must run in CI", red=True)
+        for rep in skipped:
+            reporter.write_line(f"  skipped: {rep.nodeid}: {rep.longrepr[2] if isinstance(rep.longrepr, tuple) else ''}")
+        session.exitstatus = 1
+    if session.testscollected == 0:
+        session.exitstatus = 1
