@@ -42,7 +42,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         reporter.write_line(f"HASYNC_FAIL_ON_SKIP: {len(skipped)} test(s) skipped; every test must run in CI", red=True)
         for rep in skipped:
-            reporter.write_line(f"  skipped: {rep.nodeid}: {rep.longrepr[2] if isinstance(rep.longrepr, tuple) else ''}")
+            reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else ""
+            reporter.write_line(f"  skipped: {rep.nodeid}: {reason}")
         session.exitstatus = 1
     if session.testscollected == 0:
         session.exitstatus = 1

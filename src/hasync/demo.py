@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 SYNC_DIRS = ("conf", "udf")
@@ -147,10 +149,10 @@ def _agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_until(pred: object, timeout: float) -> float | None:
+def _wait_until(pred: Callable[[], bool], timeout: float) -> float | None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if pred():  # type: ignore[operator]
+        if pred():
             return time.monotonic() - t0
         time.sleep(0.005)
     return None
@@ -199,11 +201,9 @@ def run(work_dir: str) -> None:
             time.sleep(3)
             step += 1
             what, path = _change(pair.data_a, rng, step)
-            t0 = time.monotonic()
-            dt = _wait_until(lambda path=path: _same_path(pair, path), 10)  # type: ignore[misc]
+            dt = _wait_until(partial(_same_path, pair, path), 10)
             shown = f"{dt * 1000:.0f} ms" if dt is not None else "[red]not yet after 10 s[/]"
             con.print(f"  active: {what:<40} -> on the standby after {shown}")
-            del t0
     except KeyboardInterrupt:
         pass
     finally:

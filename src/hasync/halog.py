@@ -59,7 +59,7 @@ class HaLogHandler(logging.handlers.RotatingFileHandler):
         super().__init__(log_dir / LOG_NAME, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
         self.setFormatter(HaFormatter())
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> Any:
         stream = super()._open()
         if stream.tell() == 0:
             stream.write(f"# hasync HA run log; times are local, UTC offset {utc_offset()}\n")
@@ -69,7 +69,7 @@ class HaLogHandler(logging.handlers.RotatingFileHandler):
     def doRollover(self) -> None:
         if self.stream:
             self.stream.close()
-            self.stream = None  # type: ignore[assignment]
+            self.stream = None
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime())
         target = self.log_dir / f"{LOG_NAME}.{stamp}.gz"
         n = 0

@@ -276,7 +276,8 @@ class Tree:
     # -- persistence (the hash cache) --------------------------------------
     def dump(self) -> bytes:
         rows = [[rel, *e] for rel, e in self.items()]
-        return msgpack.packb({"v": 1, "with_owner": self.with_owner, "rows": rows}, use_bin_type=True)
+        data: bytes = msgpack.packb({"v": 1, "with_owner": self.with_owner, "rows": rows}, use_bin_type=True)
+        return data
 
     @classmethod
     def loads(cls, data: bytes) -> Tree:

@@ -234,7 +234,7 @@ class StandbySide(Side):
             self.missing.add(d.name)
             return None
         self.missing.discard(d.name)
-        plan, sizes = Plan(), {}
+        plan, sizes = Plan(), dict[str, int]()
         if local.root_hash() == remote_root:
             return plan, sizes
         level: list[str] = [""]
