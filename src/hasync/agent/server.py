@@ -275,10 +275,12 @@ class Agent:
         if not isinstance(self.side, StandbySide):
             raise HasyncError(f"{self.cfg.node.name} is the active node: sync runs on the standby")
         side = self.side
+        log.info("sync requested %s", kv(by=request.remote))
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        task = asyncio.create_task(side.reconcile(progress=queue.put_nowait, rescan_local=True))
+        # The watcher keeps the local tree current: no rescan, so "nothing changed" costs next to nothing.
+        task = asyncio.create_task(side.reconcile(progress=queue.put_nowait))
         while not task.done():
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)

@@ -18,26 +18,20 @@ import secrets
 import stat
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
-
-import watchfiles
 
 from hasync.config import Config, SyncDir
 from hasync.errors import Cause, PathRefused, cause_of_oserror, is_junk
-from hasync.fsutil import DirFds, is_tmp_name
+from hasync.fsutil import DirFds
 from hasync.halog import kv
 from hasync.manifest import (
     CHUNK,
     DIR,
     Entry,
-    FileChanged,
     Tree,
     diff,
-    read_file_entry,
-    same,
     scan,
-    stat_entry,
 )
 from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, enc_path, frame, pack
 from hasync.replication.base import Side
@@ -45,7 +39,6 @@ from hasync.replication.base import Side
 log = logging.getLogger("hasync.active")
 
 MAX_LOG = 200_000
-BIG_FILE = 4 << 20
 FLUSH_AT = 256 << 10
 
 
@@ -62,9 +55,6 @@ class ActiveSide(Side):
         self._floor = 0  # changes at or below this seq are no longer in the log
         self._wake = asyncio.Event()
         self._scanning: set[str] | None = None
-        self._watch_task: asyncio.Task[None] | None = None
-        self._watched: tuple[Path, ...] = ()
-        self.with_owner = cfg.is_root
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -74,50 +64,12 @@ class ActiveSide(Side):
         self._restart_watcher()
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
         await super().stop()
-
-    def _restart_watcher(self) -> None:
-        roots = tuple(d.path for d in self.cfg.sync.dirs if self.trees.get(d.name) is not None)
-        if roots == self._watched and self._watch_task is not None and not self._watch_task.done():
-            return
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-        self._watched = roots
-        if roots:
-            self._watch_task = asyncio.create_task(self._watch(roots), name="watch")
-
-    async def _watch(self, roots: tuple[Path, ...]) -> None:
-        # step: how long to wait for more events after the first before yielding.
-        # Small, so that one changed file reaches the standby in milliseconds.
-        try:
-            async for changes in watchfiles.awatch(
-                *roots,
-                watch_filter=None,
-                debounce=200,
-                step=5,
-                stop_event=self._stop_event,
-                rust_timeout=1000,
-                yield_on_timeout=False,
-                recursive=True,
-            ):
-                await self.refresh(Path(p) for _, p in changes)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the watcher died (e.g. a root was removed): rescan will restart it
-            log.error("file watcher stopped %s", kv(error=exc))
-            self._watched = ()
 
     async def _periodic_rescan(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.sync.full_reconcile_s)
             await self.rescan_all()
-
-    async def _periodic_save(self) -> None:
-        while True:
-            await asyncio.sleep(30)
-            await asyncio.to_thread(self.save_caches)
 
     # -- keeping the trees current ----------------------------------------
     async def rescan_all(self, initial: bool = False) -> None:
@@ -176,110 +128,17 @@ class ActiveSide(Side):
         except FileNotFoundError:
             return None
 
-    def _locate(self, path: Path) -> tuple[SyncDir, str] | None:
-        sp = str(path)
-        for d in self.cfg.sync.dirs:
-            root = str(d.path)
-            if sp == root:
-                return d, ""
-            if sp.startswith(root + "/"):
-                return d, sp[len(root) + 1 :]
-        return None
-
-    def _ignored(self, rel: str) -> bool:
-        parts = rel.split("/")
-        for i, name in enumerate(parts):
-            if is_tmp_name(name) or self.excluder("/".join(parts[: i + 1]), name):
-                return True
-        return False
-
-    async def refresh(self, paths: Iterable[Path]) -> None:
-        """Re-read the given absolute paths after file-system events."""
-        todo: dict[tuple[str, str], SyncDir] = {}
-        for p in paths:
-            hit = self._locate(p)
-            if hit is None:
-                continue
-            d, rel = hit
-            if rel and self._ignored(rel):
-                continue
-            if self._scanning is not None:
-                self._scanning.add(str(p))
-            todo[(d.name, rel)] = d
-        # Parents before children, so a new directory is merged as a whole once.
-        for (name, rel), d in sorted(todo.items(), key=lambda kv_: kv_[0][1].count("/")):
-            tree = self.trees.get(name)
-            if tree is None or rel == "":
-                if (tree is None) != (not d.path.is_dir()):
-                    await self.rescan_all()
-                continue
-            await self._refresh_one(d, tree, rel)
-
-    async def _refresh_one(self, d: SyncDir, tree: Tree, rel: str) -> None:
-        parent = tree.get(rel.rpartition("/")[0]) if "/" in rel else None
-        if "/" in rel and (parent is None or parent.kind != DIR):
-            return  # its parent is unknown: the parent's own event brings it in
-        full = d.path / rel
-        old = tree.get(rel)
-        try:
-            st = os.lstat(full)
-        except FileNotFoundError:
-            if tree.remove(rel) is not None:
-                self._record(d.name, rel)
-            return
-        except OSError as exc:
-            log.warning("cannot stat %s", kv(dir=d.name, path=rel, error=exc.strerror))
-            return
-        name = rel.rpartition("/")[2]
-        if stat.S_ISDIR(st.st_mode) and (old is None or old.kind != DIR):
-            sub = await asyncio.to_thread(self._scan_subtree, d, rel)
-            if sub is not None:
-                self._merge(d.name, tree, rel, st, sub)
-            return
-        read = lambda: read_file_entry(None, str(full))
-        try:
-            if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE and not self._cached(old, st):
-                new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", old, time.time_ns())
-            else:
-                new = stat_entry(name, st, read, lambda: os.readlink(full), old, time.time_ns())
-        except FileNotFoundError:
-            if tree.remove(rel) is not None:
-                self._record(d.name, rel)
-            return
-        except FileChanged:
-            return  # it is being written: its next event brings it
-        except OSError as exc:
-            from hasync.manifest import error_entry
-
-            new = error_entry(name, st, exc)
-        if new is None:
-            if tree.remove(rel) is not None:
-                self._record(d.name, rel)
-            return
-        tree.put(rel, new)
-        if not same(old, new, self.with_owner):
-            self._record(d.name, rel)
-            if new.kind == "e" and (old is None or old.kind != "e"):
-                log.error("cannot read file %s", kv(dir=d.name, path=rel, cause=new.error))
-
-    @staticmethod
-    def _cached(old: Entry | None, st: os.stat_result) -> bool:
-        return old is not None and old.ino == st.st_ino and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
-
-    def _scan_subtree(self, d: SyncDir, rel: str) -> Tree | None:
-        try:
-            return scan(d.path, self.excluder, None, self.with_owner, subdir=rel)
-        except FileNotFoundError:
-            return None
-
-    def _merge(self, name: str, tree: Tree, rel: str, st: os.stat_result, sub: Tree) -> None:
-        tree.put(rel, Entry(DIR, stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, ino=st.st_ino))
-        self._record(name, rel)
-        for path, e in sub.items(rel):
-            tree.put(path, e)
-            self._record(name, path)
-
     # -- the change feed ---------------------------------------------------
+    def _touched(self, path: Path) -> None:
+        if self._scanning is not None:
+            self._scanning.add(str(path))
+
+    async def root_changed(self, d: SyncDir) -> None:
+        await self.rescan_all()
+
+    def _changed(self, dir_name: str, rel: str) -> None:
+        self._record(dir_name, rel)
+
     def _record(self, dir_name: str, rel: str) -> None:
         self.seq += 1
         self._log.append((self.seq, dir_name, rel, time.time()))

@@ -12,7 +12,7 @@ import blake3
 from hasync.backup import BackupSets
 from hasync.config import SyncDir
 from hasync.fsutil import DirFds, fsync_fd, syncfs, tmp_name
-from hasync.manifest import DIR, FILE, LINK, RACY_NS, Entry, Tree
+from hasync.manifest import DIR, FILE, LINK, Entry, Tree
 
 
 @dataclass
@@ -66,7 +66,8 @@ class FileWriter:
             raise
         os.close(self.fd)
         self.fd = -1
-        ino = st.st_ino if abs(st.st_mtime_ns - m.mtime_ns) < 1 and _settled(m.mtime_ns) else 0
+        # Our own write: nobody else has touched it yet, so its digest is trusted by inode.
+        ino = st.st_ino
         entry = m._replace(digest=digest, ino=ino, uid=st.st_uid, gid=st.st_gid)
         self.applier.pending.append(_Pending(self.rel, self.parent, self.tmp, entry))
         self.applier.pending_bytes += self.size
@@ -80,12 +81,6 @@ class FileWriter:
             os.unlink(self.tmp, dir_fd=self.pfd)
         except FileNotFoundError:
             pass
-
-
-def _settled(mtime_ns: int) -> bool:
-    import time
-
-    return time.time_ns() - mtime_ns > RACY_NS
 
 
 class Applier:

@@ -14,8 +14,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hasync.backup import BackupSets
@@ -88,6 +89,8 @@ class StandbySide(Side):
         self._need_full = True
         self._last_full = 0.0
         self.missing: set[str] = set()
+        self._deferred: set[Path] = set()
+        self._kick_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
     async def load_local(self) -> None:
@@ -110,12 +113,49 @@ class StandbySide(Side):
 
     async def start(self) -> None:
         await self.load_local()
+        self._restart_watcher()
         self._tasks.append(asyncio.create_task(self._run(), name="standby-loop"))
         self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
 
     async def stop(self) -> None:
+        if self._kick_task is not None:
+            self._kick_task.cancel()
         await super().stop()
         await self.client.close()
+
+    # -- local drift: someone changed the standby's copy --------------------
+    async def refresh(self, paths: Iterable[Path]) -> None:
+        if self._lock.locked():
+            # Our own writes are in progress: look once they are done, at the final state.
+            self._deferred.update(paths)
+            return
+        await super().refresh(paths)
+
+    async def _after_apply(self) -> None:
+        if self._deferred:
+            paths, self._deferred = self._deferred, set()
+            await super().refresh(paths)
+
+    def _changed(self, dir_name: str, rel: str) -> None:
+        log.warning("the standby's copy was changed locally, repairing %s", kv(dir=dir_name, path=rel or "/"))
+        self._dirty.add(dir_name)
+        self._kick()
+
+    async def root_changed(self, d: SyncDir) -> None:
+        self._need_full = True
+        self._kick()
+
+    def _kick(self) -> None:
+        """Reconcile soon (debounced), without waiting for the long-poll to return."""
+        if self._kick_task is None or self._kick_task.done():
+            self._kick_task = asyncio.create_task(self._kicked())
+
+    async def _kicked(self) -> None:
+        await asyncio.sleep(0.05)
+        try:
+            await self.reconcile()
+        except Exception:
+            log.exception("reconcile after a local change failed")
 
     async def _periodic_save(self) -> None:
         while True:
@@ -201,7 +241,9 @@ class StandbySide(Side):
             self._last_full = time.monotonic()
             self.pending = 0
             self._update_in_sync()
-            return self._result(SyncResult(bool(self.in_sync), tally["files"], tally["bytes"], tally["deleted"]))
+            result = SyncResult(bool(self.in_sync), tally["files"], tally["bytes"], tally["deleted"])
+        await self._after_apply()
+        return self._result(result)
 
     def _result(self, r: SyncResult) -> SyncResult:
         r.errors = sorted(self.errors.values(), key=lambda e: (e.dir, e.path))
@@ -321,6 +363,7 @@ class StandbySide(Side):
             self.remote_roots = resp["roots"]
             self.pending = 0
             self._update_in_sync()
+        await self._after_apply()
 
     def _update_in_sync(self) -> None:
         ok = self.peer_error is None and not self.errors and not self._need_full
