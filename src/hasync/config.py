@@ -45,6 +45,7 @@ class NodeSection(_Section):
 class PeerSection(_Section):
     name: str = Field(description="the peer node's name")
     address: str = Field(description="the peer agent's host:port")
+    hostname: str | None = Field(None, description="the peer's HostName; default: learned from the peer")
     timeout_s: float = Field(10.0, gt=0, description="timeout of one request to the peer")
 
     _v_address = field_validator("address")(_host_port)
@@ -86,8 +87,11 @@ class BackupSection(_Section):
 
 class CheckSection(_Section):
     interval_s: float = Field(60.0, gt=0, description="sync check period")
-    raise_after: int = Field(1, ge=1)
-    clear_after: int = Field(1, ge=1)
+    raise_after: int = Field(1, ge=1, description="out-of-sync verdicts in a row that raise the alarm")
+    clear_after: int = Field(1, ge=1, description="in-sync verdicts in a row that clear it")
+    takeover_after: int = Field(
+        3, ge=1, description="checks the standby must be unreachable before the active raises the alarm itself"
+    )
 
 
 class SecuritySection(_Section):

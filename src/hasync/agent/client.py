@@ -50,7 +50,8 @@ class AgentClient:
             self._session = None
 
     def _timeout(self, total: float | None) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=total, connect=self.timeout_s, sock_read=None if total is None else total)
+        connect = self.timeout_s if total is None else min(self.timeout_s, total)
+        return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=total)
 
     def _map(self, exc: BaseException) -> PeerError:
         where = f"{self.name} agent at {self.base_url}"
@@ -111,9 +112,9 @@ class AgentClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._map(exc) from exc
 
-    async def info(self, since: int | None = None) -> dict[str, Any]:
+    async def info(self, since: int | None = None, timeout: float = -1.0) -> dict[str, Any]:
         params = {"since": str(since)} if since is not None else None
-        result: dict[str, Any] = await self.request("GET", f"{API}/info", params=params)
+        result: dict[str, Any] = await self.request("GET", f"{API}/info", params=params, timeout=timeout)
         return result
 
     async def tree(self, dir_name: str, reldirs: list[bytes]) -> list[list[Any]]:
@@ -127,10 +128,33 @@ class AgentClient:
         )
         return result
 
-    async def status(self, brief: bool = False) -> dict[str, Any]:
+    async def status(self, brief: bool = False, timeout: float = -1.0) -> dict[str, Any]:
         params = {"brief": "1"} if brief else None
-        result: dict[str, Any] = await self.request("GET", f"{API}/status", params=params, as_json=True)
+        result: dict[str, Any] = await self.request(
+            "GET", f"{API}/status", params=params, as_json=True, timeout=timeout
+        )
         return result
+
+    async def json(self, method: str, path: str, body: Any = None, timeout: float = -1.0) -> Any:
+        """A JSON request and its JSON answer (alarms, checks)."""
+        import json as _json
+
+        headers = {"Content-Type": "application/json"}
+        total = self.timeout_s if timeout == -1.0 else timeout
+        try:
+            async with self.session.request(
+                method,
+                self.base_url + path,
+                data=None if body is None else _json.dumps(body),
+                headers=headers,
+                timeout=self._timeout(total),
+            ) as resp:
+                await self._check(resp)
+                return await resp.json()
+        except PeerError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._map(exc) from exc
 
     async def files(self, dir_name: str, paths: list[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
         """The frames of a file stream, as (type, payload), ending with F_DONE."""

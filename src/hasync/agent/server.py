@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed
 from hasync.config import Config
 from hasync.errors import ConfigError, HasyncError, LockHeld, PathRefused, PeerError
 from hasync.halog import kv
@@ -70,27 +71,50 @@ class StateLock:
 
 
 class Agent:
-    """One node's agent: the role's side plus the HTTP API."""
+    """One node's agent: the role's side, the periodic check, the alarms, the HTTP API."""
 
     def __init__(self, cfg: Config) -> None:
+        from hasync.agent.client import AgentClient
+        from hasync.metrics import Metrics
+
         self.cfg = cfg
         self.roles = provider(cfg)
         self.role = "active" if self.roles.active_node() == cfg.node.name else "standby"
         self.side: Side = ROLES[self.role](cfg)
         self.started_at = time.time()
-        self.peer_since: int | None = None
-        self._peer_client: Any = None
+        self.peer: AgentClient = (
+            self.side.client
+            if isinstance(self.side, StandbySide)
+            else AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name)
+        )
+        self.checker: StandbyCheck | ActiveCheck = (
+            StandbyCheck(self.side, cfg.check.interval_s)
+            if isinstance(self.side, StandbySide)
+            else ActiveCheck(self._active(), self.peer, cfg.check.interval_s)
+        )
+        self.metrics = Metrics(self.side)
+        self.last_verdict: Verdict | None = None
+        self.keeper: Any = None
+        self.store: Any = None
+        self.dispatcher: Any = None
+        self._check_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- routes ------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 << 20)
         app.router.add_get("/healthz", self.healthz)  # liveness probe, no auth, no details
+        app.router.add_get("/metrics", self.prometheus)  # Prometheus text format
         app.router.add_get(f"{API}/info", self.info)  # identity, role, change seq, Merkle roots
         app.router.add_post(f"{API}/tree", self.tree)  # listings of directories, with subdir hashes
         app.router.add_get(f"{API}/changes", self.changes)  # long-poll change feed after a seq
         app.router.add_post(f"{API}/files", self.files)  # framed stream of file contents
         app.router.add_get(f"{API}/status", self.status)  # this node's sync state, as JSON
         app.router.add_post(f"{API}/sync", self.sync)  # standby: reconcile now, NDJSON progress
+        app.router.add_post(f"{API}/check", self.check_now)  # one sync check now, recorded
+        app.router.add_get(f"{API}/alarms", self.alarms)  # this node's alarms (?all=1 with cleared)
+        app.router.add_post(f"{API}/alarms/release", self.release)  # the standby adopted our alarm
         return app
 
     @web.middleware
@@ -126,6 +150,11 @@ class Agent:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    async def prometheus(self, request: web.Request) -> web.Response:
+        from hasync.metrics import CONTENT_TYPE
+
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     async def info(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = {
             "node": self.cfg.node.name,
@@ -153,7 +182,8 @@ class Agent:
     async def changes(self, request: web.Request) -> web.Response:
         q = request.query
         since = int(q.get("since", "0"))
-        self.peer_since = since
+        if isinstance(self.checker, ActiveCheck):
+            self.checker.peer_since = since
         wait = min(max(float(q.get("wait", "0")), 0.0), 60.0)
         body = await self._active().changes(q.get("instance", ""), since, wait)
         return web.Response(body=pack(body), content_type=MSGPACK)
@@ -174,6 +204,7 @@ class Agent:
         await resp.write_eof()
         return resp
 
+    # -- status, checks, alarms ----------------------------------------------
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(await self.status_doc(brief=request.query.get("brief") == "1"))
 
@@ -185,19 +216,15 @@ class Agent:
             "peer": self.cfg.peer.name,
             "agent_running": True,
             "started_at": iso(self.started_at),
-            "alarms": [],
         }
         if isinstance(self.side, StandbySide):
             snap = self.side.snapshot()
-            lag = 0.0 if snap["in_sync"] else None
+            lag: float | None = 0.0 if snap["in_sync"] else None
             if not snap["in_sync"] and self.side.peer_error is None and not brief:
                 try:
-                    info = await self.side.client.info(since=self.side.seq)
-                    lag = float(info.get("lag_s", 0.0))
+                    lag = float((await self.side.client.info(since=self.side.seq)).get("lag_s", 0.0))
                 except PeerError:
                     pass
-            if lag is None and self.side.last_sync_at is not None:
-                lag = max(0.0, time.time() - self.side.last_sync_at)
             doc.update(
                 peer_reachable=self.side.peer_error is None,
                 in_sync=snap["in_sync"],
@@ -209,18 +236,24 @@ class Agent:
                 peer_error=snap["peer_error"],
             )
         else:
-            side = self._active()
+            assert isinstance(self.checker, ActiveCheck)
+            v = await self.checker.verdict()
+            peer = self.checker.last_peer_status or {}
             doc.update(
-                peer_reachable=None,
-                in_sync=None,
-                lag_s=None,
-                last_sync_at=None,
-                pending=None,
-                cause=None,
-                errors=[e for e in self._active_errors(side)],
+                peer_reachable=v.peer_reachable,
+                in_sync=v.in_sync,
+                lag_s=v.lag_s,
+                last_sync_at=peer.get("last_sync_at"),
+                pending=peer.get("pending"),
+                cause=None if v.cause is None else v.cause.value,
+                errors=[{"dir": o.dir, "path": o.path, "cause": o.cause, "reason": o.reason} for o in v.out_of_sync],
             )
-            if not brief:
-                await self._fill_from_standby(doc)
+            if not v.peer_reachable and v.out_of_sync:
+                doc["peer_error"] = {"cause": v.out_of_sync[0].cause, "message": v.out_of_sync[0].reason}
+        if brief:
+            return doc
+        doc["alarms"] = await self.alarm_docs(include_cleared=False, with_peer=True)
+        doc["last_check"] = None if self.last_verdict is None else self.last_verdict.to_json()
         doc["transferred"] = {
             "files_sent": self.side.sent_files,
             "bytes_sent": self.side.sent_bytes,
@@ -229,47 +262,59 @@ class Agent:
         }
         return doc
 
-    @staticmethod
-    def _active_errors(side: ActiveSide) -> list[dict[str, Any]]:
-        out = []
-        for name, tree in side.trees.items():
-            if tree is None:
-                out.append({"dir": name, "path": "", "cause": "source_missing", "reason": "sync dir does not exist"})
-                continue
-            for rel, e in tree.errors():
-                out.append({"dir": name, "path": rel, "cause": str(e.cause), "reason": e.error.partition(": ")[2]})
-        return out
+    async def run_check(self) -> Verdict:
+        """One check, recorded like the periodic one: it raises and clears the alarm."""
+        async with self._check_lock:
+            v = await timed(self.checker.verdict(), self.cfg.node.name, self.role)
+            log_transition(self.last_verdict, v)
+            self.last_verdict = v
+            m = self.metrics
+            m.in_sync.set(1 if v.in_sync else 0)
+            m.lag.set(v.lag_s if v.lag_s is not None else float("nan"))
+            m.out_of_sync.set(len(v.out_of_sync))
+            m.checks.labels(result="in_sync" if v.in_sync else "out_of_sync").inc()
+            m.check_duration.observe(v.duration_s)
+            m.check_cpu.set(v.cpu_s)
+            if self.keeper is not None:
+                host = self.checker.peer_hostname if isinstance(self.checker, ActiveCheck) else None
+                alarm = await self.keeper.on_verdict(v, host)
+                m.alarm_active.labels(alarm_id="45641").set(1 if alarm is not None else 0)
+            return v
 
-    async def _fill_from_standby(self, doc: dict[str, Any]) -> None:
-        from hasync.agent.client import AgentClient
+    async def check_now(self, request: web.Request) -> web.Response:
+        return web.json_response((await self.run_check()).to_json())
 
-        if self._peer_client is None:
-            self._peer_client = AgentClient(
-                self.cfg.peer_url(), self.cfg.token, self.cfg.peer.timeout_s, self.cfg.peer.name
-            )
-        try:
-            peer = await self._peer_client.status(brief=True)
-        except PeerError as exc:
-            doc.update(
-                peer_reachable=False,
-                in_sync=False,
-                cause=exc.cause.value,
-                peer_error={"cause": exc.cause.value, "message": exc.message},
-            )
-            side = self._active()
-            t = side.oldest_change_after(self.peer_since) if self.peer_since is not None else None
-            doc["lag_s"] = None if t is None else max(0.0, time.time() - t)
-            return
-        doc.update(
-            peer_reachable=True,
-            in_sync=peer.get("in_sync"),
-            last_sync_at=peer.get("last_sync_at"),
-            pending=peer.get("pending"),
-            cause=peer.get("cause"),
-        )
-        doc["errors"] = peer.get("errors", []) or doc["errors"]
-        t = self._active().oldest_change_after(self.peer_since) if self.peer_since is not None else None
-        doc["lag_s"] = 0.0 if peer.get("in_sync") else (None if t is None else max(0.0, time.time() - t))
+    async def alarm_docs(self, include_cleared: bool, with_peer: bool) -> list[dict[str, Any]]:
+        """This node's alarms, and (unless the store is shared) the peer's, newest first."""
+        if self.store is None:
+            return []
+        if include_cleared:
+            mine = await asyncio.to_thread(self.store.history)
+        else:
+            mine = await asyncio.to_thread(self.store.active)
+        docs = [a.to_json(diagnosis=True) for a in mine]
+        if with_peer and not (self.keeper is not None and self.keeper.shared):
+            try:
+                theirs = await self.peer.json(
+                    "GET",
+                    f"{API}/alarms" + ("?all=1" if include_cleared else ""),
+                    timeout=min(5.0, self.cfg.peer.timeout_s),
+                )
+                seen = {(d["fingerprint"], d["raised_at"]) for d in docs}
+                docs += [d for d in theirs if (d["fingerprint"], d["raised_at"]) not in seen]
+            except PeerError:
+                pass
+        docs.sort(key=lambda d: d["raised_at"], reverse=True)
+        return docs
+
+    async def alarms(self, request: web.Request) -> web.Response:
+        include_cleared = request.query.get("all") == "1"
+        return web.json_response(await self.alarm_docs(include_cleared, with_peer=request.query.get("pair") == "1"))
+
+    async def release(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        released = False if self.keeper is None else await self.keeper.release(str(body["fingerprint"]))
+        return web.json_response({"released": released})
 
     async def sync(self, request: web.Request) -> web.StreamResponse:
         if not isinstance(self.side, StandbySide):
@@ -304,6 +349,23 @@ class Agent:
         return resp
 
     # -- lifecycle ---------------------------------------------------------
+    async def open_alarms(self, run_dispatcher: bool = True) -> None:
+        from hasync.alarms.notify import Dispatcher, build_notifiers
+        from hasync.alarms.store import is_postgres_url, open_store
+        from hasync.keeper import AlarmKeeper
+
+        self.store = await asyncio.to_thread(open_store, self.cfg.alarms.store, self.cfg.node.state_dir)
+        notifiers = build_notifiers(
+            self.cfg.alarms.notify, hostname=self.cfg.node.hostname, config_path=str(self.cfg.path)
+        )
+        self.dispatcher = Dispatcher(self.store, notifiers)
+        shared = is_postgres_url(self.cfg.alarms.store)
+        self.keeper = AlarmKeeper(
+            self.cfg, self.role, self.store, self.dispatcher, [n.key for n in notifiers], self.peer, shared
+        )
+        if run_dispatcher:
+            self._tasks.append(asyncio.create_task(self.dispatcher.run(self._stop), name="dispatcher"))
+
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         lock = StateLock(self.cfg.node.state_dir)
         lock.acquire("agent")
@@ -320,21 +382,25 @@ class Agent:
             raise ConfigError(
                 f"{self.cfg.path}: node.listen: cannot listen on {self.cfg.node.listen}: {reason}"
             ) from None
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, self._stop.set)
         log.info(
             "agent started %s",
             kv(node=self.cfg.node.name, role=self.role, listen=self.cfg.node.listen, pid=os.getpid()),
         )
         try:
+            await self.open_alarms()
             await self.side.start()
+            self._tasks.append(
+                asyncio.create_task(run_periodic(self.run_check, self.cfg.check.interval_s, self._stop), name="check")
+            )
             if ready is not None:
                 ready()
-            await stop.wait()
+            await self._stop.wait()
             log.info("agent stopping %s", kv(node=self.cfg.node.name))
         finally:
+            self._stop.set()
             try:
                 await asyncio.wait_for(self._shutdown(runner), STOP_TIMEOUT_S)
             except TimeoutError:
@@ -342,8 +408,15 @@ class Agent:
             lock.release()
             log.info("agent stopped %s", kv(node=self.cfg.node.name))
 
+    async def close_clients(self) -> None:
+        await self.peer.close()
+
     async def _shutdown(self, runner: web.AppRunner) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.side.stop()
-        if self._peer_client is not None:
-            await self._peer_client.close()
+        await self.close_clients()
         await runner.cleanup()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)

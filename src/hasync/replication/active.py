@@ -63,6 +63,9 @@ class ActiveSide(Side):
         self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
         self._restart_watcher()
 
+    async def prepare(self) -> None:
+        await self.rescan_all(initial=True)
+
     async def stop(self) -> None:
         await super().stop()
 

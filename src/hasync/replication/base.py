@@ -71,6 +71,10 @@ class Side:
     async def start(self) -> None:
         raise NotImplementedError
 
+    async def prepare(self) -> None:
+        """Know the local trees (for a one-off command), without starting background work."""
+        raise NotImplementedError
+
     # -- keeping the trees current from file-system events ------------------
     def _changed(self, dir_name: str, rel: str) -> None:
         """A path's entry really changed (the role decides what that means)."""

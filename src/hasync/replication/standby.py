@@ -102,6 +102,9 @@ class StandbySide(Side):
                     log.warning("removed leftover temp files %s", kv(dir=d.name, count=n))
             self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
 
+    async def prepare(self) -> None:
+        await self.load_local()
+
     def _scan_local(self, d: SyncDir) -> Tree | None:
         prev = self.trees.get(d.name) or Tree.load(self.cache_path(d.name))
         try:
@@ -139,13 +142,13 @@ class StandbySide(Side):
     def _changed(self, dir_name: str, rel: str) -> None:
         log.warning("the standby's copy was changed locally, repairing %s", kv(dir=dir_name, path=rel or "/"))
         self._dirty.add(dir_name)
-        self._kick()
+        self.kick()
 
     async def root_changed(self, d: SyncDir) -> None:
         self._need_full = True
-        self._kick()
+        self.kick()
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
         """Reconcile soon (debounced), without waiting for the long-poll to return."""
         if self._kick_task is None or self._kick_task.done():
             self._kick_task = asyncio.create_task(self._kicked())
@@ -180,7 +183,7 @@ class StandbySide(Side):
             except asyncio.CancelledError:
                 raise
             except PeerError as exc:
-                self._peer_failed(exc)
+                self.peer_failed(exc)
                 self._need_full = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -189,13 +192,13 @@ class StandbySide(Side):
                 self._need_full = True
                 await asyncio.sleep(1.0)
 
-    def _peer_failed(self, exc: PeerError) -> None:
+    def peer_failed(self, exc: PeerError) -> None:
         if self.peer_error is None or type(self.peer_error) is not type(exc):
             log.error("peer unavailable %s", kv(cause=exc.cause, error=exc.message))
         self.peer_error = exc
         self.in_sync = False
 
-    def _peer_ok(self) -> None:
+    def peer_ok(self) -> None:
         if self.peer_error is not None:
             log.info("peer available again %s", kv(peer=self.cfg.peer.name))
         self.peer_error = None
@@ -210,9 +213,9 @@ class StandbySide(Side):
             try:
                 info = await self.client.info()
             except PeerError as exc:
-                self._peer_failed(exc)
+                self.peer_failed(exc)
                 return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
-            self._peer_ok()
+            self.peer_ok()
             self._set_owner_mode(bool(info["with_owner"]))
             roots: dict[str, bytes | None] = info["roots"]
             plans: dict[str, tuple[Plan, dict[str, int]]] = {}
@@ -231,7 +234,7 @@ class StandbySide(Side):
                 for name, (plan, sizes) in plans.items():
                     await self._apply_plan(self.cfg.sync_dir(name), plan, sizes, errors, tally, progress)
             except PeerError as exc:
-                self._peer_failed(exc)
+                self.peer_failed(exc)
                 self._set_errors(errors, full=True)
                 return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
             self.instance, self.seq = info["instance"], info["seq"]
@@ -320,7 +323,7 @@ class StandbySide(Side):
         if resp["reset"] or resp["instance"] != self.instance:
             self._need_full = True
             return
-        self._peer_ok()
+        self.peer_ok()
         if not resp["changes"]:
             self.remote_roots = resp["roots"]
             self.seq = resp["seq"]
@@ -390,6 +393,9 @@ class StandbySide(Side):
             e = self.errors[key]
             log.info("sync error cleared %s", kv(dir=e.dir, path=e.path or "/", cause=e.cause))
         self.errors = errors if full else {**self.errors, **errors}
+
+    def sorted_errors(self) -> list[FileError]:
+        return sorted(self.errors.values(), key=lambda e: (e.dir, e.path))
 
     def main_cause(self) -> Cause | None:
         """The one cause to report: peer problems first, then the most frequent file cause."""

@@ -1,0 +1,272 @@
+"""The sync check (SPEC §5): a verdict every interval, with cause and lag, that raises and clears alarm 45641."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from hasync.errors import Cause, PeerError
+from hasync.halog import kv
+
+if TYPE_CHECKING:
+    from hasync.agent.client import AgentClient
+    from hasync.replication.active import ActiveSide
+    from hasync.replication.standby import StandbySide
+
+log = logging.getLogger("hasync.check")
+
+MAX_LISTED = 1000  # out-of-sync paths listed in one verdict
+PEER_CAUSES = (Cause.PEER_UNREACHABLE, Cause.PEER_AGENT_DOWN)
+# When several causes are present, the one named first is reported.
+CAUSE_ORDER = (
+    Cause.PEER_UNREACHABLE,
+    Cause.PEER_AGENT_DOWN,
+    Cause.AUTH_FAILED,
+    Cause.SOURCE_MISSING,
+    Cause.DISK_FULL,
+    Cause.JUNK_FILE,
+    Cause.PERMISSION_DENIED,
+    Cause.SYNC_ERROR,
+    Cause.UNKNOWN,
+)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class OutOfSync:
+    dir: str
+    path: str
+    reason: str
+    cause: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {"dir": self.dir, "path": self.path, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check's result: `check --json` prints `to_json()` (SPEC §3)."""
+
+    in_sync: bool
+    cause: Cause | None
+    peer_reachable: bool
+    lag_s: float | None
+    out_of_sync: tuple[OutOfSync, ...] = ()
+    checked_at: datetime = field(default_factory=now_utc)
+    duration_s: float = 0.0
+    cpu_s: float = 0.0
+    node: str = ""
+    role: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "in_sync": self.in_sync,
+            "cause": None if self.cause is None else self.cause.value,
+            "peer_reachable": self.peer_reachable,
+            "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
+            "out_of_sync": [o.as_json() for o in self.out_of_sync],
+            "checked_at": self.checked_at.astimezone().isoformat(timespec="seconds"),
+        }
+
+    def nagios(self) -> tuple[str, int]:
+        """A Nagios plugin line and exit code: OK 0, CRITICAL 2, UNKNOWN 3."""
+        lag = "U" if self.lag_s is None else f"{self.lag_s:.3f}s"
+        perf = f"| out_of_sync={len(self.out_of_sync)} lag={lag}"
+        if self.in_sync:
+            return f"HASYNC OK - standby in sync {perf}", 0
+        first = self.out_of_sync[0] if self.out_of_sync else None
+        if first is not None and not first.dir and not first.path:
+            text = f"{self.cause}: {first.reason}"
+        else:
+            where = f"; first: {first.dir}/{first.path}" if first is not None else ""
+            text = f"{self.cause}: {len(self.out_of_sync)} path(s) out of sync{where}"
+        return f"HASYNC CRITICAL - {text} {perf}", 2
+
+    def additional_info(self) -> str:
+        """The alarm's additional_info: the cause and the first out-of-sync paths."""
+        paths = [f"{o.dir}/{o.path}".rstrip("/") for o in self.out_of_sync[:5]]
+        more = f" (+{len(self.out_of_sync) - 5} more)" if len(self.out_of_sync) > 5 else ""
+        reason = self.out_of_sync[0].reason if self.out_of_sync else ""
+        return f"cause={self.cause}; paths: {', '.join(paths) or '-'}{more}; {reason}"[:1000]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Verdict:
+        return cls(
+            in_sync=bool(doc["in_sync"]),
+            cause=None if doc.get("cause") is None else Cause(doc["cause"]),
+            peer_reachable=bool(doc["peer_reachable"]),
+            lag_s=doc.get("lag_s"),
+            out_of_sync=tuple(OutOfSync(o["dir"], o["path"], o["reason"]) for o in doc.get("out_of_sync", [])),
+            checked_at=datetime.fromisoformat(doc["checked_at"]),
+        )
+
+
+def first_cause(causes: set[Cause]) -> Cause | None:
+    return next((c for c in CAUSE_ORDER if c in causes), None)
+
+
+class _Grace:
+    """Tracks how long the trees have differed: a difference younger than one interval is in flight."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def age(self, differs: bool) -> float:
+        if not differs:
+            self.since = None
+            return 0.0
+        if self.since is None:
+            self.since = time.monotonic()
+        return time.monotonic() - self.since
+
+
+class StandbyCheck:
+    """The standby's verdict: ask the active for its Merkle roots and lag, compare with the local trees."""
+
+    def __init__(self, side: StandbySide, interval_s: float) -> None:
+        self.side = side
+        self.interval_s = interval_s
+        self.grace = _Grace()
+
+    async def verdict(self) -> Verdict:
+        side = self.side
+        timeout = min(side.cfg.peer.timeout_s, max(1.0, self.interval_s / 2))
+        try:
+            info = await side.client.info(since=side.seq, timeout=timeout)
+        except PeerError as exc:
+            side.peer_failed(exc)
+            self.grace.age(False)
+            return Verdict(False, exc.cause, False, None, (OutOfSync("", "", exc.message, exc.cause.value),))
+        side.peer_ok()
+        listed = [OutOfSync(e.dir, e.path, e.message, e.cause.value) for e in side.sorted_errors()[:MAX_LISTED]]
+        differs = [
+            name
+            for name, root in info["roots"].items()
+            if root is None or (t := side.trees.get(name)) is None or t.root_hash() != root
+        ]
+        age = self.grace.age(bool(differs))
+        lag = max(float(info.get("lag_s") or 0.0), age) if differs else 0.0
+        if listed:
+            cause = first_cause({Cause(o.cause) for o in listed})
+            return Verdict(False, cause, True, lag, tuple(listed))
+        if differs:
+            if info["seq"] == side.seq:
+                side.kick()  # nothing in flight, yet different: reconcile (Merkle walk)
+            if age > self.interval_s:
+                reason = f"differs from the active for {age:.0f} s with no error reported"
+                return Verdict(False, Cause.UNKNOWN, True, lag, tuple(OutOfSync(n, "", reason) for n in differs))
+        return Verdict(True, None, True, lag)
+
+
+class ActiveCheck:
+    """The active's verdict: its own unreadable files, and the standby's view of itself."""
+
+    def __init__(self, side: ActiveSide, client: AgentClient, interval_s: float) -> None:
+        self.side = side
+        self.client = client
+        self.interval_s = interval_s
+        self.peer_since: int | None = None
+        self.peer_hostname: str | None = None
+        self.last_peer_status: dict[str, Any] | None = None
+        self.grace = _Grace()
+
+    def lag(self) -> float | None:
+        if self.peer_since is None:
+            return None
+        t = self.side.oldest_change_after(self.peer_since)
+        return 0.0 if t is None else max(0.0, time.time() - t)
+
+    def own_errors(self) -> list[OutOfSync]:
+        out = []
+        for name, tree in self.side.trees.items():
+            if tree is None:
+                out.append(OutOfSync(name, "", "sync dir does not exist on the active", Cause.SOURCE_MISSING.value))
+                continue
+            for rel, e in tree.errors():
+                out.append(
+                    OutOfSync(name, rel, f"cannot be read on the active: {e.error.partition(': ')[2]}", str(e.cause))
+                )
+        return out
+
+    async def verdict(self) -> Verdict:
+        own = self.own_errors()
+        timeout = min(self.side.cfg.peer.timeout_s, max(1.0, self.interval_s / 2))
+        try:
+            st = await self.client.status(brief=True, timeout=timeout)
+        except PeerError as exc:
+            self.grace.age(False)
+            listed = (OutOfSync("", "", exc.message, exc.cause.value), *own)
+            return Verdict(False, exc.cause, False, self.lag(), listed[:MAX_LISTED])
+        self.peer_hostname = st.get("hostname") or self.peer_hostname
+        self.last_peer_status = st
+        theirs = [OutOfSync(e["dir"], e["path"], e["reason"], e["cause"]) for e in st.get("errors", [])]
+        seen = {(o.dir, o.path) for o in theirs}
+        listed = tuple(theirs + [o for o in own if (o.dir, o.path) not in seen])[:MAX_LISTED]
+        lag = self.lag()
+        if listed:
+            return Verdict(False, first_cause({Cause(o.cause) for o in listed if o.cause}), True, lag, listed)
+        differs = st.get("in_sync") is not True
+        age = self.grace.age(differs)
+        if differs and age > self.interval_s:
+            reason = f"the standby reports it is not in sync ({age:.0f} s)"
+            return Verdict(False, Cause(st.get("cause") or "unknown"), True, lag, (OutOfSync("", "", reason),))
+        return Verdict(True, None, True, lag if differs else 0.0)
+
+
+async def timed(coro: Any, node: str, role: str) -> Verdict:
+    t0, c0 = time.monotonic(), time.process_time()
+    v: Verdict = await coro
+    return Verdict(
+        v.in_sync,
+        v.cause,
+        v.peer_reachable,
+        v.lag_s,
+        v.out_of_sync,
+        v.checked_at,
+        time.monotonic() - t0,
+        time.process_time() - c0,
+        node,
+        role,
+    )
+
+
+def log_transition(prev: Verdict | None, v: Verdict) -> None:
+    """Log state transitions, not repetitions."""
+    if prev is not None and prev.in_sync == v.in_sync and prev.cause == v.cause:
+        return
+    if v.in_sync:
+        log.info("sync check: in sync %s", kv(lag_s=f"{v.lag_s or 0:.3f}"))
+    else:
+        first = v.out_of_sync[0] if v.out_of_sync else None
+        log.error(
+            "sync check: out of sync %s",
+            kv(
+                cause=v.cause,
+                paths=len(v.out_of_sync),
+                first=f"{first.dir}/{first.path}" if first else "-",
+                reason=first.reason if first else "-",
+            ),
+        )
+
+
+async def run_periodic(check: Any, interval_s: float, stop: asyncio.Event) -> None:
+    """Run `check()` every `interval_s` until `stop` is set."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+            return
+        except TimeoutError:
+            pass
+        try:
+            await check()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sync check failed")

@@ -1,0 +1,73 @@
+"""`hasync alarms`: the active alarms of the pair (`--all`: with the cleared ones)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from hasync.cli import main
+from hasync.cli.common import config_option, handle_errors, json_option, print_json
+
+
+@main.command()
+@config_option
+@click.option("--all", "include_cleared", is_flag=True, help="include cleared alarms")
+@json_option
+@handle_errors
+def alarms(config_path: str, include_cleared: bool, as_json: bool) -> None:
+    """List alarm 45641 records of this node's store and, when reachable, the peer's."""
+    import asyncio
+
+    from hasync.config import load
+
+    cfg = load(config_path)
+    docs = asyncio.run(list_alarms(cfg, include_cleared))
+    if as_json:
+        print_json(docs)
+    else:
+        _print(docs, include_cleared)
+    sys.exit(0)
+
+
+async def list_alarms(cfg: Any, include_cleared: bool) -> list[dict[str, Any]]:
+    import asyncio
+
+    from hasync.agent.client import AgentClient
+    from hasync.alarms.store import is_postgres_url, open_store
+    from hasync.errors import PeerError
+    from hasync.protocol import API
+
+    store = await asyncio.to_thread(open_store, cfg.alarms.store, cfg.node.state_dir)
+    try:
+        rows = await asyncio.to_thread(store.history if include_cleared else store.active)
+    finally:
+        await asyncio.to_thread(store.close)
+    docs: list[dict[str, Any]] = [a.to_json(diagnosis=True) for a in rows]
+    if not is_postgres_url(cfg.alarms.store):
+        async with AgentClient(cfg.peer_url(), cfg.token, min(5.0, cfg.peer.timeout_s), cfg.peer.name) as peer:
+            try:
+                theirs = await peer.json("GET", f"{API}/alarms" + ("?all=1" if include_cleared else ""))
+                seen = {(d["fingerprint"], d["raised_at"]) for d in docs}
+                docs += [d for d in theirs if (d["fingerprint"], d["raised_at"]) not in seen]
+            except PeerError:
+                pass
+    docs.sort(key=lambda d: d["raised_at"], reverse=True)
+    return docs
+
+
+def _print(docs: list[dict[str, Any]], include_cleared: bool) -> None:
+    if not docs:
+        click.echo("no alarms" if include_cleared else "no active alarms")
+        return
+    for d in docs:
+        state = "ACTIVE " if d["cleared_at"] is None else "cleared"
+        click.echo(f"{state} {d['alarm_id']} {d['severity']}  {d['name']}")
+        click.echo(
+            f"        Source={d['source']} ServiceName={d['service_name']} RoleName={d['role_name']} "
+            f"HostName={d['host_name']}"
+        )
+        click.echo(f"        cause {d['cause']}  raised {d['raised_at']}  cleared {d['cleared_at'] or '-'}")
+        click.echo(f"        {d['additional_info']}")
+        click.echo(f"        fingerprint {d['fingerprint']}")

@@ -1,0 +1,188 @@
+"""Alarm 45641's lifecycle: raise and clear from check verdicts, and who notifies.
+
+Who notifies (so that a fault both nodes see is one alarm downstream):
+
+- The standby owns the alarm: it raises and clears it from its own verdicts and
+  its notifiers are told. Its HostName parameter is the standby's hostname.
+- The active raises the same alarm (same identity, same fingerprint) only when
+  the standby has been unreachable (`peer_unreachable`, `peer_agent_down`) for
+  `[check] takeover_after` checks in a row: then nobody else can. It clears it
+  itself when the standby is back and in sync.
+- When the standby is back but out of sync, it adopts the active's alarm
+  instead of raising its own: it copies the record (same raise time) without a
+  notification and asks the active to release it (no clear is sent).
+- With a shared PostgreSQL store both agents see one row (one active alarm per
+  fingerprint is enforced by the database), so only the node that inserted it
+  notified the raise, and only the node that cleared it notifies the clear.
+
+A partition longer than the takeover delay, with a local store on each node,
+is the one case both nodes notify (the same fingerprint, so receivers can
+deduplicate; Alertmanager does so by its label set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from hasync.check import PEER_CAUSES, Verdict, now_utc
+from hasync.config import Config
+from hasync.errors import PeerError
+from hasync.halog import kv
+
+if TYPE_CHECKING:
+    from hasync.agent.client import AgentClient
+    from hasync.alarms.model import Alarm, Identity
+    from hasync.alarms.notify import Dispatcher
+    from hasync.alarms.store import AlarmStore
+
+log = logging.getLogger("hasync.alarm")
+
+OnRaise = Callable[["Alarm"], Coroutine[Any, Any, None]]
+
+
+class AlarmKeeper:
+    def __init__(
+        self,
+        cfg: Config,
+        role: str,
+        store: AlarmStore,
+        dispatcher: Dispatcher | None,
+        notify: Sequence[str],
+        peer: AgentClient | None,
+        shared: bool,
+    ) -> None:
+        self.cfg = cfg
+        self.role = role
+        self.store = store
+        self.dispatcher = dispatcher
+        self.notify = tuple(notify)
+        self.peer = peer
+        self.shared = shared
+        self.bad = 0
+        self.good = 0
+        self.on_raise: OnRaise | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def identity(self, standby_hostname: str | None) -> Identity:
+        from hasync.alarms.model import Identity
+
+        host = (
+            self.cfg.node.hostname
+            if self.role == "standby"
+            else (self.cfg.peer.hostname or standby_hostname or self.cfg.peer.name)
+        )
+        c = self.cfg.cluster
+        return Identity(c.source, c.service_name, c.role_name, host)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def on_verdict(self, v: Verdict, standby_hostname: str | None = None) -> Alarm | None:
+        """Count the verdict; raise or clear as the rules say. Returns the active alarm, if any."""
+        if v.in_sync:
+            self.good, self.bad = self.good + 1, 0
+        else:
+            self.good, self.bad = 0, self.bad + 1
+        ident = self.identity(standby_hostname)
+        fp = ident.fingerprint
+        active: list[Alarm] = await self._call(self.store.active, fp)
+        current = active[0] if active else None
+        at = v.checked_at
+        if not v.in_sync:
+            if current is not None:
+                # Still out of sync: keep cause and paths current (no new notification).
+                if current.cause != str(v.cause) or current.additional_info != v.additional_info():
+                    current, _ = await self._call(self.store.raise_alarm, ident, str(v.cause), v.additional_info(), at)
+                return current
+            if self.bad < self.cfg.check.raise_after:
+                return None
+            if self.role == "active" and not (
+                not v.peer_reachable
+                and v.cause in PEER_CAUSES
+                and self.bad >= max(self.cfg.check.raise_after, self.cfg.check.takeover_after)
+            ):
+                return None
+            if self.role == "standby" and v.peer_reachable and not self.shared:
+                adopted = await self._adopt(ident, v)
+                if adopted is not None:
+                    return adopted
+            return await self._raise(ident, v, at)
+        if current is not None and self.good >= self.cfg.check.clear_after:
+            cleared = await self._call(self.store.clear, fp, at, notify=self.notify)
+            if cleared is not None:
+                log.info(
+                    "alarm cleared %s",
+                    kv(
+                        alarm_id=45641,
+                        fingerprint=fp,
+                        host=ident.host_name,
+                        raised_at=cleared.raised_at.isoformat(timespec="seconds"),
+                    ),
+                )
+                self._wake()
+            return None
+        return current
+
+    async def _raise(self, ident: Identity, v: Verdict, at: datetime) -> Alarm:
+        alarm: Alarm
+        alarm, created = await self._call(
+            self.store.raise_alarm, ident, str(v.cause), v.additional_info(), at, notify=self.notify
+        )
+        if created:
+            log.error(
+                "alarm raised %s",
+                kv(
+                    alarm_id=45641,
+                    fingerprint=ident.fingerprint,
+                    cause=v.cause,
+                    host=ident.host_name,
+                    by=self.role,
+                    info=v.additional_info()[:200],
+                ),
+            )
+            self._wake()
+            if self.on_raise is not None:
+                task = asyncio.create_task(self.on_raise(alarm))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return alarm
+
+    async def _adopt(self, ident: Identity, v: Verdict) -> Alarm | None:
+        """The active raised this alarm while we were away: take it over without a second notification."""
+        if self.peer is None:
+            return None
+        try:
+            theirs = await self.peer.json("GET", "/v1/alarms", timeout=5.0)
+        except PeerError:
+            return None
+        for doc in theirs:
+            if doc.get("fingerprint") == ident.fingerprint and doc.get("cleared_at") is None:
+                raised_at = datetime.fromisoformat(doc["raised_at"])
+                alarm: Alarm
+                alarm, _ = await self._call(self.store.raise_alarm, ident, str(v.cause), v.additional_info(), raised_at)
+                try:
+                    await self.peer.json("POST", "/v1/alarms/release", {"fingerprint": ident.fingerprint}, timeout=5.0)
+                except PeerError as exc:
+                    log.warning("could not ask the active to release the alarm %s", kv(error=exc.message))
+                log.info(
+                    "alarm adopted from the active %s", kv(fingerprint=ident.fingerprint, raised_at=doc["raised_at"])
+                )
+                return alarm
+        return None
+
+    async def release(self, fingerprint: str) -> bool:
+        """The standby adopted our alarm: end our record without notifying anyone."""
+        if self.shared:
+            return False
+        cleared = await self._call(self.store.clear, fingerprint, now_utc(), notify=())
+        if cleared is not None:
+            log.info("alarm handed over to the standby %s", kv(fingerprint=fingerprint))
+        return cleared is not None
+
+    def _wake(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()

@@ -1,0 +1,53 @@
+"""Prometheus metrics of one agent (SPEC §6), served at /metrics behind the token."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from hasync.replication.base import Side
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Transfers(Collector):
+    """Transferred files and bytes, read from the side's counters at scrape time."""
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        files = CounterMetricFamily("hasync_transferred_files", "Files transferred", labels=["direction"])
+        files.add_metric(["sent"], self.side.sent_files)
+        files.add_metric(["received"], self.side.received_files)
+        yield files
+        data = CounterMetricFamily("hasync_transferred_bytes", "Bytes transferred", labels=["direction"])
+        data.add_metric(["sent"], self.side.sent_bytes)
+        data.add_metric(["received"], self.side.received_bytes)
+        yield data
+
+
+class Metrics:
+    def __init__(self, side: Side) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.in_sync = Gauge("hasync_in_sync", "1 when the last check found the pair in sync", registry=r)
+        self.lag = Gauge("hasync_lag_seconds", "Age of the oldest change the standby does not have", registry=r)
+        self.out_of_sync = Gauge("hasync_out_of_sync_files", "Paths reported out of sync by the last check",
+                                 registry=r)
+        self.alarm_active = Gauge("hasync_alarm_active", "1 while the alarm is active", ["alarm_id"], registry=r)
+        self.checks = Counter("hasync_checks", "Sync checks run", ["result"], registry=r)
+        self.check_duration = Histogram("hasync_check_duration_seconds", "Wall time of one sync check",
+                                        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15), registry=r)
+        self.check_cpu = Gauge("hasync_check_cpu_seconds", "CPU time of the last sync check", registry=r)
+        self.alarm_active.labels(alarm_id="45641").set(0)
+        r.register(_Transfers(side))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
