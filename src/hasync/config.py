@@ -109,6 +109,8 @@ class NotifySection(_Section):
 class AlarmsSection(_Section):
     store: str = Field("sqlite", description='"sqlite" or a postgresql:// URL')
     notify: tuple[NotifySection, ...] = ()
+    resend_s: float = Field(60.0, gt=0, description="Alertmanager: re-send firing alerts this often")
+    resolved_retention_s: float = Field(900.0, ge=0, description="Alertmanager: keep re-sending a resolved alert")
 
 
 class ConsoleUser(_Section):

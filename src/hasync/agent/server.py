@@ -356,7 +356,11 @@ class Agent:
 
         self.store = await asyncio.to_thread(open_store, self.cfg.alarms.store, self.cfg.node.state_dir)
         notifiers = build_notifiers(
-            self.cfg.alarms.notify, hostname=self.cfg.node.hostname, config_path=str(self.cfg.path)
+            self.cfg.alarms.notify,
+            hostname=self.cfg.node.hostname,
+            config_path=str(self.cfg.path),
+            resend_s=self.cfg.alarms.resend_s,
+            resolved_retention_s=self.cfg.alarms.resolved_retention_s,
         )
         self.dispatcher = Dispatcher(self.store, notifiers)
         shared = is_postgres_url(self.cfg.alarms.store)
