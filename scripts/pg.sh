@@ -55,6 +55,8 @@ running() {
     [ -n "$pid" ] || return 1
     if [ -d /proc ]; then
         [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = postgres ] || return 1
+        # A killed postmaster nobody reaped yet is a zombie, still named postgres.
+        [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)" != Z ] || return 1
     fi
     as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1
 }
@@ -63,6 +65,7 @@ port_busy() {
     python3 - "$PORT" <<'EOF'
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as postgres does: TIME_WAIT is not "in use"
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
@@ -100,8 +103,8 @@ start() {
         url
         return
     fi
-    # A crash leaves postmaster.pid behind; pg_ctl status said no server uses it.
-    rm -f "$DATA/postmaster.pid"
+    # A crash leaves postmaster.pid and the socket's lock file behind; no server uses them (see running).
+    rm -f "$DATA/postmaster.pid" "$DATA"/.s.PGSQL.*
     if [ ! -f "$DATA/PG_VERSION" ] || [ ! -f "$DATA/postgresql.conf" ]; then
         init
     fi

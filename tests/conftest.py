@@ -9,6 +9,9 @@ import pytest
 
 from pairlib import PairEnv, cleanup_base, make_base, new_pair
 
+# PostgreSQL fixtures (pg_server_url, pg_database_url, pg_schema_url) for every test.
+pytest_plugins = ["alarms.pgfixtures"]
+
 
 @pytest.fixture
 def base() -> Iterator[Path]:

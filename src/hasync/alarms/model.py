@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -30,6 +31,20 @@ def utc(dt: datetime) -> datetime:
 def iso(dt: datetime | None) -> str | None:
     """ISO 8601 with a UTC offset and milliseconds (SPEC §3), or None."""
     return None if dt is None else utc(dt).isoformat(timespec="milliseconds")
+
+
+def additional_info(cause: str, paths: Sequence[str] = (), *, limit: int = 5) -> str:
+    """The alarm's additional_info (SPEC §6): the cause and the first out-of-sync paths.
+
+    >>> additional_info("junk_file", ["conf/sedXyZ12"])
+    'cause=junk_file; out of sync: conf/sedXyZ12'
+    """
+    text = f"cause={cause}"
+    if paths:
+        shown = ", ".join(paths[:limit])
+        more = len(paths) - limit
+        text += f"; out of sync: {shown}" + (f" (+{more} more)" if more > 0 else "")
+    return text
 
 
 @dataclass(frozen=True)

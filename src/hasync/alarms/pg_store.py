@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -27,6 +29,7 @@ from hasync.alarms.store import (
 log = logging.getLogger("hasync.alarms")
 
 T = TypeVar("T")
+_dumps = partial(json.dumps, sort_keys=True, default=str)
 Conn = psycopg.Connection[DictRow]
 
 # Serializes migrations of agents opening the same database at once.
@@ -223,13 +226,15 @@ class PgStore:
         self._run("cannot migrate the schema", fn)
 
     @staticmethod
-    def _enqueue(conn: Conn, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: datetime) -> None:
+    def _enqueue(
+        conn: Conn, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: datetime
+    ) -> None:
         if event not in EVENTS:
             raise ValueError(f"unknown outbox event {event!r}")
         conn.execute(
             "INSERT INTO outbox (alarm_row, event, notifier, payload, created_at, next_try_at)"
             " VALUES (%s, %s, %s, %s, %s, %s)",
-            (alarm_row, event, notifier, Jsonb(payload), now, now),
+            (alarm_row, event, notifier, Jsonb(payload, dumps=_dumps), now, now),
         )
 
     # -- alarms -------------------------------------------------------------
@@ -324,7 +329,8 @@ class PgStore:
 
     def set_diagnosis(self, alarm_id: int, diagnosis: dict[str, Any]) -> None:
         def fn(c: Conn) -> None:
-            cur = c.execute("UPDATE alarms SET diagnosis = %s WHERE id = %s", (Jsonb(diagnosis), alarm_id))
+            doc = Jsonb(diagnosis, dumps=_dumps)
+            cur = c.execute("UPDATE alarms SET diagnosis = %s WHERE id = %s", (doc, alarm_id))
             if cur.rowcount != 1:
                 raise StoreError(f"alarm store {self.location}: no alarm with id {alarm_id}")
 

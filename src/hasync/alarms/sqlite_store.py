@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -125,8 +127,8 @@ class SqliteStore:
         self._conn = conn
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            mode = self._wal(conn, busy_timeout_s)
+            if mode != "wal":
                 raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -139,6 +141,19 @@ class SqliteStore:
             raise self._error("cannot open", exc) from exc
 
     # -- plumbing -----------------------------------------------------------
+
+    @staticmethod
+    def _wal(conn: sqlite3.Connection, busy_timeout_s: float) -> str:
+        """Switch to WAL. SQLite answers "locked" at once, without its busy handler, when another
+        connection opens the same new file at that moment: retry like the busy handler would."""
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01 + random.random() * 0.04)
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
         return StoreError(f"alarm store {self.path}: {what}: {one_line(exc)}")
@@ -278,13 +293,13 @@ class SqliteStore:
 
     def get(self, fingerprint_or_id: str | int) -> Alarm | None:
         if isinstance(fingerprint_or_id, int):
-            sql, args = f"SELECT {_ALARM_COLS} FROM alarms WHERE id = ?", (fingerprint_or_id,)
+            sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE id = ?"
         else:
             sql = (
                 f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = ?"
                 " ORDER BY cleared_at IS NULL DESC, raised_at DESC, id DESC LIMIT 1"
             )
-            args = (fingerprint_or_id,)
+        args: tuple[str | int] = (fingerprint_or_id,)
 
         def fn(c: sqlite3.Connection) -> Alarm | None:
             row = c.execute(sql, args).fetchone()
@@ -336,9 +351,10 @@ class SqliteStore:
             if not ids:
                 return []
             marks = ", ".join("?" * len(ids))
-            c.execute(f"UPDATE outbox SET attempts = attempts + 1, next_try_at = ? WHERE id IN ({marks})", [lease, *ids])
-            return [_item(r) for r in c.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY id",
-                                                 ids)]
+            c.execute(f"UPDATE outbox SET attempts = attempts + 1, next_try_at = ? WHERE id IN ({marks})",
+                      [lease, *ids])
+            rows = c.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY id", ids)
+            return [_item(r) for r in rows]
 
         return self._run("cannot read outbox", fn)
 

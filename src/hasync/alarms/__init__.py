@@ -1,0 +1,17 @@
+"""Alarm 45641: its model, the alarm stores (SQLite, PostgreSQL) and the notifiers with their outbox dispatcher."""
+
+from hasync.alarms.model import ALARM_ID, SEVERITY, Alarm, Identity, OutboxItem, alarm_name
+from hasync.alarms.store import AlarmStore, StoreError, mask_url, open_store
+
+__all__ = [
+    "ALARM_ID",
+    "SEVERITY",
+    "Alarm",
+    "AlarmStore",
+    "Identity",
+    "OutboxItem",
+    "StoreError",
+    "alarm_name",
+    "mask_url",
+    "open_store",
+]
