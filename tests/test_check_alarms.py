@@ -8,6 +8,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -257,9 +258,9 @@ def assert_one_raise_one_clear(http: HttpReceiver, syslog: SyslogReceiver, finge
     }
     last = alerts[-1]
     assert last["endsAt"] and last["endsAt"] >= alerts[0]["startsAt"]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    assert datetime.fromisoformat(last["endsAt"].replace("Z", "+00:00")) <= datetime.now(timezone.utc)  # resolved
+    assert datetime.fromisoformat(last["endsAt"].replace("Z", "+00:00")) <= datetime.now(UTC)  # resolved
 
 
 def test_notifications_once_even_when_both_nodes_see_the_fault(make_pair, receivers) -> None:  # type: ignore[no-untyped-def]

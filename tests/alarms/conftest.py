@@ -11,9 +11,7 @@ import pytest
 
 from hasync.alarms.store import AlarmStore, open_store
 
-from .pgfixtures import pg_database_url, pg_schema_url, pg_server_url, url_with
-
-__all__ = ["Stores", "pg_database_url", "pg_schema_url", "pg_server_url", "url_with"]
+__all__ = ["Stores"]
 
 
 @dataclass
