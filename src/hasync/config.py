@@ -123,6 +123,13 @@ class ConsoleSection(_Section):
     users: tuple[ConsoleUser, ...] = ()
 
 
+class DiagnoseSection(_Section):
+    on_raise: bool = Field(True, description="diagnose automatically when the alarm is raised")
+    auto_fix: bool = Field(False, description="let that automatic diagnosis apply the safe fixes")
+    window_s: float = Field(600.0, gt=0, description="ha_log step: seconds before and after the alarm")
+    min_free_bytes: int = Field(16 << 20, ge=0, description="storage step: less free space than this is a fault")
+
+
 class LogSection(_Section):
     max_bytes: int = Field(20 << 20, gt=0, description="rotate ha.log past this size")
     backup_count: int = Field(10, ge=0, description="rotated files kept")
@@ -140,6 +147,7 @@ class Config(_Section):
     security: SecuritySection = SecuritySection()
     alarms: AlarmsSection = AlarmsSection()
     console: ConsoleSection = ConsoleSection()
+    diagnose: DiagnoseSection = DiagnoseSection()
     log: LogSection = LogSection()
 
     # Set by `load`, not by the file.

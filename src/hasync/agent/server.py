@@ -115,6 +115,9 @@ class Agent:
         app.router.add_post(f"{API}/check", self.check_now)  # one sync check now, recorded
         app.router.add_get(f"{API}/alarms", self.alarms)  # this node's alarms (?all=1 with cleared)
         app.router.add_post(f"{API}/alarms/release", self.release)  # the standby adopted our alarm
+        app.router.add_post(f"{API}/diag", self.diag)  # one diagnosis fact or fix on this node
+        app.router.add_post(f"{API}/diagnose", self.diagnose)  # the whole procedure, run by this agent
+        app.router.add_post(f"{API}/alarms/diagnosis", self.store_diagnosis)  # keep a diagnosis with its alarm
         return app
 
     @web.middleware
@@ -316,6 +319,61 @@ class Agent:
         released = False if self.keeper is None else await self.keeper.release(str(body["fingerprint"]))
         return web.json_response({"released": released})
 
+    async def diag(self, request: web.Request) -> web.Response:
+        from hasync.diagnose.nodes import run_op
+
+        body = await request.json()
+        op = str(body.pop("op"))
+        result = await asyncio.to_thread(run_op, self.cfg, op, body)
+        if op == "delete_junk":
+            # Know about the deletions now, not when their events arrive: a recheck follows at once.
+            await self.side.refresh(self.cfg.sync_dir(d).path / p for d, p in body["paths"])
+        return web.json_response(result)
+
+    async def run_diagnosis(self, fix: bool, alarm: dict[str, Any] | None) -> dict[str, Any]:
+        """The procedure run by this agent (on demand, or when the alarm is raised)."""
+        from hasync.diagnose import runner
+        from hasync.diagnose.nodes import LocalNode
+
+        from hasync.agent.client import AgentClient
+
+        status = await self.status_doc(brief=True) if self.role == "standby" else None
+        async with AgentClient(self.cfg.local_url(), self.cfg.token, self.cfg.peer.timeout_s, "local") as me:
+            d = await runner.run(self.cfg, self.role, LocalNode(self.cfg), self.peer, me, fix, alarm,
+                                 standby_status=status)
+        doc = d.as_json()
+        if alarm is not None:
+            await self.keep_diagnosis(alarm["fingerprint"], alarm["raised_at"], doc)
+        return doc
+
+    async def keep_diagnosis(self, fingerprint: str, raised_at: str, doc: dict[str, Any]) -> bool:
+        """Store `doc` with the alarm (fingerprint, raised_at) if this node's store has it."""
+        if self.store is None:
+            return False
+        for a in await asyncio.to_thread(self.store.history):
+            if a.fingerprint == fingerprint and a.to_json()["raised_at"] == raised_at:
+                await asyncio.to_thread(self.store.set_diagnosis, a.id, doc)
+                return True
+        return False
+
+    async def diagnose(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(await self.run_diagnosis(bool(body.get("fix")), body.get("alarm")))
+
+    async def store_diagnosis(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        kept = await self.keep_diagnosis(str(body["fingerprint"]), str(body["raised_at"]), body["diagnosis"])
+        return web.json_response({"stored": kept})
+
+    async def _on_raise(self, alarm: Any) -> None:
+        """Diagnose right away, so that the alarm already carries its diagnosis when someone looks."""
+        if not self.cfg.diagnose.on_raise:
+            return
+        try:
+            await self.run_diagnosis(self.cfg.diagnose.auto_fix, alarm.to_json())
+        except Exception:
+            log.exception("automatic diagnosis failed")
+
     async def sync(self, request: web.Request) -> web.StreamResponse:
         if not isinstance(self.side, StandbySide):
             raise HasyncError(f"{self.cfg.node.name} is the active node: sync runs on the standby")
@@ -367,6 +425,7 @@ class Agent:
         self.keeper = AlarmKeeper(
             self.cfg, self.role, self.store, self.dispatcher, [n.key for n in notifiers], self.peer, shared
         )
+        self.keeper.on_raise = self._on_raise
         if run_dispatcher:
             self._tasks.append(asyncio.create_task(self.dispatcher.run(self._stop), name="dispatcher"))
 

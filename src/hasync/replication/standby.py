@@ -48,9 +48,16 @@ class FileError:
     cause: Cause
     message: str
     since: float
+    size: int = 0  # bytes the path needs on the standby, when known (for disk_full)
 
     def as_json(self) -> dict[str, Any]:
-        return {"dir": self.dir, "path": self.path, "cause": self.cause.value, "reason": self.message}
+        return {
+            "dir": self.dir,
+            "path": self.path,
+            "cause": self.cause.value,
+            "reason": self.message,
+            "size": self.size,
+        }
 
 
 @dataclass
@@ -408,8 +415,10 @@ class StandbySide(Side):
         return next(c for c in order if c in present)
 
     # -- applying a plan ---------------------------------------------------
-    def _fail(self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, cause: Cause, msg: str) -> None:
-        errors[(d.name, rel)] = FileError(d.name, rel, cause, msg, time.time())
+    def _fail(
+        self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, cause: Cause, msg: str, size: int = 0
+    ) -> None:
+        errors[(d.name, rel)] = FileError(d.name, rel, cause, msg, time.time(), size)
 
     async def _apply_plan(
         self,
@@ -515,7 +524,14 @@ class StandbySide(Side):
                         try:
                             writer.write(payload)
                         except OSError as exc:
-                            self._fail(errors, d, writer.rel, cause_of_oserror(exc), f"{exc.strerror} (on the standby)")
+                            self._fail(
+                                errors,
+                                d,
+                                writer.rel,
+                                cause_of_oserror(exc),
+                                f"{exc.strerror} (on the standby)",
+                                writer.meta.size,
+                            )
                             writer.abort()
                             skip = True
                         tally["bytes"] += len(payload)
@@ -602,7 +618,7 @@ class StandbySide(Side):
             applier.flush()
         except OSError as exc:
             for p in applier.pending:
-                self._fail(errors, d, p.rel, cause_of_oserror(exc), f"{exc.strerror} (on the standby)")
+                self._fail(errors, d, p.rel, cause_of_oserror(exc), f"{exc.strerror} (on the standby)", p.entry.size)
             applier.close()
 
     # -- status ------------------------------------------------------------

@@ -1,0 +1,190 @@
+"""`hasync diagnose` with two real agents: one test per cause, the safe fixes, the healthy pair (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pairlib import ROOT, PairEnv, wait_for
+
+INTERVAL = 2.0
+
+
+def diagnose(env: PairEnv, *args: str, node: str = "b") -> tuple[int, dict[str, Any]]:
+    r = env.hasync("diagnose", "--json", *args, node=node, timeout=180)
+    assert r.stdout, r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def step(doc: dict[str, Any], step_id: str) -> dict[str, Any]:
+    return next(s for s in doc["steps"] if s["id"] == step_id)
+
+
+def active_alarms(env: PairEnv) -> list[dict[str, Any]]:
+    return [a for a in json.loads(env.hasync("alarms", "--json", "--all").stdout) if a["cleared_at"] is None]
+
+
+def test_healthy_pair_every_step_ok(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair(interval_s=INTERVAL)
+    (env.src / "conf" / "a.yaml").write_text("a")
+    env.a.start()
+    env.b.start()
+    env.wait_in_sync()
+    for node in ("a", "b"):
+        code, doc = diagnose(env, node=node)
+        assert code == 0, doc
+        assert doc["cause"] is None and doc["fixed"] == []
+        assert [s["id"] for s in doc["steps"]] == ["network", "storage", "sync_files", "ha_log", "recheck", "collect"]
+        assert {s["id"]: s["verdict"] for s in doc["steps"]} == dict.fromkeys(
+            ["network", "storage", "sync_files", "ha_log", "recheck", "collect"], "ok"), doc
+        assert "ping 127.0.0.1: answered" in step(doc, "network")["evidence"]
+        assert "free of" in step(doc, "storage")["evidence"]
+    r = env.hasync("diagnose")
+    assert r.returncode == 0 and "1. network" in r.stdout and "cause: none found" in r.stdout
+
+
+def test_active_agent_down_is_peer_agent_down(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair(interval_s=INTERVAL)
+    env.a.start()
+    env.b.start()
+    env.a.stop()
+    wait_for(lambda: active_alarms(env), 5 * INTERVAL, what="alarm raised")
+    code, doc = diagnose(env)
+    assert code == 1 and doc["cause"] == "peer_agent_down"
+    net = step(doc, "network")
+    assert net["verdict"] == "fault" and "connection refused" in net["evidence"] and "answered" in net["evidence"]
+    assert "start it" in net["action"]
+    assert step(doc, "collect")["action"].startswith("Run `hasync collect -c ")
+    # The agent diagnosed the alarm by itself when it was raised: the alarm carries it.
+    alarm = wait_for(lambda: next((a for a in json.loads(env.hasync("alarms", "--json").stdout)
+                                   if a.get("diagnosis")), None), 20, what="stored diagnosis")
+    assert alarm["diagnosis"]["cause"] == "peer_agent_down"
+
+
+def test_wrong_token_is_auth_failed(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair(interval_s=INTERVAL)
+    (env.pair.base / "secrets" / "other.token").write_text("another-token\n")
+    cfg = env.pair.config_a
+    cfg.write_text(cfg.read_text().replace("secrets/pair.token", "secrets/other.token"))
+    env.a.token = "another-token"
+    env.a.start()
+    env.b.start()
+    code, doc = diagnose(env)
+    assert code == 1 and doc["cause"] == "auth_failed"
+    assert "rejected (HTTP 401)" in step(doc, "network")["evidence"]
+    assert "another-token" not in json.dumps(doc)
+
+
+def test_junk_file_found_and_only_it_deleted(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair(unprivileged=True, interval_s=INTERVAL)
+    conf = env.src / "conf"
+    junk = conf / "sedXyZ12"
+    junk.touch()
+    junk.chmod(0)
+    keep_sed = conf / "sedKeep"  # size 0 but still has permissions: not junk
+    keep_sed.touch()
+    locked = conf / "locked.swp"  # mode 000 but another name (and excluded from sync): not junk
+    locked.touch()
+    locked.chmod(0)
+    env.chown_all()
+    env.a.start()
+    env.b.start()
+    wait_for(lambda: active_alarms(env), 5 * INTERVAL, what="alarm raised")
+    code, doc = diagnose(env)
+    assert code == 1 and doc["cause"] == "junk_file"
+    ev = step(doc, "sync_files")["evidence"]
+    assert f"{conf}/sedXyZ12" in ev and "---------- " in ev and "on node-b: absent" in ev
+    assert "sedKeep" not in ev and "locked.swp" not in ev
+    assert junk.exists()  # without --fix nothing changes
+    code, doc = diagnose(env, "--fix")
+    assert doc["fixed"] == [f"node-a: deleted junk file {junk} (size 0, mode 0000)"]
+    assert not junk.exists() and keep_sed.exists() and locked.exists()
+    assert step(doc, "recheck")["verdict"] == "ok" and doc["cleared"] is True, step(doc, "recheck")
+    assert code == 0
+    assert not active_alarms(env)
+    log = (env.pair.base / "logs" / "node-a" / "ha.log").read_text()  # the node that changed the file
+    assert "WARN [diagnose] fix applied" in log and "sedXyZ12" in log
+
+
+def test_unreadable_file_is_permission_denied_with_exact_commands(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair(unprivileged=True, interval_s=INTERVAL)
+    secret = env.src / "conf" / "jaas.conf"
+    secret.write_text("first version")
+    secret_sed = env.src / "conf" / "sed-not-empty"  # mode 000 but not empty: not junk
+    secret_sed.write_text("x")
+    env.chown_all()
+    env.a.start()
+    env.b.start()
+    env.wait_in_sync()
+    secret.write_text("second version")
+    secret.chmod(0)
+    secret_sed.chmod(0)
+    wait_for(lambda: active_alarms(env), 5 * INTERVAL, what="alarm raised")
+    code, doc = diagnose(env, "--fix")
+    assert code == 1 and doc["cause"] == "permission_denied"
+    assert doc["fixed"] == [] and secret.exists() and secret_sed.exists()
+    st = step(doc, "sync_files")
+    user = "nobody" if ROOT else __import__("pwd").getpwuid(os.geteuid()).pw_name
+    group = "nogroup" if ROOT else __import__("grp").getgrgid(os.getegid()).gr_name
+    assert f"on node-a: chmod 0644 {secret} && chown {user}:{group} {secret}" in st["action"]
+    assert f"on node-b: -rw-r--r-- {user}:{group}" in st["evidence"]
+
+
+def test_missing_sync_dir_is_source_missing(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair(interval_s=INTERVAL)
+    (env.src / "udf").rmdir()
+    env.a.start()
+    env.b.start()
+    (alarm,) = wait_for(lambda: active_alarms(env), 5 * INTERVAL, what="alarm raised")
+    assert alarm["cause"] == "source_missing"
+    code, doc = diagnose(env)
+    assert code == 1 and doc["cause"] == "source_missing"
+    assert f"node-a: sync dir 'udf' does not exist: {env.src / 'udf'}" in step(doc, "sync_files")["evidence"]
+
+
+@pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_disk_full_fix_prunes_backups_and_alarm_clears(make_pair, base: Path) -> None:  # type: ignore[no-untyped-def]
+    small = base / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "hasync-full", str(small)], check=True)
+    try:
+        extra = '\n[diagnose]\nmin_free_bytes = 65536\n'
+        env: PairEnv = make_pair(interval_s=INTERVAL, extra=extra)
+        cfg = env.pair.config_b
+        text = cfg.read_text().replace('path = "data/node-b/', f'path = "{small}/data/').replace(
+            'dir = "backup/node-b"', f'dir = "{small}/backup"')
+        cfg.write_text(text)
+        for d in ("conf", "udf"):
+            (small / "data" / d).mkdir(parents=True)
+        sets = [small / "backup" / f"FlinkServer_2026010{i}000000" for i in range(1, 8)]
+        for s in sets:
+            s.mkdir(parents=True)
+            (s / "old.bin").write_bytes(os.urandom(900 << 10))
+        (env.src / "udf" / "new.jar").write_bytes(os.urandom(2 << 20))
+        env.a.start()
+        env.b.start()
+        (alarm,) = wait_for(lambda: active_alarms(env), 6 * INTERVAL, what="alarm raised")
+        assert alarm["cause"] == "disk_full"
+        code, doc = diagnose(env)
+        assert code == 1 and doc["cause"] == "disk_full"
+        ev = step(doc, "storage")["evidence"]
+        assert "backup sets: 7 (max_copies 5)" in ev and "could not write udf/new.jar (2.0 MiB)" in ev
+        code, doc = diagnose(env, "--fix")
+        removed = [f for f in doc["fixed"] if f.startswith("removed backup set")]
+        assert len(removed) >= 2 and all(str(s) in " ".join(removed) for s in sets[:2])
+        assert sets[-1].exists(), "the newest set is never pruned"
+        assert step(doc, "recheck")["verdict"] == "ok" and doc["cleared"] is True and code == 0
+        assert (small / "data" / "udf" / "new.jar").stat().st_size == 2 << 20
+        assert not active_alarms(env)
+    finally:
+        for agent in ("a", "b"):
+            try:
+                getattr(env, agent).kill9()
+            except NameError:
+                pass
+        subprocess.run(["umount", "-l", str(small)], check=False)
