@@ -144,6 +144,9 @@ class StandbyCheck:
             side.peer_failed(exc)
             self.grace.age(False)
             return Verdict(False, exc.cause, False, None, (OutOfSync("", "", exc.message, exc.cause.value),))
+        if info.get("role") != "active":
+            msg = f"{side.cfg.peer.name} is not the active node: the two configs disagree on [role] active"
+            return Verdict(False, Cause.SYNC_ERROR, True, None, (OutOfSync("", "", msg, Cause.SYNC_ERROR.value),))
         side.peer_ok()
         listed = [OutOfSync(e.dir, e.path, e.message, e.cause.value) for e in side.sorted_errors()[:MAX_LISTED]]
         differs = [

@@ -269,6 +269,9 @@ def _read_file(f: LogFile, start: datetime, end: datetime, st: CutStats) -> Gene
                 m = ENTRY_RE.match(line)
                 if m is None:
                     if line.startswith(b"# ") and (o := OFFSET_RE.match(line)) is not None:
+                        if pending is not None:  # it ends the entry above, which keeps its own offset
+                            yield _emit(pending, b.tz, f.name, first_line, st)
+                            pending = None
                         sign = -1 if o.group(1) == b"-" else 1
                         tz = timezone(sign * timedelta(hours=int(o.group(2)), minutes=int(o.group(3))))
                         b = _Bounds(start, end, tz)

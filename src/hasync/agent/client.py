@@ -112,8 +112,12 @@ class AgentClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._map(exc) from exc
 
-    async def info(self, since: int | None = None, timeout: float = -1.0) -> dict[str, Any]:
-        params = {"since": str(since)} if since is not None else None
+    async def info(self, since: int | None = None, timeout: float = -1.0, owner: bool | None = None) -> dict[str, Any]:
+        """The agent's identity and, on the active, its change seq and Merkle roots. `owner`: whether
+        this (standby) side can replicate owners, so that the active's hashes cover them or not."""
+        params = {"since": str(since)} if since is not None else {}
+        if owner is not None:
+            params["owner"] = "1" if owner else "0"
         result: dict[str, Any] = await self.request("GET", f"{API}/info", params=params, timeout=timeout)
         return result
 
@@ -197,17 +201,24 @@ class AgentClient:
             raise self._map(exc) from exc
 
     async def stream_json(
-        self, method: str, path: str, params: dict[str, str] | None = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+        idle_s: float = 60.0,
     ) -> AsyncIterator[dict[str, Any]]:
-        """NDJSON events of a long operation (e.g. a sync run by the agent)."""
+        """NDJSON events of a long operation (e.g. a sync run by the agent). The agent sends a
+        keep-alive every few seconds, so `idle_s` without a line means it hangs."""
+        limits = aiohttp.ClientTimeout(total=timeout, connect=self.timeout_s, sock_read=idle_s)
         try:
-            async with self.session.request(
-                method, self.base_url + path, params=params, timeout=self._timeout(timeout)
-            ) as resp:
+            async with self.session.request(method, self.base_url + path, params=params, timeout=limits) as resp:
                 await self._check(resp)
                 async for line in resp.content:
                     if line.strip():
-                        yield json.loads(line)
+                        event = json.loads(line)
+                        if event.get("event") != "alive":
+                            yield event
         except PeerError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

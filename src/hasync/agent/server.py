@@ -118,6 +118,9 @@ class Agent:
         app.router.add_post(f"{API}/diag", self.diag)  # one diagnosis fact or fix on this node
         app.router.add_post(f"{API}/diagnose", self.diagnose)  # the whole procedure, run by this agent
         app.router.add_post(f"{API}/alarms/diagnosis", self.store_diagnosis)  # keep a diagnosis with its alarm
+        from hasync.agent import collect_routes
+
+        collect_routes.add_routes(self, app)
         return app
 
     @web.middleware
@@ -166,6 +169,10 @@ class Agent:
             "time": time.time(),
         }
         if isinstance(self.side, ActiveSide):
+            owner = request.query.get("owner")
+            if owner is not None:
+                # Owners are compared only when both agents run as root: only then can the standby set them.
+                self.side.set_owner_mode(self.cfg.is_root and owner == "1")
             body.update(
                 instance=self.side.instance, seq=self.side.seq, roots=self.side.roots(), with_owner=self.side.with_owner
             )
@@ -332,15 +339,15 @@ class Agent:
 
     async def run_diagnosis(self, fix: bool, alarm: dict[str, Any] | None) -> dict[str, Any]:
         """The procedure run by this agent (on demand, or when the alarm is raised)."""
+        from hasync.agent.client import AgentClient
         from hasync.diagnose import runner
         from hasync.diagnose.nodes import LocalNode
 
-        from hasync.agent.client import AgentClient
-
         status = await self.status_doc(brief=True) if self.role == "standby" else None
         async with AgentClient(self.cfg.local_url(), self.cfg.token, self.cfg.peer.timeout_s, "local") as me:
-            d = await runner.run(self.cfg, self.role, LocalNode(self.cfg), self.peer, me, fix, alarm,
-                                 standby_status=status)
+            d = await runner.run(
+                self.cfg, self.role, LocalNode(self.cfg), self.peer, me, fix, alarm, standby_status=status
+            )
         doc = d.as_json()
         if alarm is not None:
             await self.keep_diagnosis(alarm["fingerprint"], alarm["raised_at"], doc)
@@ -386,11 +393,14 @@ class Agent:
         task = asyncio.create_task(side.reconcile(progress=queue.put_nowait))
         while not task.done():
             getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            # A keep-alive at least every 5 s, so that the client can time out a hung agent.
+            await asyncio.wait({getter, task}, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
             if getter.done():
                 await resp.write(json.dumps(getter.result()).encode() + b"\n")
             else:
                 getter.cancel()
+                if not task.done():
+                    await resp.write(b'{"event": "alive"}\n')
         result = task.result()
         final = {
             "event": "result",

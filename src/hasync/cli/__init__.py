@@ -13,4 +13,4 @@ def main() -> None:
     """hasync keeps the standby node of an active/standby pair an exact copy of the active."""
 
 
-from hasync.cli import agent, alarms, check, demo, diagnose, status, sync  # noqa: E402,F401  (registers the commands)
+from hasync.cli import agent, alarms, check, collect, demo, diagnose, status, sync  # noqa: E402,F401  (registers the commands)

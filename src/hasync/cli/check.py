@@ -76,9 +76,11 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
     import asyncio
 
     from hasync import halog
-    from hasync.agent.server import Agent
+    from hasync.agent.server import Agent, StateLock
 
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level, stderr=False)
+    lock = StateLock(cfg.node.state_dir)
+    lock.acquire("check")  # it may remove leftover temp files: never beside another writer
     agent = Agent(cfg)
     try:
         await agent.open_alarms(run_dispatcher=False)
@@ -91,6 +93,7 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
         await agent.close_clients()
         if agent.store is not None:
             await asyncio.to_thread(agent.store.close)
+        lock.release()
 
 
 def _print(d: dict[str, Any]) -> None:

@@ -62,6 +62,7 @@ class ActiveSide(Side):
         self._tasks.append(asyncio.create_task(self._periodic_rescan(), name="rescan"))
         self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
         self._restart_watcher()
+        self._start_root_poll()
 
     async def prepare(self) -> None:
         await self.rescan_all(initial=True)
@@ -280,6 +281,13 @@ class ActiveSide(Side):
             yield frame(F_END, pack([b"", False, exc.strerror or str(exc)]))
         finally:
             os.close(fd)
+
+    def set_owner_mode(self, with_owner: bool) -> None:
+        if with_owner != self.with_owner:
+            self.with_owner = with_owner
+            for tree in self.trees.values():
+                if tree is not None:
+                    tree.set_with_owner(with_owner)
 
     def roots(self) -> dict[str, bytes | None]:
         return {name: (t.root_hash() if t is not None else None) for name, t in self.trees.items()}

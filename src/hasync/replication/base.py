@@ -86,6 +86,17 @@ class Side:
     async def root_changed(self, d: SyncDir) -> None:
         """A sync dir's root appeared or vanished."""
 
+    async def _poll_roots(self, every_s: float = 2.0) -> None:
+        """Notice a sync dir's root appearing or vanishing: the watcher only sees inside existing roots."""
+        while True:
+            await asyncio.sleep(every_s)
+            for d in self.cfg.sync.dirs:
+                if (self.trees.get(d.name) is None) == d.path.is_dir():
+                    await self.root_changed(d)
+
+    def _start_root_poll(self) -> None:
+        self._tasks.append(asyncio.create_task(self._poll_roots(), name="poll-roots"))
+
     def _restart_watcher(self) -> None:
         roots = tuple(d.path for d in self.cfg.sync.dirs if self.trees.get(d.name) is not None)
         if roots == self._watched and self._watch_task is not None and not self._watch_task.done():

@@ -124,6 +124,7 @@ class StandbySide(Side):
     async def start(self) -> None:
         await self.load_local()
         self._restart_watcher()
+        self._start_root_poll()
         self._tasks.append(asyncio.create_task(self._run(), name="standby-loop"))
         self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
 
@@ -152,6 +153,7 @@ class StandbySide(Side):
         self.kick()
 
     async def root_changed(self, d: SyncDir) -> None:
+        self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
         self._need_full = True
         self.kick()
 
@@ -183,7 +185,9 @@ class StandbySide(Side):
                     or (self.errors and time.monotonic() - self._last_full > self.cfg.sync.retry_s)
                 ):
                     await self.reconcile(rescan_local=due)
-                wait = LONG_POLL_S if not self.errors else min(LONG_POLL_S, self.cfg.sync.retry_s)
+                # Come back in time for the next full reconcile (and, with errors, the next retry).
+                until_full = self.cfg.sync.full_reconcile_s - (time.monotonic() - self._last_full)
+                wait = max(0.5, min(LONG_POLL_S, until_full, self.cfg.sync.retry_s if self.errors else LONG_POLL_S))
                 resp = await self.client.changes(self.instance, self.seq, wait)
                 await self._apply_changes(resp)
                 backoff = 0.2
@@ -218,7 +222,12 @@ class StandbySide(Side):
                 for d in self.cfg.sync.dirs:
                     self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
             try:
-                info = await self.client.info()
+                info = await self.client.info(owner=self.cfg.is_root)
+                if info.get("role") != "active":
+                    raise PeerError(
+                        f"{self.cfg.peer.name} is not the active node (it says {info.get('role')!r}): "
+                        f"the two configs disagree on [role] active"
+                    )
             except PeerError as exc:
                 self.peer_failed(exc)
                 return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
@@ -271,18 +280,15 @@ class StandbySide(Side):
         self, d: SyncDir, remote_root: bytes | None, errors: dict[tuple[str, str], FileError]
     ) -> tuple[Plan, dict[str, int]] | None:
         local = self.trees.get(d.name)
-        if local is None and d.path.is_dir():
+        if (local is None) == d.path.is_dir():  # the root appeared or vanished since the last look
             local = self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
         if remote_root is None or local is None:
-            where = "active" if remote_root is None else "standby"
-            path = d.path if local is None else "(on the active)"
-            errors[(d.name, "")] = FileError(
-                d.name,
-                "",
-                Cause.SOURCE_MISSING,
-                f"sync dir {d.name!r} does not exist on the {where}: {path}",
-                time.time(),
+            msg = (
+                f"sync dir {d.name!r} does not exist on the active"
+                if remote_root is None
+                else f"sync dir {d.name!r} does not exist on the standby: {d.path}"
             )
+            errors[(d.name, "")] = FileError(d.name, "", Cause.SOURCE_MISSING, msg, time.time())
             self.missing.add(d.name)
             return None
         self.missing.discard(d.name)
