@@ -1,0 +1,125 @@
+"""The agent endpoints a collecting peer uses for the fault-information bundle (SPEC §9): clock, cut log, config.
+
+All of them sit behind the agent's authentication middleware. Alarms and status come
+from the existing ``GET /v1/alarms?all=1`` and ``GET /v1/status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from hasync import __version__
+from hasync.collect import (
+    FRAME_DATA_MAX,
+    L_DATA,
+    L_DONE,
+    L_ERR,
+    L_PROGRESS,
+    LOG_FRAMES,
+    Masker,
+    masked_config,
+    render,
+)
+from hasync.halog import utc_offset
+from hasync.logcut import CutStats, iter_window
+from hasync.protocol import API, frame, pack
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from hasync.agent.server import Agent
+
+# Test hook only: pretend this node's clock is this many seconds ahead (tests of the clock-offset correction).
+CLOCK_OFFSET_ENV = "HASYNC_TEST_CLOCK_OFFSET_S"
+HEARTBEAT_S = 1.0  # a progress frame at least this often, so a long scan before the window never looks dead
+
+
+def add_routes(agent: Agent, app: web.Application) -> None:
+    routes = _CollectRoutes(agent)
+    app.router.add_get(f"{API}/collect/info", routes.info)  # identity and wall clock, for the offset measurement
+    app.router.add_get(f"{API}/collect/logs", routes.logs)  # HA log entries in ?start=&end=, masked, as frames
+    app.router.add_get(f"{API}/collect/config", routes.config)  # this node's config file, secrets masked
+
+
+def _aware(value: str, name: str) -> datetime:
+    from datetime import datetime
+
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        raise ValueError(f"{name} must carry a UTC offset")
+    return dt
+
+
+class _CollectRoutes:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def info(self, request: web.Request) -> web.Response:
+        cfg = self.agent.cfg
+        skew = float(os.environ.get(CLOCK_OFFSET_ENV) or 0.0)
+        doc: dict[str, Any] = {
+            "node": cfg.node.name,
+            "hostname": cfg.node.hostname,
+            "role": self.agent.role,
+            "time": time.time() + skew,
+            "utc_offset": utc_offset(),
+            "version": __version__,
+        }
+        return web.json_response(doc)
+
+    async def config(self, request: web.Request) -> web.Response:
+        cfg = self.agent.cfg
+        text = await asyncio.to_thread(masked_config, cfg.path, Masker.for_config(cfg))
+        return web.json_response({"file": cfg.path.name, "text": text})
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        start = _aware(request.query["start"], "start")
+        end = _aware(request.query["end"], "end")
+        cfg = self.agent.cfg
+        stats = CutStats()
+        batches = render(iter_window(cfg.node.log_dir, start, end, stats=stats), Masker.for_config(cfg), cfg.node.name)
+        resp = web.StreamResponse(headers={"Content-Type": LOG_FRAMES})
+        await resp.prepare(request)
+
+        def progress() -> bytes:
+            return frame(L_PROGRESS, pack({"read": stats.bytes_read, "total": stats.bytes_total}))
+
+        task: asyncio.Future[str | None] | None = None
+        try:
+            while True:
+                # The cut reads files: in a thread, one batch at a time, so memory stays at one batch.
+                task = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+                while not (await asyncio.wait({task}, timeout=HEARTBEAT_S))[0]:
+                    await resp.write(progress())
+                chunk = task.result()
+                task = None
+                if chunk is None:
+                    break
+                data = chunk.encode("utf-8")
+                for i in range(0, len(data), FRAME_DATA_MAX):
+                    await resp.write(frame(L_DATA, data[i : i + FRAME_DATA_MAX]))
+                await resp.write(progress())
+            done = {
+                "files_read": stats.files_read,
+                "files_skipped": stats.files_skipped,
+                "errors": stats.errors,
+                "entries": stats.entries,
+                "lines": stats.lines,
+                "truncated_entries": stats.truncated_entries,
+            }
+            await resp.write(frame(L_DONE, pack(done)))
+        except (ConnectionError, asyncio.CancelledError):
+            raise  # the collector went away: nothing to tell it
+        except Exception as exc:  # the cut failed: say so in the stream, the headers are long sent
+            await resp.write(frame(L_ERR, pack({"message": f"{type(exc).__name__}: {exc}"})))
+        finally:
+            if task is not None:
+                await asyncio.wait({task})  # a generator cannot be closed while a thread runs it
+            await asyncio.to_thread(batches.close)
+        await resp.write_eof()
+        return resp
