@@ -188,3 +188,33 @@ def test_disk_full_fix_prunes_backups_and_alarm_clears(make_pair, base: Path) ->
             except NameError:
                 pass
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_ha_log_reads_rotated_gz_within_the_window_only(make_pair) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+    from datetime import datetime, timedelta
+
+    env: PairEnv = make_pair(interval_s=INTERVAL)
+    env.a.start()
+    env.b.start()
+    env.wait_in_sync()
+    now = datetime.now().astimezone()
+    offset = now.strftime("%z")
+    logs = env.pair.base / "logs" / "node-b"
+
+    def line(t: datetime, text: str) -> str:
+        return f"{t.strftime('%Y-%m-%d %H:%M:%S')},{t.microsecond // 1000:03d} ERROR [standby] {text}\n"
+
+    inside, outside = now - timedelta(minutes=5), now - timedelta(minutes=10, seconds=30)
+    rotated = logs / f"ha.log.{(now - timedelta(minutes=4)).strftime('%Y-%m-%d_%H-%M-%S')}.gz"
+    with gzip.open(rotated, "wt") as f:
+        f.write(f"# hasync HA run log; times are local, UTC offset {offset[:3]}:{offset[3:]}\n")
+        f.write(line(outside, "disk trouble just outside the window cause=disk_full"))
+        f.write(line(inside, "rename failed inside the window cause=permission_denied path=conf/x"))
+        f.write("Traceback (most recent call last):\n  File \"x.py\", line 1\nOSError: boom\n")
+    code, doc = diagnose(env, "--window", "600")
+    ha = step(doc, "ha_log")
+    assert ha["verdict"] == "fault"
+    assert "rename failed inside the window" in ha["evidence"] and rotated.name in ha["evidence"]
+    assert "just outside the window" not in ha["evidence"]
+    assert doc["cause"] == "permission_denied"  # named by the log, no other step found a fault
