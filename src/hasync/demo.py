@@ -17,6 +17,8 @@ from functools import partial
 from pathlib import Path
 
 SYNC_DIRS = ("conf", "udf")
+DEMO_INTERVAL_S = 5.0  # the demo checks often, to show the alarm within seconds
+CUT_EVERY = 6  # changes between two demonstrations of the alarm
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,7 @@ def run(work_dir: str) -> None:
     con = Console(highlight=False)
     base = Path(work_dir).resolve()
     fresh = not (base / "node-a.toml").exists()
-    pair = (
-        write_pair(base)
-        if fresh
-        else Pair(base, base / "node-a.toml", base / "node-b.toml", base / "data/node-a", base / "data/node-b", 0, 0)
-    )
+    pair = write_pair(base, interval_s=DEMO_INTERVAL_S) if fresh else _existing(base)
     if fresh:
         seed(pair.data_a)
     con.print(f"[bold]hasync demo[/] in {base}")
@@ -195,11 +193,18 @@ def run(work_dir: str) -> None:
             n = sum(1 for _ in pair.data_a.rglob("*"))
             con.print(f"[green]initial sync done[/]: {n} paths identical on both nodes ({t:.2f} s after start)")
         con.print("now changing files on the active every few seconds (Ctrl-C stops both agents)")
+        con.print(
+            f"the pair is checked every {DEMO_INTERVAL_S:g} s here (60 s by default); every {CUT_EVERY} "
+            "changes the demo stops the active's agent to show alarm 45641 being raised and cleared"
+        )
         rng = random.Random()
         step = 0
         while not stopping:
             time.sleep(3)
             step += 1
+            if step % CUT_EVERY == 0:
+                agents[0] = _show_alarm(con, pair, agents[0], base)
+                continue
             what, path = _change(pair.data_a, rng, step)
             dt = _wait_until(partial(_same_path, pair, path), 10)
             shown = f"{dt * 1000:.0f} ms" if dt is not None else "[red]not yet after 10 s[/]"
@@ -217,6 +222,68 @@ def run(work_dir: str) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         con.print("stopped. Configs, data and logs stay in " + str(base))
+
+
+def _existing(base: Path) -> Pair:
+    from hasync.config import load
+
+    a, b = load(base / "node-a.toml"), load(base / "node-b.toml")
+    return Pair(
+        base,
+        a.path,
+        b.path,
+        base / "data/node-a",
+        base / "data/node-b",
+        a.listen_host_port()[1],
+        b.listen_host_port()[1],
+    )
+
+
+def _alarms(pair: Pair) -> list[dict[str, object]]:
+    """The standby's alarm records (its agent's API, with the pair's token)."""
+    import json
+    import urllib.request
+
+    token = (pair.base / "secrets" / "pair.token").read_text().strip()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{pair.port_b}/v1/alarms?all=1", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return list(json.loads(r.read()))
+    except OSError:
+        return []
+
+
+def _show_alarm(con: object, pair: Pair, active: subprocess.Popen[bytes], base: Path) -> subprocess.Popen[bytes]:
+    """Stop the active's agent until the standby raises 45641, then start it until the alarm clears."""
+    from rich.console import Console
+
+    assert isinstance(con, Console)
+    before = {str(a["raised_at"]) for a in _alarms(pair)}
+    con.print("[yellow]cutting the standby off: stopping node-a's agent[/]")
+    t0 = time.monotonic()
+    active.send_signal(signal.SIGTERM)
+    active.wait(timeout=10)
+    raised = _wait_until(lambda: any(str(a["raised_at"]) not in before for a in _alarms(pair)), 4 * DEMO_INTERVAL_S)
+    new = [a for a in _alarms(pair) if str(a["raised_at"]) not in before]
+    if raised is None or not new:
+        con.print("[red]  no alarm yet; see logs/node-b/ha.log[/]")
+    else:
+        a = new[0]
+        con.print(f"[red]  ALARM {a['alarm_id']} {a['severity']}[/] {a['name']}")
+        con.print(
+            f"    HostName={a['host_name']} cause={a['cause']} raised {time.monotonic() - t0:.1f} s after the cut"
+        )
+    con.print("[yellow]restoring: starting node-a's agent again[/]")
+    active = _agent(pair.config_a, base / "logs" / "agent-a.out")
+    t1 = time.monotonic()
+    cleared = _wait_until(lambda: all(a["cleared_at"] is not None for a in _alarms(pair)), 6 * DEMO_INTERVAL_S)
+    if cleared is None:
+        con.print("[red]  the alarm is still active; see `hasync diagnose -c node-b.toml`[/]")
+    else:
+        con.print(f"[green]  alarm cleared[/] {time.monotonic() - t1:.1f} s after the restart (auto clear)")
+    return active
 
 
 def _change(data: Path, rng: random.Random, step: int) -> tuple[str, Path]:
