@@ -213,6 +213,7 @@ def test_ha_log_reads_rotated_gz_within_the_window_only(make_pair) -> None:  # t
         f.write(line(inside, "rename failed inside the window cause=permission_denied path=conf/x"))
         f.write("Traceback (most recent call last):\n  File \"x.py\", line 1\nOSError: boom\n")
     code, doc = diagnose(env, "--window", "600")
+    assert code == 1
     ha = step(doc, "ha_log")
     assert ha["verdict"] == "fault"
     assert "rename failed inside the window" in ha["evidence"] and rotated.name in ha["evidence"]
