@@ -113,7 +113,7 @@ class ActiveSide(Side):
                     )
             touched, self._scanning = self._scanning, None
             if touched:
-                await self.refresh(Path(p) for p in touched)
+                await self.refresh(touched)
         finally:
             self._scanning = None
         self._restart_watcher()
@@ -133,7 +133,7 @@ class ActiveSide(Side):
             return None
 
     # -- the change feed ---------------------------------------------------
-    def _touched(self, path: Path) -> None:
+    def _touched(self, path: str | Path) -> None:
         if self._scanning is not None:
             self._scanning.add(str(path))
 

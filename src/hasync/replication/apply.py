@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
@@ -100,8 +101,10 @@ class Applier:
         self.as_root = as_root
         self.fsync_each = fsync_each
         self.fds = DirFds(d.path)
+        self.root_fd = self.fds.get("")
         self.pending: list[_Pending] = []
         self.pending_bytes = 0
+        self.flushing: asyncio.Task[None] | None = None  # the batch being made durable (standby pipelining)
         self._dir_modes: dict[str, Entry] = {}
         self._opened: dict[str, int] = {}  # dirs given u+rwx for the batch: original mode
 
@@ -136,6 +139,10 @@ class Applier:
                 pass
         self._opened.clear()
 
+    def sync_all(self) -> None:
+        """One syncfs for everything this applier renamed, created and removed (thread-safe)."""
+        syncfs(self.root_fd)
+
     def _lstat(self, rel: str) -> os.stat_result | None:
         parent, _, name = rel.rpartition("/")
         try:
@@ -155,7 +162,8 @@ class Applier:
             return
         self.fds.forget(rel)
         self.backups.keep(self.d.name, rel, pfd, name, move=True)
-        os.fsync(pfd)
+        if self.fsync_each:
+            os.fsync(pfd)
         self.tree.remove(rel)
 
     def make_dir(self, rel: str, e: Entry) -> None:
@@ -192,7 +200,8 @@ class Applier:
             except OSError:
                 pass
             raise
-        os.fsync(pfd)
+        if self.fsync_each:
+            os.fsync(pfd)
         st2 = self._lstat(rel)
         self.tree.put(rel, e._replace(uid=st2.st_uid if st2 else e.uid, gid=st2.st_gid if st2 else e.gid))
 
@@ -223,18 +232,24 @@ class Applier:
     def begin(self, rel: str, meta: Entry) -> FileWriter:
         return FileWriter(self, rel, meta)
 
-    def flush(self) -> list[str]:
-        """Make the written batch durable and visible; return the paths now in place."""
-        if not self.pending:
-            return []
-        if not self.fsync_each:
-            syncfs(self.fds.get(""))
-        parents: set[str] = set()
-        done: list[str] = []
+    def take(self) -> list[_Pending]:
+        """The written batch, handed over for `make_durable` then `commit`; a new batch starts."""
         batch, self.pending = self.pending, []
         self.pending_bytes = 0
-        try:
-            for p in batch:
+        return batch
+
+    def make_durable(self, batch: list[_Pending]) -> None:
+        """Flush the batch's temp files to disk: one syncfs (thread-safe: touches no shared state)."""
+        if batch and not self.fsync_each:
+            syncfs(self.root_fd)
+
+    def commit(self, batch: list[_Pending]) -> list[tuple[_Pending, OSError]]:
+        """Keep the old versions, rename the durable temp files into place. A file that fails has its
+        temp removed and is returned with its error; the others go on."""
+        parents: set[str] = set()
+        failed: list[tuple[_Pending, OSError]] = []
+        for p in batch:
+            try:
                 pfd = self.fds.get(p.parent)
                 name = p.rel.rpartition("/")[2]
                 st = self._lstat(p.rel)
@@ -244,22 +259,26 @@ class Applier:
                     else:
                         self.backups.keep(self.d.name, p.rel, pfd, name, move=False)
                 os.rename(p.tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-                parents.add(p.parent)
-                self.tree.put(p.rel, p.entry)
-                done.append(p.rel)
-        except BaseException:
-            self.pending = batch[len(done) + (1 if len(done) < len(batch) else 0) :]
-            failed = batch[len(done)] if len(done) < len(batch) else None
-            if failed is not None:
+            except OSError as exc:
                 try:
-                    os.unlink(failed.tmp, dir_fd=self.fds.get(failed.parent))
+                    os.unlink(p.tmp, dir_fd=self.fds.get(p.parent))
                 except OSError:
                     pass
-            raise
-        finally:
+                failed.append((p, exc))
+                continue
+            parents.add(p.parent)
+            self.tree.put(p.rel, p.entry)
+        if self.fsync_each:
+            # A few files: make the renames durable now. Big batches get one syncfs at the end.
             for parent in parents:
                 os.fsync(self.fds.get(parent))
-        return done
+        return failed
+
+    def flush(self) -> list[tuple[_Pending, OSError]]:
+        """Make the written batch durable and visible (all in this thread); return the failures."""
+        batch = self.take()
+        self.make_durable(batch)
+        return self.commit(batch)
 
     def finish(self) -> None:
         """Give directories their final modes, deepest first (a read-only dir last)."""

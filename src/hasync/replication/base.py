@@ -80,7 +80,7 @@ class Side:
         """A path's entry really changed (the role decides what that means)."""
         raise NotImplementedError
 
-    def _touched(self, path: Path) -> None:
+    def _touched(self, path: str | Path) -> None:
         """An event arrived for `path` (before it is looked at)."""
 
     async def root_changed(self, d: SyncDir) -> None:
@@ -121,7 +121,7 @@ class Side:
                 yield_on_timeout=False,
                 recursive=True,
             ):
-                await self.refresh(Path(p) for _, p in changes)
+                await self.refresh(p for _, p in changes)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the watcher died (e.g. a root was removed): rescan will restart it
@@ -133,7 +133,7 @@ class Side:
             await asyncio.sleep(30)
             await asyncio.to_thread(self.save_caches)
 
-    def _locate(self, path: Path) -> tuple[SyncDir, str] | None:
+    def _locate(self, path: str | Path) -> tuple[SyncDir, str] | None:
         sp = str(path)
         for d in self.cfg.sync.dirs:
             root = str(d.path)
@@ -150,7 +150,7 @@ class Side:
                 return True
         return False
 
-    async def refresh(self, paths: Iterable[Path]) -> None:
+    async def refresh(self, paths: Iterable[str | Path]) -> None:
         """Re-read the given absolute paths after file-system events."""
         todo: dict[tuple[str, str], SyncDir] = {}
         for p in paths:

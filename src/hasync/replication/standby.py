@@ -22,7 +22,7 @@ from typing import Any
 from hasync.backup import BackupSets
 from hasync.config import Config, SyncDir
 from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_oserror
-from hasync.fsutil import remove_temp_files
+from hasync.fsutil import is_tmp_name, remove_temp_files
 from hasync.halog import kv
 from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
 from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec_path, enc_path, unpack
@@ -96,7 +96,7 @@ class StandbySide(Side):
         self._need_full = True
         self._last_full = 0.0
         self.missing: set[str] = set()
-        self._deferred: set[Path] = set()
+        self._deferred: set[str] = set()
         self._kick_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -123,8 +123,8 @@ class StandbySide(Side):
 
     async def start(self) -> None:
         await self.load_local()
-        self._restart_watcher()
         self._start_root_poll()
+        # The watcher starts after the first reconcile: the initial sync's own writes are no drift.
         self._tasks.append(asyncio.create_task(self._run(), name="standby-loop"))
         self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
 
@@ -135,12 +135,16 @@ class StandbySide(Side):
         await self.client.close()
 
     # -- local drift: someone changed the standby's copy --------------------
-    async def refresh(self, paths: Iterable[Path]) -> None:
-        if self._lock.locked():
-            # Our own writes are in progress: look once they are done, at the final state.
-            self._deferred.update(paths)
+    async def refresh(self, paths: Iterable[str | Path]) -> None:
+        # Temp names are ours. A path we renamed into place matches its tree entry: refresh sees no drift.
+        todo = [p for p in map(str, paths) if not is_tmp_name(p.rpartition("/")[2])]
+        if not todo:
             return
-        await super().refresh(paths)
+        if self._lock.locked():
+            # An apply is in progress: look once it is done, at the final state.
+            self._deferred.update(todo)
+            return
+        await super().refresh(todo)
 
     async def _after_apply(self) -> None:
         if self._deferred:
@@ -258,6 +262,8 @@ class StandbySide(Side):
             self._set_errors(errors, full=True)
             self._need_full = False
             self._last_full = time.monotonic()
+            if self._watch_task is None and self._tasks:
+                self._restart_watcher()
             self.pending = 0
             self._update_in_sync()
             result = SyncResult(bool(self.in_sync), tally["files"], tally["bytes"], tally["deleted"])
@@ -462,8 +468,18 @@ class StandbySide(Side):
             else:
                 for rel in todo:
                     self._fail(errors, d, rel, Cause.SYNC_ERROR, "file kept changing during transfer")
+            await self._flushed(applier)
             self._guard(errors, d, "", applier.finish)
+            if not applier.fsync_each:
+                # One flush for every rename, creation and removal of this apply.
+                await asyncio.to_thread(self._guard, errors, d, "", applier.sync_all)
         finally:
+            if applier.flushing is not None:
+                applier.flushing.cancel()
+                try:
+                    await applier.flushing
+                except (asyncio.CancelledError, Exception):  # cancelled or failed: close() removes the temps
+                    pass
             applier.close()
 
     def _guard(
@@ -620,12 +636,35 @@ class StandbySide(Side):
         self._fail(errors, d, key.replace("\0", "\\0"), Cause.SYNC_ERROR, f"refused: {what}")
 
     def _flush(self, applier: Applier, d: SyncDir, errors: dict[tuple[str, str], FileError]) -> None:
-        try:
-            applier.flush()
-        except OSError as exc:
-            for p in applier.pending:
-                self._fail(errors, d, p.rel, cause_of_oserror(exc), f"{exc.strerror} (on the standby)", p.entry.size)
-            applier.close()
+        """Make the written batch durable (syncfs in a worker thread) and rename it into place, while
+        the next batch is received: the disk flush overlaps the network and the writes."""
+        batch = applier.take()
+        if not batch:
+            return
+        prev = applier.flushing
+
+        async def job() -> None:
+            if prev is not None:
+                await prev
+            try:
+                await asyncio.to_thread(applier.make_durable, batch)
+            except OSError as exc:
+                for p in batch:
+                    self._fail(
+                        errors, d, p.rel, cause_of_oserror(exc), f"{exc.strerror} (on the standby)", p.entry.size
+                    )
+                applier.pending = batch + applier.pending  # their temps are removed by close()
+                return
+            for p, err in applier.commit(batch):
+                self._fail(errors, d, p.rel, cause_of_oserror(err), f"{err.strerror} (on the standby)", p.entry.size)
+
+        applier.flushing = asyncio.create_task(job())
+
+    @staticmethod
+    async def _flushed(applier: Applier) -> None:
+        if applier.flushing is not None:
+            await applier.flushing
+            applier.flushing = None
 
     # -- status ------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
