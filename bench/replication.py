@@ -367,6 +367,7 @@ class HasyncPair:
 
         def in_sync() -> bool:
             self._alive(self.standby)
+            self._alive(self.active)
             if sample is not None:
                 sample()
             try:
@@ -379,7 +380,13 @@ class HasyncPair:
 
     def _alive(self, p: subprocess.Popen[bytes] | None) -> bool:
         if p is None or p.poll() is not None:
-            raise BenchError(f"an agent exited (code {None if p is None else p.returncode}); see {self.base}/logs")
+            node = "a" if p is self.active else "b"
+            try:
+                tail = (self.base / "logs" / f"node-{node}" / "ha.log").read_text(errors="replace").splitlines()[-4:]
+            except OSError:
+                tail = []
+            raise BenchError(f"agent node-{node} exited (code {None if p is None else p.returncode}); "
+                             f"last lines of its ha.log:\n  " + "\n  ".join(tail))
         return True
 
     def stop_standby(self) -> None:
@@ -621,10 +628,11 @@ def bench_many(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeIn
     res.memory = {"tree_files": tree.files, "initial_sync_by_agent_s": t_initial,
                   "after_initial": mem_after_initial, "sampled_peak_vmrss_kib": peak_rss}
 
-    rsync_initial = timed(rsyncd.cmd(tree.path, "many"), rsyncd.servers())
-    note(f"(2) rsync initial of {tree.files} files: {rsync_initial.wall_s:.2f} s")
-    res.nochange["initial_rsync_s"] = rsync_initial.wall_s
-    res.nochange["initial_hasync_agent_s"] = t_initial
+    if do_nochange:
+        rsync_initial = timed(rsyncd.cmd(tree.path, "many"), rsyncd.servers())
+        note(f"(2) rsync initial of {tree.files} files: {rsync_initial.wall_s:.2f} s")
+        res.nochange["initial_rsync_s"] = rsync_initial.wall_s
+        res.nochange["initial_hasync_agent_s"] = t_initial
 
     runs: dict[str, list[Run]] = {"hasync_agent": [], "hasync_no_agent": [], "rsync": []}
     count = repeat if do_nochange else 1
@@ -673,7 +681,10 @@ def report(res: Results) -> str:
     lines: list[str] = []
     add = lines.append
     m = res.meta
-    add(f"hasync replication benchmark  ({m['profile']}, seed {m['seed']}, {m['cpus']} CPUs, {m['rsync']})")
+    add(f"hasync replication benchmark  ({m['profile']}, seed {m['seed']}, {m['cpus']} CPUs, {m['rsync']}, "
+        f"hasync {m['git']['commit'][:7]}{' + local changes' if m['git']['modified_src'] else ''})")
+    add(f"load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])}, "
+        f"at end {'/'.join(f'{x:.1f}' for x in m['loadavg_at_end'])}: other processes on this machine add noise")
     add("")
     row = "{:<44} {:>12} {:>12} {:>12}"
     if res.initial:
@@ -684,11 +695,14 @@ def report(res: Results) -> str:
         add(row.format("", "hasync", "rsync", "rsync --fsync"))
         add(row.format("wall s", f"{i['hasync']['median_s']:.2f}", f"{i['rsync']['median_s']:.2f}",
                        f"{i['rsync_fsync']['median_s']:.2f}"))
+        add(row.format("wall s, best run", f"{i['hasync']['min_s']:.2f}", f"{i['rsync']['min_s']:.2f}",
+                       f"{i['rsync_fsync']['min_s']:.2f}"))
         add(row.format("cpu s", f"{i['hasync']['cpu_median_s']:.2f}", f"{i['rsync']['cpu_median_s']:.2f}",
                        f"{i['rsync_fsync']['cpu_median_s']:.2f}"))
         add(row.format("MiB/s", *(f"{t['bytes'] / MIB / i[k]['median_s']:.0f}"
                                   for k in ("hasync", "rsync", "rsync_fsync"))))
-        add(f"    ratio hasync/rsync = {i['ratio_hasync_rsync']:.2f}   hasync/rsync --fsync = "
+        add(f"    ratio hasync/rsync = {i['ratio_hasync_rsync']:.2f} (best runs: "
+            f"{i['hasync']['min_s'] / i['rsync']['min_s']:.2f})   hasync/rsync --fsync = "
             f"{i['ratio_hasync_rsync_fsync']:.2f}")
         add("")
     n = res.nochange
@@ -746,7 +760,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small trees and fewer repeats: a smoke test")
     ap.add_argument("--only", default="1,2,3,4", help="comma-separated items to run (default %(default)s)")
     ap.add_argument("--repeat", type=int, default=None, help="no-change runs per variant (default 5, quick 3)")
-    ap.add_argument("--repeat-initial", type=int, default=None, help="initial-sync runs per tool (default 3, quick 1)")
+    ap.add_argument("--repeat-initial", type=int, default=None, help="initial-sync runs per tool (default 5, quick 1)")
     ap.add_argument("--changes", type=int, default=None, help="changes for item 3 (default 100, quick 30)")
     ap.add_argument("--no-lsyncd", action="store_true", help="skip the lsyncd comparison in item 3")
     ap.add_argument("--keep", action="store_true", help="keep WORK/run (destinations, configs, logs) afterwards")
@@ -759,9 +773,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if not args.only or not args.only <= {1, 2, 3, 4}:
         ap.error("--only takes numbers 1-4, comma-separated")
     args.repeat = args.repeat or (3 if args.quick else 5)
-    args.repeat_initial = args.repeat_initial or (1 if args.quick else 3)
+    args.repeat_initial = args.repeat_initial or (1 if args.quick else 5)
     args.changes = args.changes or (30 if args.quick else 100)
     return args
+
+
+def _git_state() -> dict[str, Any]:
+    def git(*a: str) -> str:
+        cp = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
+        return cp.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "modified_src": git("status", "--short", "src").splitlines()}
 
 
 def run(args: argparse.Namespace, procs: Procs) -> Results:
@@ -775,7 +797,8 @@ def run(args: argparse.Namespace, procs: Procs) -> Results:
                         "python": sys.version.split()[0],
                         "rsync": subprocess.run([RSYNC, "--version"], capture_output=True, text=True)
                         .stdout.splitlines()[0].strip(),
-                        "work": str(work), "active_scan_s": {}})
+                        "work": str(work), "active_scan_s": {}, "git": _git_state(),
+                        "loadavg_at_start": os.getloadavg()})
     rsyncd = RsyncDaemon(run_dir, ["ref", "ref_fsync", "many"], procs)
     if args.only & {1, 3}:
         tree = ensure_tree(work / "trees", f"ref-{profile}-s{args.seed}", REF_QUICK if args.quick else REF_FULL,
@@ -830,6 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(args.work.resolve() / "run", ignore_errors=True)
     res.meta["total_s"] = time.monotonic() - T_START
+    res.meta["loadavg_at_end"] = os.getloadavg()
     text = report(res)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,15 @@ _QUERY_PW_RE = re.compile(r"([?&;](?:pwd|access_token|" + _SECRET_WORDS[3:-1] + 
 _KV_RE = re.compile("(" + _SECRET_WORDS + r"[\w.-]*=)(\"(?:[^\"\\\n]|\\.)*\"|[^\s&\"']*)", re.IGNORECASE)
 _JSON_KV_RE = re.compile(r'("[^"\n]*' + _SECRET_WORDS + r'[^"\n]*"\s*:\s*)"(?:[^"\\\n]|\\.)*"', re.IGNORECASE)
 _AUTH_RE = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_KEYWORD_RE = re.compile(r"pass|secret|token|pwd|api[_-]?key|private[_-]?key|credential")  # on lowered text
+
+
+def _keyed_line(s: str) -> str:
+    s = _QUERY_PW_RE.sub(r"\1" + MASK, s)
+    s = _KV_RE.sub(r"\1" + MASK, s)
+    return _JSON_KV_RE.sub(r'\1"' + MASK + '"', s)
+
+
 MIN_SECRET_LEN = 4  # shorter known values are not replaced everywhere (they would wreck the text); patterns still apply
 
 
@@ -195,12 +204,33 @@ class Masker:
     def text(self, s: str) -> str:
         if self._known_re is not None:
             s = self._known_re.sub(MASK, s)
-        if "://" in s:
+        if "://" in s and "@" in s:
             s = _URL_PW_RE.sub(r"\1:" + MASK + "@", s)
-        s = _QUERY_PW_RE.sub(r"\1" + MASK, s)
-        s = _KV_RE.sub(r"\1" + MASK, s)
-        s = _JSON_KV_RE.sub(r'\1"' + MASK + '"', s)
-        return _AUTH_RE.sub(r"\1 " + MASK, s)
+        if "Bearer" in s or "Basic" in s:
+            s = _AUTH_RE.sub(r"\1 " + MASK, s)
+        return self._keyed(s)
+
+    @staticmethod
+    def _keyed(s: str) -> str:
+        """Values after secret-named keys. The case-blind patterns are slow on megabytes of log, so they
+        run only on the lines where a case-sensitive search of the lowered text finds a keyword."""
+        low = s.lower()
+        if len(low) != len(s):  # lowering changed lengths (rare scripts): positions would not match
+            return _keyed_line(s)
+        out: list[str] = []
+        done = 0
+        for m in _KEYWORD_RE.finditer(low):
+            if m.start() < done:
+                continue
+            begin = s.rfind("\n", 0, m.start()) + 1
+            stop = s.find("\n", m.end())
+            stop = len(s) if stop < 0 else stop + 1
+            out += (s[done:begin], _keyed_line(s[begin:stop]))
+            done = stop
+        if not out:
+            return s
+        out.append(s[done:])
+        return "".join(out)
 
     def json(self, obj: Any, key: str = "") -> Any:
         """A copy of a JSON document with secret-key values and secret text masked."""
@@ -386,15 +416,16 @@ class LogSpool:
         need = self.size - max(0, budget - note_room - max((len(h) for _, h in self.headers), default=0))
         cut = self._entry_start_at_or_after(need)
         lines, entries, n_headers = self._count(cut)
-        header = b""
+        dropped = lines - n_headers
+        header = b""  # the offset line in force at the cut, so the kept lines still say their offset
         for pos, line in self.headers:
             if pos < cut:
                 header = line
         note = (
-            f"# hasync collect: the size guard left out the {lines} oldest lines ({cut} bytes) of {node}'s window\n"
+            f"# hasync collect: the size guard left out the {dropped} oldest lines ({cut} bytes) of {node}'s window\n"
         ).encode()
         prefix = header + note
-        return Trim(prefix, cut, len(prefix) + self.size - cut, lines - n_headers, entries, cut)
+        return Trim(prefix, cut, len(prefix) + self.size - cut, dropped, entries, cut)
 
     def _entry_start_at_or_after(self, pos: int) -> int:
         f = self.file
@@ -454,12 +485,15 @@ class _MemberReader(io.RawIOBase):
         return True
 
     def read(self, n: int = -1) -> bytes:
-        if self._prefix:
-            out, self._prefix = self._prefix, b""
-        else:
-            want = self._left if n is None or n < 0 else min(n, self._left)
-            out = self._f.read(want) if want > 0 else b""
-            self._left -= len(out)
+        # Full reads only (tarfile takes a short read for the end of the data).
+        want = len(self._prefix) + self._left if n is None or n < 0 else n
+        out = self._prefix[:want]
+        self._prefix = self._prefix[len(out) :]
+        more = min(want - len(out), self._left)
+        if more > 0:
+            data = self._f.read(more)
+            self._left -= len(data)
+            out += data
         self.sha256.update(out)
         if self._on_read is not None and out:
             self._on_read(len(out))
@@ -486,15 +520,22 @@ class ClockOffset:
     rtt_s: float
     samples: int
 
+    @property
+    def applied_s(self) -> float:
+        """What the peer's window is shifted by: the offset to the millisecond of the log stamps, or 0 when it
+        is within the measurement's uncertainty (then the clocks agree as far as we can tell, and shifting by
+        noise would only move the window's edges at random)."""
+        return 0.0 if abs(self.offset_s) <= self.rtt_s / 2 else round(self.offset_s, 3)
+
     def as_json(self) -> dict[str, Any]:
         return {
-            "peer_minus_local_s": round(self.offset_s, 3),
-            "uncertainty_s": round(self.rtt_s / 2, 3),
+            "peer_minus_local_s": round(self.offset_s, 4),
+            "uncertainty_s": round(self.rtt_s / 2, 4),
             "rtt_s": round(self.rtt_s, 4),
             "samples": self.samples,
             "method": f"GET /v1/collect/info: the peer's time minus the midpoint of the request, "
             f"the sample of lowest round trip of {self.samples}",
-            "applied_to_peer_window": True,
+            "applied_to_peer_window_s": self.applied_s,
         }
 
 
@@ -516,15 +557,25 @@ async def measure_offset(peer: AgentClient, samples: int = INFO_SAMPLES) -> tupl
     return ClockOffset(best[1], best[0], samples), info
 
 
-async def fetch_peer_logs(
-    peer: AgentClient, window: Window, spool: LogSpool, progress: Callable[[int, int], None] | None = None
+async def stream_peer_log(
+    peer: AgentClient,
+    start: datetime,
+    end: datetime,
+    on_data: Callable[[bytes], None],
+    *,
+    levels: Iterable[str] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Stream the peer's cut of `window` (on its clock) into `spool`; return the peer's cut stats."""
+    """The peer's HA log entries in [start, end] (its clock), masked, handed to `on_data` piece by piece
+    (pieces split anywhere, even inside a character); returns the peer's cut stats. `levels` (e.g.
+    ``("ERROR", "WARN")``) keeps only entries of those levels. `logcut.parse_lines` reads the text back."""
     import aiohttp
 
     from hasync.protocol import API, FRAME_HEADER, MAX_FRAME, unpack
 
-    params = {"start": window.start.isoformat(), "end": window.end.isoformat()}
+    params = {"start": start.isoformat(), "end": end.isoformat()}
+    if levels:
+        params["levels"] = ",".join(levels)
     # No total limit (a big window takes time); the peer sends progress at least every second.
     timeout = aiohttp.ClientTimeout(total=None, connect=peer.timeout_s, sock_read=max(30.0, 3 * peer.timeout_s))
     try:
@@ -536,7 +587,7 @@ async def fetch_peer_logs(
                     raise PeerError(f"{peer.name} agent sent a log frame of {n} bytes")
                 payload = await resp.content.readexactly(n) if n else b""
                 if kind == L_DATA:
-                    spool.feed_bytes(payload)
+                    on_data(payload)
                 elif kind == L_PROGRESS:
                     if progress is not None:
                         p = unpack(payload)
@@ -552,6 +603,14 @@ async def fetch_peer_logs(
         raise
     except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
         raise peer._map(exc) from exc
+
+
+async def fetch_peer_logs(
+    peer: AgentClient, window: Window, spool: LogSpool, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
+    """Stream the peer's cut of `window` (on its clock) into `spool`; return the peer's cut stats."""
+    try:
+        return await stream_peer_log(peer, window.start, window.end, spool.feed_bytes, progress=progress)
     finally:
         spool.close_input()
 
@@ -581,7 +640,7 @@ class NodePart:
             "role": self.role,
             "local": self.local,
             "reachable": self.reachable,
-            "clock_offset_s": 0.0 if self.local else (None if self.offset is None else round(self.offset.offset_s, 3)),
+            "clock_offset_s": 0.0 if self.local else (None if self.offset is None else self.offset.applied_s),
             "window": self.window.as_json(),
         }
         if self.spool is not None:
@@ -593,7 +652,8 @@ def _json_bytes(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
 
 
-def _cut_json(st: CutStats) -> dict[str, Any]:
+def cut_json(st: CutStats) -> dict[str, Any]:
+    """A cut's stats as sent at the end of the log stream and kept in the manifest."""
     return {
         "files_read": st.files_read,
         "files_skipped": st.files_skipped,
@@ -633,7 +693,7 @@ async def local_part(cfg: Config, window: Window, spool_dir: Path, masker: Maske
         spool.close_input()
 
     await _with_progress(asyncio.to_thread(cut), lambda: progress(label, stats.bytes_read, stats.bytes_total))
-    part.log = _cut_json(stats)
+    part.log = cut_json(stats)
     if not stats.files_read and not stats.files_skipped:
         part.notes.append(f"{part.name}: no HA run log in {cfg.node.log_dir}")
     for err in stats.errors:
@@ -698,11 +758,11 @@ async def peer_part(cfg: Config, window: Window, spool_dir: Path, masker: Masker
             return part
         part.reachable = True
         part.hostname, part.role = info.get("hostname", part.hostname), info.get("role")
-        part.window = window.shifted(part.offset.offset_s)
+        part.window = window.shifted(part.offset.applied_s)
         part.notes.append(
-            f"{part.name}: clock {part.offset.offset_s:+.3f} s from {cfg.node.name}'s "
-            f"(±{part.offset.rtt_s / 2:.3f} s); its log was cut in its window "
-            f"{iso(part.window.start)} .. {iso(part.window.end)}"
+            f"{part.name}: clock {part.offset.offset_s:+.4f} s from {cfg.node.name}'s "
+            f"(±{part.offset.rtt_s / 2:.4f} s), window shifted by {part.offset.applied_s:+.3f} s: its log was cut "
+            f"in {iso(part.window.start)} .. {iso(part.window.end)} of its clock"
         )
         part.spool = spool = LogSpool(spool_dir, masker)
         label = f"{part.name} log"

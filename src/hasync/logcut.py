@@ -21,14 +21,15 @@ Use::
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
 import re
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from hasync.halog import LOG_NAME, ROTATED_RE
@@ -47,6 +48,8 @@ NAME_RESOLUTION = timedelta(seconds=1)
 MAX_LINE = 1 << 20  # a longer line is read in pieces, each kept as a continuation line
 MAX_ENTRY = 4 << 20  # past this an entry's further lines are dropped (and counted), never held in memory
 STATS_EVERY = 4096  # lines between updates of the progress counters
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC) - CLOCK_SLACK
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,12 @@ def _stamp(dt: datetime) -> bytes:
 
 
 def _local_tz(at: datetime) -> timezone:
-    off = at.astimezone().utcoffset() or timedelta(0)
-    return timezone(off)
+    """This machine's UTC offset at `at` (for a file without an offset line)."""
+    try:
+        off = at.astimezone().utcoffset()
+    except (OverflowError, OSError, ValueError):  # far outside what the C library converts
+        off = datetime.now().astimezone().utcoffset()
+    return timezone(off or timedelta(0))
 
 
 def _name_time(stamp: str) -> datetime:
@@ -175,22 +182,34 @@ def iter_window(
     st = stats if stats is not None else CutStats()
     done: set[str] = set()
     after: datetime | None = None
+    first_pass = True
     while True:
-        files = [f for f in log_files(log_dir) if f.name not in done]
-        rotated = [f for f in files if f.rotated_at is not None]
+        plan: list[tuple[LogFile, bool]] = []
+        for f in log_files(log_dir):
+            if f.name in done:
+                continue
+            if f.rotated_at is None:
+                if first_pass:  # counted now for the progress total; decided on below
+                    plan.append((f, overlaps(f, after, start, end)))
+                continue
+            done.add(f.name)
+            plan.append((f, overlaps(f, after, start, end)))
+            after = f.rotated_at
+        st.bytes_total += sum(_size(f.path) for f, wanted in plan if wanted)
+        first_pass = False
+        rotated = [(f, wanted) for f, wanted in plan if f.rotated_at is not None]
         if not rotated:
             break
-        for f in rotated:
-            done.add(f.name)
-            if not overlaps(f, after, start, end):
+        for i, (f, wanted) in enumerate(rotated):
+            if not wanted:
                 st.files_skipped.append(f.name)
-                after = f.rotated_at
                 continue
-            after = f.rotated_at
             ended = yield from _read_file(f, start, end, st)
             if ended:
                 # Later files were written later still: nothing more can be in the window.
-                st.files_skipped += [g.name for g in log_files(log_dir) if g.name not in done]
+                st.files_skipped += [g.name for g, _ in rotated[i + 1 :]]
+                if (log_dir / LOG_NAME).exists():
+                    st.files_skipped.append(LOG_NAME)
                 return
         # Loop: a rotation while we read made a new .gz holding what ha.log held; read it before ha.log.
     current = log_dir / LOG_NAME
@@ -201,6 +220,13 @@ def iter_window(
         st.files_skipped.append(LOG_NAME)
         return
     yield from _read_file(cur, start, end, st)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 class _Bounds:
@@ -249,62 +275,93 @@ def _read_file(f: LogFile, start: datetime, end: datetime, st: CutStats) -> Gene
         st.errors.append(f"{f.name}: cannot open: {exc.strerror or exc}")
         return False
     st.files_read.append(f.name)
-    st.bytes_total += size
     base = st.bytes_read
+
+    def tick() -> None:
+        st.bytes_read = base + raw.tell()
+
+    with raw, reader:
+        ended = yield from _scan(iter(functools.partial(reader.readline, MAX_LINE), b""), start, end, f.name, st, tick)
+    st.bytes_read = base + size
+    return ended
+
+
+def _scan(
+    lines: Iterator[bytes],
+    start: datetime,
+    end: datetime,
+    source: str,
+    st: CutStats,
+    tick: Callable[[], None] | None = None,
+) -> Generator[LogRecord, None, bool]:
+    """The entry assembler: whole in-window entries of `lines`; True when it stopped past the window.
+
+    One loop with local variables only: this runs once per line of every file read.
+    """
     b = _Bounds(start, end, _local_tz(start))
     pending: list[bytes] | None = None  # the in-window entry being assembled
     pending_size = 0
     first_line = 0
     lineno = 0
-    ended = False
     try:
-        with raw, reader:
-            while True:
-                line = reader.readline(MAX_LINE)
-                if not line:
-                    break
-                lineno += 1
-                if lineno % STATS_EVERY == 0:
-                    st.bytes_read = base + raw.tell()
-                m = ENTRY_RE.match(line)
-                if m is None:
-                    if line.startswith(b"# ") and (o := OFFSET_RE.match(line)) is not None:
-                        if pending is not None:  # it ends the entry above, which keeps its own offset
-                            yield _emit(pending, b.tz, f.name, first_line, st)
-                            pending = None
-                        sign = -1 if o.group(1) == b"-" else 1
-                        tz = timezone(sign * timedelta(hours=int(o.group(2)), minutes=int(o.group(3))))
-                        b = _Bounds(start, end, tz)
-                    elif pending is not None:
-                        if pending_size + len(line) <= MAX_ENTRY:
-                            pending.append(line)
-                            pending_size += len(line)
-                        elif pending_size <= MAX_ENTRY:
-                            pending.append(b"[hasync: entry longer than %d bytes, the rest left out]\n" % MAX_ENTRY)
-                            pending_size = MAX_ENTRY + 1
-                            st.truncated_entries += 1
-                    continue
-                if pending is not None:
-                    yield _emit(pending, b.tz, f.name, first_line, st)
-                    pending = None
-                stamp = m.group(1)
-                if stamp > b.hi:
-                    if stamp > b.stop:
-                        ended = True
-                        break
-                    continue
-                if stamp >= b.lo:
-                    pending, pending_size, first_line = [line], len(line), lineno
+        for line in lines:
+            lineno += 1
+            if tick is not None and lineno % STATS_EVERY == 0:
+                tick()
+            m = ENTRY_RE.match(line)
+            if m is None:
+                if line.startswith(b"# ") and (o := OFFSET_RE.match(line)) is not None:
+                    if pending is not None:  # it ends the entry above, which keeps its own offset
+                        yield _emit(pending, b.tz, source, first_line, st)
+                        pending = None
+                    sign = -1 if o.group(1) == b"-" else 1
+                    tz = timezone(sign * timedelta(hours=int(o.group(2)), minutes=int(o.group(3))))
+                    b = _Bounds(start, end, tz)
+                elif pending is not None:
+                    if pending_size + len(line) <= MAX_ENTRY:
+                        pending.append(line)
+                        pending_size += len(line)
+                    elif pending_size <= MAX_ENTRY:
+                        pending.append(b"[hasync: entry longer than %d bytes, the rest left out]\n" % MAX_ENTRY)
+                        pending_size = MAX_ENTRY + 1
+                        st.truncated_entries += 1
+                continue
             if pending is not None:
-                yield _emit(pending, b.tz, f.name, first_line, st)
-            st.bytes_read = base + size
+                yield _emit(pending, b.tz, source, first_line, st)
+                pending = None
+            stamp = m.group(1)
+            if stamp > b.hi:
+                if stamp > b.stop:
+                    return True
+                continue
+            if stamp >= b.lo:
+                pending, pending_size, first_line = [line], len(line), lineno
     except (OSError, EOFError, zlib.error) as exc:
         # A damaged or truncated .gz (or a read error): keep what was read, go on with the next file.
-        if pending is not None:
-            yield _emit(pending, b.tz, f.name, first_line, st)
-        st.errors.append(f"{f.name}: read failed after line {lineno}: {exc}")
-        st.bytes_read = base + size
-    return ended
+        st.errors.append(f"{source}: read failed after line {lineno}: {exc}")
+    if pending is not None:
+        yield _emit(pending, b.tz, source, first_line, st)
+    return False
+
+
+def parse_lines(
+    lines: Iterable[bytes | str],
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    source: str = "-",
+    stats: CutStats | None = None,
+) -> Iterator[LogRecord]:
+    """Whole entries (in [start, end] when given) of log text from elsewhere: a peer's stream, a bundle's ha.log.
+
+    `lines` keep their newlines; ``# ... UTC offset`` lines set the offset of what follows.
+    """
+    st = stats if stats is not None else CutStats()
+    raw = (ln.encode("utf-8") if isinstance(ln, str) else ln for ln in lines)
+    # No stop past the window: text from elsewhere need not be in time order, so the end is checked per entry.
+    for rec in _scan(raw, start if start is not None else _EARLIEST, _LATEST, source, st):
+        if end is None or rec.ts <= end:
+            yield rec
 
 
 def _emit(pending: list[bytes], tz: timezone, source: str, lineno: int, st: CutStats) -> LogRecord:

@@ -22,6 +22,7 @@ from hasync.collect import (
     L_PROGRESS,
     LOG_FRAMES,
     Masker,
+    cut_json,
     masked_config,
     render,
 )
@@ -36,13 +37,14 @@ if TYPE_CHECKING:
 
 # Test hook only: pretend this node's clock is this many seconds ahead (tests of the clock-offset correction).
 CLOCK_OFFSET_ENV = "HASYNC_TEST_CLOCK_OFFSET_S"
+LEVEL_ALIASES = {"WARNING": "WARN", "CRITICAL": "ERROR"}  # as halog writes them
 HEARTBEAT_S = 1.0  # a progress frame at least this often, so a long scan before the window never looks dead
 
 
 def add_routes(agent: Agent, app: web.Application) -> None:
     routes = _CollectRoutes(agent)
     app.router.add_get(f"{API}/collect/info", routes.info)  # identity and wall clock, for the offset measurement
-    app.router.add_get(f"{API}/collect/logs", routes.logs)  # HA log entries in ?start=&end=, masked, as frames
+    app.router.add_get(f"{API}/collect/logs", routes.logs)  # HA log entries in ?start=&end=[&levels=], masked, framed
     app.router.add_get(f"{API}/collect/config", routes.config)  # this node's config file, secrets masked
 
 
@@ -80,9 +82,15 @@ class _CollectRoutes:
     async def logs(self, request: web.Request) -> web.StreamResponse:
         start = _aware(request.query["start"], "start")
         end = _aware(request.query["end"], "end")
+        # ?levels=ERROR,WARN: only those entries (the diagnosis wants no more).
+        wanted = (v.strip() for v in request.query.get("levels", "").upper().split(","))
+        levels = {LEVEL_ALIASES.get(v, v) for v in wanted if v}
         cfg = self.agent.cfg
         stats = CutStats()
-        batches = render(iter_window(cfg.node.log_dir, start, end, stats=stats), Masker.for_config(cfg), cfg.node.name)
+        records = iter_window(cfg.node.log_dir, start, end, stats=stats)
+        if levels:
+            records = (r for r in records if r.level in levels)
+        batches = render(records, Masker.for_config(cfg), cfg.node.name)
         resp = web.StreamResponse(headers={"Content-Type": LOG_FRAMES})
         await resp.prepare(request)
 
@@ -104,15 +112,7 @@ class _CollectRoutes:
                 for i in range(0, len(data), FRAME_DATA_MAX):
                     await resp.write(frame(L_DATA, data[i : i + FRAME_DATA_MAX]))
                 await resp.write(progress())
-            done = {
-                "files_read": stats.files_read,
-                "files_skipped": stats.files_skipped,
-                "errors": stats.errors,
-                "entries": stats.entries,
-                "lines": stats.lines,
-                "truncated_entries": stats.truncated_entries,
-            }
-            await resp.write(frame(L_DONE, pack(done)))
+            await resp.write(frame(L_DONE, pack(cut_json(stats))))
         except (ConnectionError, asyncio.CancelledError):
             raise  # the collector went away: nothing to tell it
         except Exception as exc:  # the cut failed: say so in the stream, the headers are long sent
