@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from hasync.backup import BackupSets
 from hasync.errors import PathRefused
-from hasync.fsutil import DirFds, atomic_write, remove_temp_files, tmp_name, validate_relpath
+from hasync.fsutil import DirFds, atomic_write, remove_paths, tmp_name, validate_relpath
+from hasync.manifest import Excluder, scan
 
 SAFE = st.text(st.characters(blacklist_characters="/\0", blacklist_categories=["Cs"]), min_size=1, max_size=12).filter(
     lambda s: s not in (".", "..") and not s.startswith(".hasync-tmp-")
@@ -54,11 +55,13 @@ def test_dirfds_refuse_symlinked_parent(tmp_path: Path) -> None:
     assert list((tmp_path / "outside").iterdir()) == []
 
 
-def test_remove_temp_files(tmp_path: Path) -> None:
+def test_scan_finds_temp_files_and_they_are_removed(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / tmp_name()).write_text("partial")
     (tmp_path / "keep").write_text("k")
-    assert remove_temp_files(tmp_path) == 1
+    tree = scan(tmp_path, Excluder([]))
+    assert tree.get("d/keep") is None and len(tree.temps) == 1 and tree.get("keep") is not None
+    assert remove_paths(tree.temps) == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["d", "keep"]
 
 

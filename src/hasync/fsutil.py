@@ -97,22 +97,18 @@ class _suppress_enoent:
         return isinstance(ev, FileNotFoundError)
 
 
-def remove_temp_files(root: Path) -> int:
-    """Remove leftover temp files under `root` (not following symlinks); return the count."""
+def remove_paths(paths: list[str]) -> int:
+    """Remove the given files or trees (our temp files found by a scan); return how many went."""
     removed = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + dirnames:
-            if is_tmp_name(name):
-                full = os.path.join(dirpath, name)
-                try:
-                    if os.path.isdir(full) and not os.path.islink(full):
-                        shutil.rmtree(full)
-                    else:
-                        os.unlink(full)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-        dirnames[:] = [d for d in dirnames if not is_tmp_name(d)]
+    for p in paths:
+        try:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.unlink(p)
+            removed += 1
+        except FileNotFoundError:
+            pass
     return removed
 
 

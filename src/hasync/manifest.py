@@ -187,6 +187,9 @@ class Tree:
     with_owner: bool = False
     dirs: dict[str, dict[str, Entry]] = field(default_factory=lambda: {"": {}})
     _hashes: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # Set by scan(): our temp files it passed over, and whether it differs from the tree it reused.
+    temps: list[str] = field(default_factory=list, repr=False, compare=False)
+    changed: bool = field(default=True, repr=False, compare=False)
 
     # -- access ------------------------------------------------------------
     def get(self, relpath: str) -> Entry | None:
@@ -283,8 +286,14 @@ class Tree:
     def loads(cls, data: bytes) -> Tree:
         doc = msgpack.unpackb(data, raw=False)
         tree = cls(with_owner=bool(doc.get("with_owner")))
-        for row in doc["rows"]:
-            tree.put(row[0], Entry(*row[1:]))
+        dirs = tree.dirs
+        for row in doc["rows"]:  # parents come before children (see items())
+            rel = row[0]
+            parent, _, name = rel.rpartition("/")
+            e = Entry(*row[1:])
+            dirs.setdefault(parent, {})[name] = e
+            if e.kind == DIR:
+                dirs.setdefault(rel, {})
         return tree
 
     def save(self, path: Path) -> None:
@@ -307,6 +316,7 @@ def scan(
     (inode, size, mtime). An unreadable path becomes an ERROR entry, never an exception;
     a missing root raises FileNotFoundError."""
     tree = Tree(with_owner=with_owner)
+    changed = 0
     now = time.time_ns()
     top = root / subdir if subdir else root
     if not top.is_dir():
@@ -333,6 +343,7 @@ def scan(
             for de in it:
                 name = de.name
                 if is_tmp_name(name):
+                    tree.temps.append(de.path)
                     continue
                 rel = f"{reldir}/{name}" if reldir else name
                 if exclude(rel, name):
@@ -365,8 +376,11 @@ def scan(
                 if e is None:
                     continue
                 kids[name] = e
+                if e != prev:
+                    changed += 1
                 if e.kind == DIR:
                     stack.append(rel)
+    tree.changed = changed > 0 or previous is None or len(tree) != len(previous)
     return tree
 
 

@@ -171,27 +171,25 @@ class AgentClient:
             ) as resp:
                 await self._check(resp)
                 reader = resp.content
-                buf = b""
-                pos = 0
+                buf = bytearray()
                 while True:
-                    # Parse frames out of large reads: far fewer awaits than one per frame.
-                    while len(buf) - pos < 5:
+                    # Small frames are parsed out of large reads (few awaits); a big frame's payload
+                    # is read once to its end (no growing-buffer copies).
+                    while len(buf) < 5:
                         more = await reader.read(1 << 20)
                         if not more:
-                            raise asyncio.IncompleteReadError(buf[pos:], None)
-                        buf = buf[pos:] + more
-                        pos = 0
-                    kind, n = FRAME_HEADER.unpack_from(buf, pos)
+                            raise asyncio.IncompleteReadError(bytes(buf), None)
+                        buf += more
+                    kind, n = FRAME_HEADER.unpack_from(buf, 0)
                     if n > MAX_FRAME:
                         raise PeerError(f"{self.name} agent sent a frame of {n} bytes")
-                    while len(buf) - pos < 5 + n:
-                        more = await reader.read(max(1 << 20, 5 + n - (len(buf) - pos)))
-                        if not more:
-                            raise asyncio.IncompleteReadError(buf[pos:], 5 + n)
-                        buf = buf[pos:] + more
-                        pos = 0
-                    payload = buf[pos + 5 : pos + 5 + n]
-                    pos += 5 + n
+                    if len(buf) - 5 >= n:
+                        payload = bytes(buf[5 : 5 + n])
+                        del buf[: 5 + n]
+                    else:
+                        head = bytes(buf[5:])
+                        buf.clear()
+                        payload = head + await reader.readexactly(n - len(head))
                     yield kind, payload
                     if kind == F_DONE:
                         return

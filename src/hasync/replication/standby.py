@@ -22,7 +22,7 @@ from typing import Any
 from hasync.backup import BackupSets
 from hasync.config import Config, SyncDir
 from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_oserror
-from hasync.fsutil import is_tmp_name, remove_temp_files
+from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
 from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
 from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec_path, enc_path, unpack
@@ -101,13 +101,13 @@ class StandbySide(Side):
 
     # -- lifecycle ---------------------------------------------------------
     async def load_local(self) -> None:
-        """Remove leftover temp files and scan the local trees (reusing the hash cache)."""
+        """Scan the local trees (reusing the hash cache) and remove the temp files a crash left."""
         for d in self.cfg.sync.dirs:
-            if d.path.is_dir():
-                n = await asyncio.to_thread(remove_temp_files, d.path)
-                if n:
-                    log.warning("removed leftover temp files %s", kv(dir=d.name, count=n))
-            self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
+            tree = self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
+            if tree is not None and tree.temps:
+                n = await asyncio.to_thread(remove_paths, tree.temps)
+                tree.temps.clear()
+                log.warning("removed leftover temp files %s", kv(dir=d.name, count=n))
 
     async def prepare(self) -> None:
         await self.load_local()
@@ -118,7 +118,8 @@ class StandbySide(Side):
             tree = scan(d.path, self.excluder, prev, self.with_owner)
         except FileNotFoundError:
             return None
-        self._dirty.add(d.name)
+        if tree.changed:
+            self._dirty.add(d.name)  # nothing changed: the cache on disk is still right
         return tree
 
     async def start(self) -> None:
