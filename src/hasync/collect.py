@@ -580,7 +580,7 @@ async def stream_peer_log(
     timeout = aiohttp.ClientTimeout(total=None, connect=peer.timeout_s, sock_read=max(30.0, 3 * peer.timeout_s))
     try:
         async with peer.session.get(peer.base_url + f"{API}/collect/logs", params=params, timeout=timeout) as resp:
-            await peer._check(resp)  # the client's own status-to-error mapping
+            await peer.check_response(resp)
             while True:
                 kind, n = FRAME_HEADER.unpack(await resp.content.readexactly(FRAME_HEADER.size))
                 if n > MAX_FRAME:
@@ -602,7 +602,7 @@ async def stream_peer_log(
     except PeerError:
         raise
     except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
-        raise peer._map(exc) from exc
+        raise peer.map_error(exc) from exc
 
 
 async def fetch_peer_logs(

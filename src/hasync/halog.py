@@ -95,7 +95,14 @@ def rotated_logs(log_dir: Path) -> list[Path]:
         names = [n for n in os.listdir(log_dir) if ROTATED_RE.fullmatch(n)]
     except FileNotFoundError:
         return []
-    return [log_dir / n for n in sorted(names)]
+    def order(name: str) -> tuple[str, int]:
+        # A second rotation within one second is "-1": it comes after the first, not before.
+        m = ROTATED_RE.fullmatch(name)
+        assert m is not None
+        suffix = name[len("ha.log.") + len(m.group(1)) :].removesuffix(".gz")
+        return m.group(1), int(suffix[1:]) if suffix else 0
+
+    return [log_dir / n for n in sorted(names, key=order)]
 
 
 def setup(log_dir: Path, max_bytes: int, backup_count: int, level: str = "INFO", stderr: bool = True) -> None:

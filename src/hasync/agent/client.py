@@ -53,7 +53,8 @@ class AgentClient:
         connect = self.timeout_s if total is None else min(self.timeout_s, total)
         return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=total)
 
-    def _map(self, exc: BaseException) -> PeerError:
+    def map_error(self, exc: BaseException) -> PeerError:
+        """The PeerError for a transport failure: refused = agent down, timeout = unreachable."""
         where = f"{self.name} agent at {self.base_url}"
         if isinstance(exc, aiohttp.ClientConnectorError):
             os_errno = getattr(exc.os_error, "errno", None)
@@ -66,7 +67,8 @@ class AgentClient:
             return PeerAgentDown(f"{where}: connection closed by the agent")
         return PeerError(f"{where}: {exc}")
 
-    async def _check(self, resp: aiohttp.ClientResponse) -> None:
+    async def check_response(self, resp: aiohttp.ClientResponse) -> None:
+        """Raise the PeerError an HTTP error status stands for (401: AuthFailed)."""
         if resp.status == 200:
             return
         body = await resp.read()
@@ -96,12 +98,12 @@ class AgentClient:
             async with self.session.request(
                 method, self.base_url + path, data=data, params=params, headers=headers, timeout=self._timeout(total)
             ) as resp:
-                await self._check(resp)
+                await self.check_response(resp)
                 raw = await resp.read()
         except PeerError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._map(exc) from exc
+            raise self.map_error(exc) from exc
         return json.loads(raw) if as_json else unpack(raw)
 
     # -- the API (docs/protocol.md) -----------------------------------------
@@ -110,7 +112,7 @@ class AgentClient:
             async with self.session.get(self.base_url + "/healthz", timeout=self._timeout(self.timeout_s)) as resp:
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._map(exc) from exc
+            raise self.map_error(exc) from exc
 
     async def info(self, since: int | None = None, timeout: float = -1.0, owner: bool | None = None) -> dict[str, Any]:
         """The agent's identity and, on the active, its change seq and Merkle roots. `owner`: whether
@@ -153,12 +155,12 @@ class AgentClient:
                 headers=headers,
                 timeout=self._timeout(total),
             ) as resp:
-                await self._check(resp)
+                await self.check_response(resp)
                 return await resp.json()
         except PeerError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._map(exc) from exc
+            raise self.map_error(exc) from exc
 
     async def files(self, dir_name: str, paths: list[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
         """The frames of a file stream, as (type, payload), ending with F_DONE."""
@@ -169,7 +171,7 @@ class AgentClient:
                 headers={"Content-Type": MSGPACK},
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_read=self.timeout_s * 3),
             ) as resp:
-                await self._check(resp)
+                await self.check_response(resp)
                 reader = resp.content
                 buf = bytearray()
                 while True:
@@ -196,7 +198,7 @@ class AgentClient:
         except PeerError:
             raise
         except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
-            raise self._map(exc) from exc
+            raise self.map_error(exc) from exc
 
     async def stream_json(
         self,
@@ -211,7 +213,7 @@ class AgentClient:
         limits = aiohttp.ClientTimeout(total=timeout, connect=self.timeout_s, sock_read=idle_s)
         try:
             async with self.session.request(method, self.base_url + path, params=params, timeout=limits) as resp:
-                await self._check(resp)
+                await self.check_response(resp)
                 async for line in resp.content:
                     if line.strip():
                         event = json.loads(line)
@@ -220,4 +222,4 @@ class AgentClient:
         except PeerError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._map(exc) from exc
+            raise self.map_error(exc) from exc

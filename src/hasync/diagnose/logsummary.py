@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from hasync.logcut import CutStats, iter_window
 MAX_GROUPS = 50
 
 
-def summarize(log_dir: Path, start: datetime, end: datetime) -> dict[str, Any]:
+def summarize(log_dir: Path, start: datetime, end: datetime, mask: Callable[[str], str] = str) -> dict[str, Any]:
+    """`mask` hides secrets in the example lines (collect's Masker.text for the node's config)."""
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     causes: Counter[str] = Counter()
     stats = CutStats()
@@ -24,7 +26,7 @@ def summarize(log_dir: Path, start: datetime, end: datetime) -> dict[str, Any]:
         when = rec.ts.isoformat(timespec="milliseconds")
         if g is None:
             groups[key] = {"level": rec.level, "component": rec.component, "event": rec.event, "count": 1,
-                           "first": when, "last": when, "example": rec.text.splitlines()[0][:400],
+                           "first": when, "last": when, "example": mask(rec.text.splitlines()[0][:400]),
                            "source": rec.source}
         else:
             g["count"] += 1

@@ -37,9 +37,11 @@ def run_op(cfg: Config, op: str, args: dict[str, Any]) -> Any:
     if op == "log_summary":
         from datetime import datetime
 
+        from hasync.collect import Masker
         from hasync.diagnose.logsummary import summarize
 
-        return summarize(cfg.node.log_dir, datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"]))
+        start, end = datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"])
+        return summarize(cfg.node.log_dir, start, end, Masker.for_config(cfg).text)
     if op == "roots":
         return {d.name: str(d.path) for d in cfg.sync.dirs}
     raise ValueError(f"unknown diagnosis operation {op!r}")
