@@ -310,13 +310,19 @@ class Tree:
 
 
 def scan(
-    root: Path, exclude: Excluder, previous: Tree | None = None, with_owner: bool = False, subdir: str = ""
+    root: Path,
+    exclude: Excluder,
+    previous: Tree | None = None,
+    with_owner: bool = False,
+    subdir: str = "",
+    consume: bool = False,
 ) -> Tree:
     """Scan `root` (or its `subdir`) into a Tree, reusing digests from `previous` by
     (inode, size, mtime). An unreadable path becomes an ERROR entry, never an exception;
     a missing root raises FileNotFoundError."""
     tree = Tree(with_owner=with_owner)
     changed = 0
+    before = len(previous) if previous is not None else 0
     now = time.time_ns()
     top = root / subdir if subdir else root
     if not top.is_dir():
@@ -352,7 +358,14 @@ def scan(
                     st = de.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                prev = previous.get(rel) if previous is not None else None
+                if previous is None:
+                    prev = None
+                elif consume:
+                    # A cache nobody else holds: empty it as we go, so that two trees of
+                    # 100,000 entries are never in memory at once.
+                    prev = previous.dirs.get(reldir, {}).pop(name, None)
+                else:
+                    prev = previous.get(rel)
                 full = de.path
                 try:
                     e = stat_entry(
@@ -380,7 +393,7 @@ def scan(
                     changed += 1
                 if e.kind == DIR:
                     stack.append(rel)
-    tree.changed = changed > 0 or previous is None or len(tree) != len(previous)
+    tree.changed = changed > 0 or previous is None or len(tree) != before
     return tree
 
 

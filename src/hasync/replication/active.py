@@ -131,7 +131,7 @@ class ActiveSide(Side):
     def _scan_dir(self, d: SyncDir, previous: Tree | None) -> Tree | None:
         prev = previous if previous is not None else Tree.load(self.cache_path(d.name))
         try:
-            return scan(d.path, self.excluder, prev, self.with_owner)
+            return scan(d.path, self.excluder, prev, self.with_owner, consume=previous is None)
         except FileNotFoundError:
             return None
 

@@ -113,9 +113,10 @@ class StandbySide(Side):
         await self.load_local()
 
     def _scan_local(self, d: SyncDir) -> Tree | None:
-        prev = self.trees.get(d.name) or Tree.load(self.cache_path(d.name))
+        current = self.trees.get(d.name)
+        prev = current if current is not None else Tree.load(self.cache_path(d.name))
         try:
-            tree = scan(d.path, self.excluder, prev, self.with_owner)
+            tree = scan(d.path, self.excluder, prev, self.with_owner, consume=current is None)
         except FileNotFoundError:
             return None
         if tree.changed:
