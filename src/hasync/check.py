@@ -133,6 +133,9 @@ class StandbyCheck:
     def __init__(self, side: StandbySide, interval_s: float) -> None:
         self.side = side
         self.interval_s = interval_s
+        # A difference younger than this is in flight. A one-off check without a running agent
+        # sets it to 0: nothing is syncing then, so any difference is a fault.
+        self.grace_s = interval_s
         self.grace = _Grace()
 
     async def verdict(self) -> Verdict:
@@ -162,8 +165,12 @@ class StandbyCheck:
         if differs:
             if info["seq"] == side.seq:
                 side.kick()  # nothing in flight, yet different: reconcile (Merkle walk)
-            if age > self.interval_s:
-                reason = f"differs from the active for {age:.0f} s with no error reported"
+            if age > self.grace_s or self.grace_s == 0:
+                reason = (
+                    f"differs from the active for {age:.0f} s with no error reported"
+                    if self.grace_s
+                    else "differs from the active, and this node's agent is not running to sync it"
+                )
                 return Verdict(False, Cause.UNKNOWN, True, lag, tuple(OutOfSync(n, "", reason) for n in differs))
         return Verdict(True, None, True, lag)
 
@@ -207,6 +214,12 @@ class ActiveCheck:
             self.grace.age(False)
             listed = (OutOfSync("", "", exc.message, exc.cause.value), *own)
             return Verdict(False, exc.cause, False, self.lag(), listed[:MAX_LISTED])
+        if st.get("role") != "standby":
+            msg = (
+                f"{self.side.cfg.peer.name} says it is {st.get('role')!r}, not the standby: "
+                f"the two configs disagree on [role] active"
+            )
+            return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR.value),))
         self.peer_hostname = st.get("hostname") or self.peer_hostname
         self.last_peer_status = st
         theirs = [OutOfSync(e["dir"], e["path"], e["reason"], e["cause"]) for e in st.get("errors", [])]

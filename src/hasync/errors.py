@@ -5,6 +5,8 @@
     ├── UsageError              exit 2: a bad command-line argument
     ├── PathRefused             HTTP 400: a path from a peer failed validation
     ├── LockHeld                exit 1: another process writes this node's state
+    ├── WrongRole               HTTP 409: the request is for the other role
+    ├── Starting                HTTP 503: the agent has not finished starting
     └── PeerError               exit 1, HTTP 502: talking to the peer agent failed
         ├── PeerUnreachable     the peer host does not answer
         ├── PeerAgentDown       the host answers, the agent does not
@@ -72,6 +74,16 @@ class PathRefused(HasyncError):
 
 class LockHeld(HasyncError):
     code = "lock_held"
+
+
+class WrongRole(HasyncError):
+    code = "wrong_role"
+    http_status = 409
+
+
+class Starting(HasyncError):
+    code = "starting"
+    http_status = 503
 
 
 class PeerError(HasyncError):

@@ -8,9 +8,10 @@ Who notifies (so that a fault both nodes see is one alarm downstream):
   the standby has been unreachable (`peer_unreachable`, `peer_agent_down`) for
   `[check] takeover_after` checks in a row: then nobody else can. It clears it
   itself when the standby is back and in sync.
-- When the standby is back but out of sync, it adopts the active's alarm
-  instead of raising its own: it copies the record (same raise time) without a
-  notification and asks the active to release it (no clear is sent).
+- Whoever raised an alarm also clears it. When the standby is back while the
+  active's alarm is still active, it does not raise one of its own: it leaves
+  the alarm to the active, which clears it (and notifies) once the standby
+  reports in sync again, and keeps its cause and paths current meanwhile.
 - With a shared PostgreSQL store both agents see one row (one active alarm per
   fingerprint is enforced by the database), so only the node that inserted it
   notified the raise, and only the node that cleared it notifies the clear.
@@ -28,7 +29,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hasync.check import PEER_CAUSES, Verdict, now_utc
+from hasync.check import PEER_CAUSES, Verdict
 from hasync.config import Config
 from hasync.errors import PeerError
 from hasync.halog import kv
@@ -106,10 +107,8 @@ class AlarmKeeper:
                 and self.bad >= max(self.cfg.check.raise_after, self.cfg.check.takeover_after)
             ):
                 return None
-            if self.role == "standby" and v.peer_reachable and not self.shared:
-                adopted = await self._adopt(ident, v)
-                if adopted is not None:
-                    return adopted
+            if self.role == "standby" and v.peer_reachable and not self.shared and await self._peer_owns(ident):
+                return None  # the active raised it while we were away: it clears it too
             return await self._raise(ident, v, at)
         if current is not None and self.good >= self.cfg.check.clear_after:
             cleared = await self._call(self.store.clear, fp, at, notify=self.notify)
@@ -151,37 +150,15 @@ class AlarmKeeper:
                 task.add_done_callback(self._tasks.discard)
         return alarm
 
-    async def _adopt(self, ident: Identity, v: Verdict) -> Alarm | None:
-        """The active raised this alarm while we were away: take it over without a second notification."""
+    async def _peer_owns(self, ident: Identity) -> bool:
+        """Whether the active has this alarm active (it took over while the standby was unreachable)."""
         if self.peer is None:
-            return None
+            return False
         try:
             theirs = await self.peer.json("GET", "/v1/alarms", timeout=5.0)
         except PeerError:
-            return None
-        for doc in theirs:
-            if doc.get("fingerprint") == ident.fingerprint and doc.get("cleared_at") is None:
-                raised_at = datetime.fromisoformat(doc["raised_at"])
-                alarm: Alarm
-                alarm, _ = await self._call(self.store.raise_alarm, ident, str(v.cause), v.additional_info(), raised_at)
-                try:
-                    await self.peer.json("POST", "/v1/alarms/release", {"fingerprint": ident.fingerprint}, timeout=5.0)
-                except PeerError as exc:
-                    log.warning("could not ask the active to release the alarm %s", kv(error=exc.message))
-                log.info(
-                    "alarm adopted from the active %s", kv(fingerprint=ident.fingerprint, raised_at=doc["raised_at"])
-                )
-                return alarm
-        return None
-
-    async def release(self, fingerprint: str) -> bool:
-        """The standby adopted our alarm: end our record without notifying anyone."""
-        if self.shared:
             return False
-        cleared = await self._call(self.store.clear, fingerprint, now_utc(), notify=())
-        if cleared is not None:
-            log.info("alarm handed over to the standby %s", kv(fingerprint=fingerprint))
-        return cleared is not None
+        return any(d.get("fingerprint") == ident.fingerprint and d.get("cleared_at") is None for d in theirs)
 
     def _wake(self) -> None:
         if self.dispatcher is not None:

@@ -77,6 +77,8 @@ class AgentClient:
             msg = f"{err['code']}: {err['message']}"
         except (ValueError, KeyError, TypeError):
             msg = body[:200].decode("utf-8", "replace")
+        if resp.status == 503 and msg.startswith("starting:"):
+            raise PeerAgentDown(f"{self.name} agent at {self.base_url} is starting (scanning its sync dirs)")
         if resp.status == 401:
             raise AuthFailed(f"{self.name} agent at {self.base_url} rejected our token (HTTP 401)")
         raise PeerError(f"{self.name} agent at {self.base_url}: HTTP {resp.status}: {msg}")

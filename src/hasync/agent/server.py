@@ -20,7 +20,7 @@ from aiohttp import web
 
 from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed
 from hasync.config import Config
-from hasync.errors import ConfigError, HasyncError, LockHeld, PathRefused, PeerError
+from hasync.errors import ConfigError, HasyncError, LockHeld, PathRefused, PeerError, Starting, WrongRole
 from hasync.halog import kv
 from hasync.protocol import API, FRAMES, MSGPACK, dec_path, pack, unpack
 from hasync.replication.active import ActiveSide
@@ -78,6 +78,7 @@ class Agent:
         from hasync.metrics import Metrics
 
         self.cfg = cfg
+        self.ready = False  # set once the side has started (the active has scanned its dirs)
         self.roles = provider(cfg)
         self.role = "active" if self.roles.active_node() == cfg.node.name else "standby"
         self.side: Side = ROLES[self.role](cfg)
@@ -90,7 +91,7 @@ class Agent:
         self.checker: StandbyCheck | ActiveCheck = (
             StandbyCheck(self.side, cfg.check.interval_s)
             if isinstance(self.side, StandbySide)
-            else ActiveCheck(self._active(), self.peer, cfg.check.interval_s)
+            else ActiveCheck(self.side, self.peer, cfg.check.interval_s)  # type: ignore[arg-type]
         )
         self.metrics = Metrics(self.side)
         self.last_verdict: Verdict | None = None
@@ -114,7 +115,6 @@ class Agent:
         app.router.add_post(f"{API}/sync", self.sync)  # standby: reconcile now, NDJSON progress
         app.router.add_post(f"{API}/check", self.check_now)  # one sync check now, recorded
         app.router.add_get(f"{API}/alarms", self.alarms)  # this node's alarms (?all=1 with cleared)
-        app.router.add_post(f"{API}/alarms/release", self.release)  # the standby adopted our alarm
         app.router.add_post(f"{API}/diag", self.diag)  # one diagnosis fact or fix on this node
         app.router.add_post(f"{API}/diagnose", self.diagnose)  # the whole procedure, run by this agent
         app.router.add_post(f"{API}/alarms/diagnosis", self.store_diagnosis)  # keep a diagnosis with its alarm
@@ -150,7 +150,9 @@ class Agent:
 
     def _active(self) -> ActiveSide:
         if not isinstance(self.side, ActiveSide):
-            raise HasyncError(f"{self.cfg.node.name} is the standby; ask the active node")
+            raise WrongRole(f"{self.cfg.node.name} is the standby; ask the active node")
+        if not self.ready:
+            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
         return self.side
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -169,6 +171,7 @@ class Agent:
             "time": time.time(),
         }
         if isinstance(self.side, ActiveSide):
+            self._active()  # not before the first scan: its roots would say the dirs are missing
             owner = request.query.get("owner")
             if owner is not None:
                 # Owners are compared only when both agents run as root: only then can the standby set them.
@@ -245,6 +248,11 @@ class Agent:
                 errors=snap["errors"],
                 peer_error=snap["peer_error"],
             )
+        elif brief:
+            # What a peer asks for: never ask the peer back (two actives would wait on each other).
+            doc.update(errors=[{"dir": o.dir, "path": o.path, "cause": o.cause, "reason": o.reason}
+                               for o in self.checker.own_errors()] if isinstance(self.checker, ActiveCheck) else [])
+            return doc
         else:
             assert isinstance(self.checker, ActiveCheck)
             v = await self.checker.verdict()
@@ -321,11 +329,6 @@ class Agent:
         include_cleared = request.query.get("all") == "1"
         return web.json_response(await self.alarm_docs(include_cleared, with_peer=request.query.get("pair") == "1"))
 
-    async def release(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        released = False if self.keeper is None else await self.keeper.release(str(body["fingerprint"]))
-        return web.json_response({"released": released})
-
     async def diag(self, request: web.Request) -> web.Response:
         from hasync.diagnose.nodes import run_op
 
@@ -383,7 +386,7 @@ class Agent:
 
     async def sync(self, request: web.Request) -> web.StreamResponse:
         if not isinstance(self.side, StandbySide):
-            raise HasyncError(f"{self.cfg.node.name} is the active node: sync runs on the standby")
+            raise WrongRole(f"{self.cfg.node.name} is the active node: sync runs on the standby")
         side = self.side
         log.info("sync requested %s", kv(by=request.remote))
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -465,6 +468,7 @@ class Agent:
         try:
             await self.open_alarms()
             await self.side.start()
+            self.ready = True
             self._tasks.append(
                 asyncio.create_task(run_periodic(self.run_check, self.cfg.check.interval_s, self._stop), name="check")
             )

@@ -77,6 +77,7 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
 
     from hasync import halog
     from hasync.agent.server import Agent, StateLock
+    from hasync.check import StandbyCheck
 
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level, stderr=False)
     lock = StateLock(cfg.node.state_dir)
@@ -85,6 +86,8 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
     try:
         await agent.open_alarms(run_dispatcher=False)
         await agent.side.prepare()
+        if isinstance(agent.checker, StandbyCheck):
+            agent.checker.grace_s = 0.0
         v = await agent.run_check()
         if agent.dispatcher is not None:
             await agent.dispatcher.flush_once()

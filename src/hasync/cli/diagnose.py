@@ -86,7 +86,7 @@ def _print(cfg: Any, d: dict[str, Any]) -> None:
     click.echo(f"Diagnosis of {head}, run on {cfg.node.name}")
     for i, s in enumerate(d["steps"], 1):
         click.echo(f"{i}. {s['id']:<11} {MARK[s['verdict']]:<8} {s['title']}")
-        for line in (s["evidence"] or "").split("; "):
+        for line in (s["evidence"] or "").split("\n"):
             if line:
                 click.echo(f"      {line}")
         if s["action"]:

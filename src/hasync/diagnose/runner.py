@@ -65,7 +65,7 @@ def _name_leftover_cause(d: Diagnosis, ctx: Context) -> None:
     step = next(s for s in d.steps if s.id == "sync_files")
     reasons = "; ".join(f"{e['dir']}/{e['path']}: {e['reason']}" for e in errors[:5])
     step.verdict, step.cause = "fault", cause
-    step.evidence = (step.evidence + "; " if step.evidence else "") + (
+    step.evidence = (step.evidence + "\n" if step.evidence else "") + (
         f"the standby reports: {reasons}" if reasons else "the standby is not in sync and reports no error")
     step.action = step.action or "See the ha_log step; if it does not explain the fault, collect the fault information."
 

@@ -142,6 +142,7 @@ class ActiveSide(Side):
 
     async def root_changed(self, d: SyncDir) -> None:
         await self.rescan_all()
+        self._restart_watcher(force=True)  # a re-created root is a new directory to watch
 
     def _changed(self, dir_name: str, rel: str) -> None:
         self._record(dir_name, rel)

@@ -97,9 +97,10 @@ class Side:
     def _start_root_poll(self) -> None:
         self._tasks.append(asyncio.create_task(self._poll_roots(), name="poll-roots"))
 
-    def _restart_watcher(self) -> None:
+    def _restart_watcher(self, force: bool = False) -> None:
+        """Watch the roots that exist; `force` after a root was replaced (a new inode to watch)."""
         roots = tuple(d.path for d in self.cfg.sync.dirs if self.trees.get(d.name) is not None)
-        if roots == self._watched and self._watch_task is not None and not self._watch_task.done():
+        if not force and roots == self._watched and self._watch_task is not None and not self._watch_task.done():
             return
         if self._watch_task is not None:
             self._watch_task.cancel()

@@ -160,6 +160,8 @@ class StandbySide(Side):
 
     async def root_changed(self, d: SyncDir) -> None:
         self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
+        if self._watch_task is not None:
+            self._restart_watcher(force=True)  # a re-created root is a new directory to watch
         self._need_full = True
         self.kick()
 

@@ -39,6 +39,9 @@ async def run(ctx: Context) -> Step:
             evidence.append(f"{name}: {doc['more_groups']} more kinds of message")
     if looked == 0:
         step.verdict = "error"
+    elif errors and ctx.alarm is None and (ctx.standby_status or {}).get("in_sync") is True:
+        step.verdict = "ok"  # past errors of a pair that is in sync now: shown, not a fault
+        evidence.append("the pair is in sync now: these errors are resolved")
     elif errors:
         step.verdict = "fault"
         known = [c for c, _ in causes.most_common() if c in Cause._value2member_map_]
@@ -47,5 +50,5 @@ async def run(ctx: Context) -> Step:
                        f"{known[0] if known else 'none named'}); the alarm clears by itself once the pair is in sync.")
     else:
         step.verdict = "ok"
-    step.evidence = "; ".join(evidence)
+    step.evidence = "\n".join(evidence)
     return step

@@ -88,5 +88,5 @@ async def run(ctx: Context) -> Step:
                        f"and firewalls, or contact the network administrator; the alarm clears by itself once "
                        f"the link is back.")
     ctx.peer_ok = step.verdict == "ok"
-    step.evidence = "; ".join(evidence)
+    step.evidence = "\n".join(evidence)
     return step

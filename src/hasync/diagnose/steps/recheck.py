@@ -42,10 +42,10 @@ async def run(ctx: Context) -> tuple[Step, bool | None]:
                             + (f"cleared at {mine[0]['cleared_at']}" if cleared else "still active"))
     except (PeerError, KeyError, json.JSONDecodeError) as exc:
         step.verdict = "error"
-        step.evidence = "; ".join([*evidence, f"failed: {exc}"])
+        step.evidence = "\n".join([*evidence, f"failed: {exc}"])
         return step, None
     step.verdict = "ok" if cleared else "fault"
-    step.evidence = "; ".join(evidence)
+    step.evidence = "\n".join(evidence)
     if not cleared:
         step.action = ("The fix did not bring the pair in sync: see the ha_log step and collect the fault information."
                        if ctx.fixed else "Apply the actions above (or `hasync diagnose --fix`), then check again.")

@@ -54,14 +54,14 @@ async def run(ctx: Context) -> Step:
             standby_doc = doc
     if standby_doc is None:
         step.verdict = "error" if ctx.standby is not None else "skipped"
-        step.evidence = "; ".join([*evidence, "the standby could not be measured"])
+        step.evidence = "\n".join([*evidence, "the standby could not be measured"])
         return step
     errors = [e for e in (ctx.standby_status or {}).get("errors", []) if e.get("cause") == Cause.DISK_FULL.value]
     min_free = ctx.cfg.diagnose.min_free_bytes
     short = _short(standby_doc, errors, min_free)
     if not short:
         step.verdict = "ok"
-        step.evidence = "; ".join(evidence)
+        step.evidence = "\n".join(evidence)
         return step
     step.verdict, step.cause = "fault", Cause.DISK_FULL
     evidence += short
@@ -82,5 +82,5 @@ async def run(ctx: Context) -> Step:
         step.action = ("Run `hasync diagnose --fix` to prune the backup sets to [backup] max_copies (further, "
                        "oldest first, if still full; never the newest), or free space on the standby; "
                        f"{human_bytes(need)} are needed.")
-    step.evidence = "; ".join(evidence)
+    step.evidence = "\n".join(evidence)
     return step

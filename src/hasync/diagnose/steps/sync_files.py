@@ -84,5 +84,5 @@ async def run(ctx: Context) -> Step:
     else:
         step.verdict, step.cause = "fault", cause
         step.action = "; ".join(actions) or None
-    step.evidence = "; ".join(e for e in evidence if e)
+    step.evidence = "\n".join(e for e in evidence if e)
     return step
