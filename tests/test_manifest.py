@@ -138,3 +138,18 @@ def test_excluder_name_and_path_patterns() -> None:
     assert ex("a/b/c.swp", "c.swp")
     assert ex("logs/x.log", "x.log") and not ex("other/x.log", "x.log")
     assert ex("tmp", "tmp") and not ex("a/tmp", "tmp")
+
+
+@settings(max_examples=100, deadline=None)
+@given(trees(), st.data())
+def test_error_index_matches_a_walk(spec: dict, data: st.DataObject) -> None:  # type: ignore[type-arg]
+    t = build(spec)
+    paths = [p for p, _ in t.items()]
+    leaves = [p for p, e in t.items() if e.kind != DIR]  # an entry becomes unreadable; its parent stays a dir
+    for p in data.draw(st.lists(st.sampled_from(leaves), max_size=4, unique=True)) if leaves else []:
+        t.put(p, Entry(ERROR, 0, error="permission_denied: Permission denied"))
+    if paths:
+        t.remove(data.draw(st.sampled_from(paths)))
+    walked = [(p, e) for p, e in sorted(t.items()) if e.kind == ERROR]
+    assert t.errors() == walked
+    assert Tree.loads(t.dump()).errors() == walked

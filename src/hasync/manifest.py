@@ -189,6 +189,7 @@ class Tree:
     _hashes: dict[str, bytes] = field(default_factory=dict, repr=False)
     # Set by scan(): our temp files it passed over, and whether it differs from the tree it reused.
     temps: list[str] = field(default_factory=list, repr=False, compare=False)
+    error_paths: set[str] = field(default_factory=set, repr=False, compare=False)
     changed: bool = field(default=True, repr=False, compare=False)
 
     # -- access ------------------------------------------------------------
@@ -215,7 +216,13 @@ class Tree:
                     stack.append(rel)
 
     def errors(self) -> list[tuple[str, Entry]]:
-        return [(p, e) for p, e in self.items() if e.kind == ERROR]
+        """The ERROR entries (paths that could not be read), kept as an index: no walk of the tree."""
+        out = []
+        for p in sorted(self.error_paths):
+            e = self.get(p)
+            if e is not None and e.kind == ERROR:
+                out.append((p, e))
+        return out
 
     # -- mutation ----------------------------------------------------------
     def _dirty(self, reldir: str) -> None:
@@ -229,6 +236,10 @@ class Tree:
         if old is not None and old.kind == DIR and entry.kind != DIR:
             self._drop_subtree(relpath)
         self.dirs[parent][name] = entry
+        if entry.kind == ERROR:
+            self.error_paths.add(relpath)
+        else:
+            self.error_paths.discard(relpath)
         if entry.kind == DIR:
             self.dirs.setdefault(relpath, {})
         self._dirty(parent)
@@ -241,6 +252,7 @@ class Tree:
         if kids is None or name not in kids:
             return None
         old = kids.pop(name)
+        self.error_paths.discard(relpath)
         if old.kind == DIR:
             self._drop_subtree(relpath)
         self._dirty(parent)
@@ -248,6 +260,8 @@ class Tree:
 
     def _drop_subtree(self, reldir: str) -> None:
         prefix = reldir + "/"
+        if self.error_paths:
+            self.error_paths -= {p for p in self.error_paths if p.startswith(prefix)}
         for d in [d for d in self.dirs if d == reldir or d.startswith(prefix)]:
             del self.dirs[d]
             self._hashes.pop(d, None)
@@ -292,6 +306,8 @@ class Tree:
             parent, _, name = rel.rpartition("/")
             e = Entry(*row[1:])
             dirs.setdefault(parent, {})[name] = e
+            if e.kind == ERROR:
+                tree.error_paths.add(rel)
             if e.kind == DIR:
                 dirs.setdefault(rel, {})
         return tree
@@ -342,6 +358,7 @@ def scan(
             except OSError:
                 continue
             tree.dirs.setdefault(parent, {})[name] = error_entry(name, st, exc)
+            tree.error_paths.add(reldir)
             tree.dirs.pop(reldir, None)
             continue
         kids = tree.dirs[reldir]
@@ -389,6 +406,8 @@ def scan(
                 if e is None:
                     continue
                 kids[name] = e
+                if e.kind == ERROR:
+                    tree.error_paths.add(rel)
                 if e != prev:
                     changed += 1
                 if e.kind == DIR:
