@@ -20,9 +20,9 @@ from urllib.parse import quote
 import pytest
 
 from hasync.agent.client import AgentClient
-from hasync.agent.collect_routes import CLOCK_OFFSET_ENV
 from hasync.alarms.model import Identity
 from hasync.alarms.store import open_store
+from hasync.clock import OFFSET_ENV as CLOCK_OFFSET_ENV
 from hasync.collect import (
     Masker,
     dump_toml,

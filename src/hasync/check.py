@@ -6,9 +6,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from hasync import clock
 from hasync.errors import Cause, PeerError
 from hasync.halog import kv
 
@@ -36,7 +37,7 @@ CAUSE_ORDER = (
 
 
 def now_utc() -> datetime:
-    return datetime.now(UTC)
+    return clock.now_utc()
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ class ActiveCheck:
         if self.peer_since is None:
             return None
         t = self.side.oldest_change_after(self.peer_since)
-        return 0.0 if t is None else max(0.0, time.time() - t)
+        return 0.0 if t is None else max(0.0, clock.now() - t)
 
     def own_errors(self) -> list[OutOfSync]:
         out = []

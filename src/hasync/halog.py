@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hasync import clock
+
 LOG_NAME = "ha.log"
 ROTATED_RE = re.compile(r"ha\.log\.(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})(?:-\d+)?\.gz")
 LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
@@ -41,7 +43,9 @@ class HaFormatter(logging.Formatter):
         super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        when = f"{self.formatTime(record, self.datefmt)},{int(record.msecs):03d}"
+        created = record.created + clock.OFFSET_S  # the test-only skew of clock.py, else 0
+        stamp = time.strftime(self.datefmt or "%Y-%m-%d %H:%M:%S", time.localtime(created))
+        when = f"{stamp},{int(created * 1000) % 1000:03d}"
         level = LEVELS.get(record.levelname, record.levelname)
         component = record.name.rpartition(".")[2]
         line = f"{when} {level} [{component}] {record.getMessage()}"
@@ -95,6 +99,7 @@ def rotated_logs(log_dir: Path) -> list[Path]:
         names = [n for n in os.listdir(log_dir) if ROTATED_RE.fullmatch(n)]
     except FileNotFoundError:
         return []
+
     def order(name: str) -> tuple[str, int]:
         # A second rotation within one second is "-1": it comes after the first, not before.
         m = ROTATED_RE.fullmatch(name)

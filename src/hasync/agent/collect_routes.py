@@ -7,13 +7,11 @@ from the existing ``GET /v1/alarms?all=1`` and ``GET /v1/status``.
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from hasync import __version__
+from hasync import __version__, clock
 from hasync.collect import (
     FRAME_DATA_MAX,
     L_DATA,
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
 
     from hasync.agent.server import Agent
 
-# Test hook only: pretend this node's clock is this many seconds ahead (tests of the clock-offset correction).
-CLOCK_OFFSET_ENV = "HASYNC_TEST_CLOCK_OFFSET_S"
 LEVEL_ALIASES = {"WARNING": "WARN", "CRITICAL": "ERROR"}  # as halog writes them
 HEARTBEAT_S = 1.0  # a progress frame at least this often, so a long scan before the window never looks dead
 
@@ -63,12 +59,11 @@ class _CollectRoutes:
 
     async def info(self, request: web.Request) -> web.Response:
         cfg = self.agent.cfg
-        skew = float(os.environ.get(CLOCK_OFFSET_ENV) or 0.0)
         doc: dict[str, Any] = {
             "node": cfg.node.name,
             "hostname": cfg.node.hostname,
             "role": self.agent.role,
-            "time": time.time() + skew,
+            "time": clock.now(),
             "utc_offset": utc_offset(),
             "version": __version__,
         }

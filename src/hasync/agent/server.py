@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hasync import clock
 from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed
 from hasync.config import Config
 from hasync.errors import ConfigError, HasyncError, LockHeld, PathRefused, PeerError, Starting, WrongRole
@@ -82,7 +82,7 @@ class Agent:
         self.roles = provider(cfg)
         self.role = "active" if self.roles.active_node() == cfg.node.name else "standby"
         self.side: Side = ROLES[self.role](cfg)
-        self.started_at = time.time()
+        self.started_at = clock.now()
         self.peer: AgentClient = (
             self.side.client
             if isinstance(self.side, StandbySide)
@@ -168,7 +168,7 @@ class Agent:
             "node": self.cfg.node.name,
             "hostname": self.cfg.node.hostname,
             "role": self.role,
-            "time": time.time(),
+            "time": clock.now(),
         }
         if isinstance(self.side, ActiveSide):
             self._active()  # not before the first scan: its roots would say the dirs are missing
@@ -182,7 +182,7 @@ class Agent:
             since = request.query.get("since")
             if since is not None:
                 t = self.side.oldest_change_after(int(since))
-                body["lag_s"] = 0.0 if t is None else max(0.0, time.time() - t)
+                body["lag_s"] = 0.0 if t is None else max(0.0, clock.now() - t)
         return web.Response(body=pack(body), content_type=MSGPACK)
 
     async def tree(self, request: web.Request) -> web.Response:

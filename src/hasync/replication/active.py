@@ -16,13 +16,13 @@ import logging
 import os
 import secrets
 import stat
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import blake3
 
+from hasync import clock
 from hasync.config import Config, SyncDir
 from hasync.errors import Cause, PathRefused, cause_of_oserror, is_junk
 from hasync.fsutil import DirFds
@@ -149,7 +149,7 @@ class ActiveSide(Side):
 
     def _record(self, dir_name: str, rel: str) -> None:
         self.seq += 1
-        self._log.append((self.seq, dir_name, rel, time.time()))
+        self._log.append((self.seq, dir_name, rel, clock.now()))
         if len(self._log) > MAX_LOG:
             self._floor = self._log.popleft()[0]
         self._dirty.add(dir_name)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hasync import clock
 from hasync.backup import BackupSets
 from hasync.config import Config, SyncDir
 from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_oserror
@@ -298,7 +299,7 @@ class StandbySide(Side):
                 if remote_root is None
                 else f"sync dir {d.name!r} does not exist on the standby: {d.path}"
             )
-            errors[(d.name, "")] = FileError(d.name, "", Cause.SOURCE_MISSING, msg, time.time())
+            errors[(d.name, "")] = FileError(d.name, "", Cause.SOURCE_MISSING, msg, clock.now())
             self.missing.add(d.name)
             return None
         self.missing.discard(d.name)
@@ -403,7 +404,7 @@ class StandbySide(Side):
             log.info("in sync %s", kv(peer=self.cfg.peer.name, seq=self.seq))
         self.in_sync = ok
         if ok:
-            self.last_sync_at = time.time()
+            self.last_sync_at = clock.now()
 
     def _set_errors(self, errors: dict[tuple[str, str], FileError], full: bool) -> None:
         for key, err in errors.items():
@@ -434,7 +435,7 @@ class StandbySide(Side):
     def _fail(
         self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, cause: Cause, msg: str, size: int = 0
     ) -> None:
-        errors[(d.name, rel)] = FileError(d.name, rel, cause, msg, time.time(), size)
+        errors[(d.name, rel)] = FileError(d.name, rel, cause, msg, clock.now(), size)
 
     async def _apply_plan(
         self,

@@ -1,0 +1,35 @@
+"""The agent's wall clock, with a test-only offset (HASYNC_TEST_CLOCK_OFFSET_S) for clock-skew tests.
+
+Wall-clock times (check and alarm times, `/v1/info` time, last sync, HA log
+lines) come from `now()`. Durations and ages never do: they use the monotonic
+clock, or compare two readings of the same node's clock, so a skew between
+the nodes never shows in a lag. The offset exists for the tests of that
+property only; production never sets it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+
+OFFSET_ENV = "HASYNC_TEST_CLOCK_OFFSET_S"
+
+
+def _offset() -> float:
+    try:
+        return float(os.environ.get(OFFSET_ENV, "0") or 0)
+    except ValueError:
+        return 0.0
+
+
+OFFSET_S = _offset()
+
+
+def now() -> float:
+    """Seconds since the epoch on this node's (possibly test-skewed) wall clock."""
+    return time.time() + OFFSET_S
+
+
+def now_utc() -> datetime:
+    return datetime.fromtimestamp(now(), UTC)
