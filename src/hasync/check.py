@@ -139,7 +139,7 @@ class StandbyCheck:
         self.grace_s = interval_s
         self.grace = _Grace()
 
-    async def verdict(self) -> Verdict:
+    async def verdict(self, catch_up: bool = True) -> Verdict:
         side = self.side
         timeout = min(side.cfg.peer.timeout_s, max(1.0, self.interval_s / 2))
         try:
@@ -151,6 +151,7 @@ class StandbyCheck:
         if info.get("role") != "active":
             msg = f"{side.cfg.peer.name} is not the active node: the two configs disagree on [role] active"
             return Verdict(False, Cause.SYNC_ERROR, True, None, (OutOfSync("", "", msg, Cause.SYNC_ERROR.value),))
+        recovered = side.peer_error is not None
         side.peer_ok()
         listed = [OutOfSync(e.dir, e.path, e.message, e.cause.value) for e in side.sorted_errors()[:MAX_LISTED]]
         differs = [
@@ -158,17 +159,29 @@ class StandbyCheck:
             for name, root in info["roots"].items()
             if root is None or (t := side.trees.get(name)) is None or t.root_hash() != root
         ]
-        age = self.grace.age(bool(differs))
+        # Changes in flight (the active is ahead of what this node has applied) are aged by the active:
+        # its lag_s is the age of the oldest change we lack. Only a difference with nothing in flight
+        # ages here, from our first look at it. (Under a steady stream of changes two checks in a row
+        # often each see a difference, but a new one each time: that is not one old difference.)
+        in_flight = info["seq"] != side.seq
+        age = self.grace.age(bool(differs) and not in_flight)
         lag = max(float(info.get("lag_s") or 0.0), age) if differs else 0.0
         if listed:
             cause = first_cause({Cause(o.cause) for o in listed})
             return Verdict(False, cause, True, lag, tuple(listed))
         if differs:
-            if info["seq"] == side.seq:
-                side.kick()  # nothing in flight, yet different: reconcile (Merkle walk)
-            if age > self.grace_s or self.grace_s == 0:
+            if recovered and catch_up and self.grace_s and await side.catch_up(timeout):
+                # The peer is back after a failure and we caught up within this check's budget:
+                # judge on fresh roots, so that a short outage clears at the first check after it.
+                return await self.verdict(catch_up=False)
+            if not in_flight or recovered:
+                # Nothing in flight, yet different; or the peer is back after a failure: reconcile now
+                # (Merkle walk) rather than when the change feed's retry comes round.
+                side.kick()
+            # Changes made on the active during a partition are as old as the partition: not in flight.
+            if lag > self.grace_s or self.grace_s == 0:
                 reason = (
-                    f"differs from the active for {age:.0f} s with no error reported"
+                    f"differs from the active for {lag:.0f} s with no error reported"
                     if self.grace_s
                     else "differs from the active, and this node's agent is not running to sync it"
                 )

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from hasync.check import PEER_CAUSES, Verdict
 from hasync.config import Config
-from hasync.errors import PeerError
+from hasync.errors import Cause, PeerError
 from hasync.halog import kv
 
 if TYPE_CHECKING:
@@ -95,7 +95,11 @@ class AlarmKeeper:
         at = v.checked_at
         if not v.in_sync:
             if current is not None:
-                # Still out of sync: keep cause and paths current (no new notification).
+                # Still out of sync: keep cause and paths current (no new notification). A difference
+                # without a cause (`unknown`) left by a known fault (changes made during a partition,
+                # being caught up) keeps that fault's cause and paths.
+                if v.cause is Cause.UNKNOWN and current.cause != Cause.UNKNOWN.value:
+                    return current
                 if current.cause != str(v.cause) or current.additional_info != v.additional_info():
                     current, _ = await self._call(self.store.raise_alarm, ident, str(v.cause), v.additional_info(), at)
                 return current

@@ -37,7 +37,9 @@ async def _status(cfg: Any) -> dict[str, Any]:
 
     async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as local:
         try:
-            doc: dict[str, Any] = await local.status()
+            # The local agent asks the peer too (its alarms, its lag), each call bounded by
+            # [peer] timeout_s: give it the time for both, or a slow peer looks like a hung local agent.
+            doc: dict[str, Any] = await local.status(timeout=2 * cfg.peer.timeout_s + 5.0)
             return doc
         except PeerAgentDown:
             pass

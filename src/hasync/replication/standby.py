@@ -11,6 +11,7 @@ the Applier (atomic per file, batch-flushed, old versions backed up).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -99,6 +100,7 @@ class StandbySide(Side):
         self.missing: set[str] = set()
         self._deferred: set[str] = set()
         self._kick_task: asyncio.Task[None] | None = None
+        self._poll_abort = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------
     async def load_local(self) -> None:
@@ -171,6 +173,16 @@ class StandbySide(Side):
         if self._kick_task is None or self._kick_task.done():
             self._kick_task = asyncio.create_task(self._kicked())
 
+    async def catch_up(self, timeout: float) -> bool:
+        """Reconcile now (the peer is back after a failure); True when done within `timeout`."""
+        self.kick()
+        assert self._kick_task is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._kick_task), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def _kicked(self) -> None:
         await asyncio.sleep(0.05)
         try:
@@ -197,7 +209,7 @@ class StandbySide(Side):
                 # Come back in time for the next full reconcile (and, with errors, the next retry).
                 until_full = self.cfg.sync.full_reconcile_s - (time.monotonic() - self._last_full)
                 wait = max(0.5, min(LONG_POLL_S, until_full, self.cfg.sync.retry_s if self.errors else LONG_POLL_S))
-                resp = await self.client.changes(self.instance, self.seq, wait)
+                resp = await self._long_poll(wait)
                 await self._apply_changes(resp)
                 backoff = 0.2
             except asyncio.CancelledError:
@@ -212,11 +224,32 @@ class StandbySide(Side):
                 self._need_full = True
                 await asyncio.sleep(1.0)
 
+    async def _long_poll(self, wait: float) -> dict[str, Any]:
+        """The change feed's long-poll, dropped when a peer failure is seen meanwhile (by the check).
+        After a silent partition or a pulled cable its connection is dead; waiting for its own timeout
+        (wait + timeout_s), or for TCP to retransmit an answer lost in the outage, would keep the
+        standby from catching up for many seconds after the link is back."""
+        self._poll_abort.clear()
+        poll = asyncio.ensure_future(self.client.changes(self.instance, self.seq, wait))
+        abort = asyncio.ensure_future(self._poll_abort.wait())
+        try:
+            await asyncio.wait({poll, abort}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            abort.cancel()
+            if not poll.done():
+                poll.cancel()
+        if not poll.done() or poll.cancelled():
+            with contextlib.suppress(asyncio.CancelledError, PeerError):
+                await poll
+            raise self.peer_error or PeerError("change feed dropped after a peer failure")
+        return poll.result()
+
     def peer_failed(self, exc: PeerError) -> None:
         if self.peer_error is None or type(self.peer_error) is not type(exc):
             log.error("peer unavailable %s", kv(cause=exc.cause, error=exc.message))
         self.peer_error = exc
         self.in_sync = False
+        self._poll_abort.set()
 
     def peer_ok(self) -> None:
         if self.peer_error is not None:
