@@ -1,0 +1,1 @@
+"""The network-namespace fault suite: two hosts on one machine, real faults (issue 6)."""
