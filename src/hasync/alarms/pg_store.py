@@ -17,8 +17,10 @@ from psycopg.types.json import Jsonb
 
 from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
 from hasync.alarms.store import (
+    ALARM_COLS,
     DEFAULT_LEASE_S,
     MIGRATIONS,
+    OUTBOX_COLS,
     SCHEMA_VERSION,
     StoreError,
     mask_url,
@@ -75,11 +77,6 @@ _SQL: dict[int, tuple[str, ...]] = {
     ),
 }
 assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
-
-_ALARM_COLS = (
-    "id, alarm_id, source, service_name, role_name, host_name, cause, additional_info, raised_at, cleared_at, diagnosis"
-)
-_OUTBOX_COLS = "id, alarm_row, event, notifier, payload, created_at, next_try_at, attempts, last_error, sent_at"
 
 
 def _alarm(row: DictRow) -> Alarm:
@@ -253,9 +250,19 @@ class PgStore:
                     "INSERT INTO alarms (fingerprint, alarm_id, source, service_name, role_name, host_name,"
                     " cause, additional_info, raised_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (fingerprint) WHERE cleared_at IS NULL DO NOTHING"
-                    f" RETURNING {_ALARM_COLS}",
-                    (fp, identity.alarm_id, identity.source, identity.service_name, identity.role_name,
-                     identity.host_name, cause, additional_info, when, when),
+                    f" RETURNING {ALARM_COLS}",
+                    (
+                        fp,
+                        identity.alarm_id,
+                        identity.source,
+                        identity.service_name,
+                        identity.role_name,
+                        identity.host_name,
+                        cause,
+                        additional_info,
+                        when,
+                        when,
+                    ),
                 ).fetchone()
                 if row is not None:
                     alarm = _alarm(row)
@@ -263,7 +270,7 @@ class PgStore:
                         self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
                     return alarm, True
                 row = conn.execute(
-                    f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = %s AND cleared_at IS NULL FOR UPDATE",
+                    f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = %s AND cleared_at IS NULL FOR UPDATE",
                     (fp,),
                 ).fetchone()
                 if row is None:
@@ -271,7 +278,7 @@ class PgStore:
                 if (row["cause"], row["additional_info"]) != (cause, additional_info):
                     row = conn.execute(
                         "UPDATE alarms SET cause = %s, additional_info = %s, updated_at = %s WHERE id = %s"
-                        f" RETURNING {_ALARM_COLS}",
+                        f" RETURNING {ALARM_COLS}",
                         (cause, additional_info, when, row["id"]),
                     ).fetchone()
                     assert row is not None
@@ -287,7 +294,7 @@ class PgStore:
             # Concurrent clearers queue on the row lock; the later ones then see cleared_at set and get nothing.
             row = conn.execute(
                 "UPDATE alarms SET cleared_at = GREATEST(%s, raised_at), updated_at = %s"
-                f" WHERE fingerprint = %s AND cleared_at IS NULL RETURNING {_ALARM_COLS}",
+                f" WHERE fingerprint = %s AND cleared_at IS NULL RETURNING {ALARM_COLS}",
                 (when, when, fingerprint),
             ).fetchone()
             if row is None:
@@ -300,7 +307,7 @@ class PgStore:
         return self._run("cannot clear alarm", fn)
 
     def active(self, fingerprint: str | None = None) -> list[Alarm]:
-        sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE cleared_at IS NULL"
+        sql = f"SELECT {ALARM_COLS} FROM alarms WHERE cleared_at IS NULL"
         args: tuple[Any, ...] = ()
         if fingerprint is not None:
             sql += " AND fingerprint = %s"
@@ -309,15 +316,15 @@ class PgStore:
         return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql.encode(), args)])
 
     def history(self, limit: int = 1000) -> list[Alarm]:
-        sql = f"SELECT {_ALARM_COLS} FROM alarms ORDER BY raised_at DESC, id DESC LIMIT %s"
+        sql = f"SELECT {ALARM_COLS} FROM alarms ORDER BY raised_at DESC, id DESC LIMIT %s"
         return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql.encode(), (limit,))])
 
     def get(self, fingerprint_or_id: str | int) -> Alarm | None:
         if isinstance(fingerprint_or_id, int):
-            sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE id = %s"
+            sql = f"SELECT {ALARM_COLS} FROM alarms WHERE id = %s"
         else:
             sql = (
-                f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = %s"
+                f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = %s"
                 " ORDER BY cleared_at IS NULL DESC, raised_at DESC, id DESC LIMIT 1"
             )
 
@@ -363,7 +370,7 @@ class PgStore:
             + ("" if keys is None else " AND o.notifier = ANY(%(keys)s)")
             + " ORDER BY o.id LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED)"
             " UPDATE outbox SET attempts = outbox.attempts + 1, next_try_at = %(lease)s FROM c WHERE outbox.id = c.id"
-            f" RETURNING {', '.join('outbox.' + col.strip() for col in _OUTBOX_COLS.split(','))}"
+            f" RETURNING {', '.join('outbox.' + col.strip() for col in OUTBOX_COLS.split(','))}"
         )
         args = {"now": when, "keys": keys, "limit": limit, "lease": lease}
 
@@ -374,21 +381,27 @@ class PgStore:
 
     def mark_sent(self, item_id: int, at: datetime | None = None) -> None:
         when = utc(at or datetime.now(UTC))
-        self._run("cannot update outbox", lambda c: c.execute(
-            "UPDATE outbox SET sent_at = %s, last_error = NULL WHERE id = %s", (when, item_id)))
+        self._run(
+            "cannot update outbox",
+            lambda c: c.execute("UPDATE outbox SET sent_at = %s, last_error = NULL WHERE id = %s", (when, item_id)),
+        )
 
     def mark_failed(self, item_id: int, next_try_at: datetime, error: str) -> None:
         args = (utc(next_try_at), error[:1000], item_id)
-        self._run("cannot update outbox", lambda c: c.execute(
-            "UPDATE outbox SET next_try_at = %s, last_error = %s WHERE id = %s AND sent_at IS NULL", args))
+        self._run(
+            "cannot update outbox",
+            lambda c: c.execute(
+                "UPDATE outbox SET next_try_at = %s, last_error = %s WHERE id = %s AND sent_at IS NULL", args
+            ),
+        )
 
     def pending(self) -> list[OutboxItem]:
-        sql = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE sent_at IS NULL ORDER BY id"
+        sql = f"SELECT {OUTBOX_COLS} FROM outbox WHERE sent_at IS NULL ORDER BY id"
         return self._run("cannot read outbox", lambda c: [_item(r) for r in c.execute(sql.encode())])
 
     def resend_candidates(self, notifier: str, cleared_since: datetime) -> list[Alarm]:
         sql = (
-            f"SELECT {_ALARM_COLS} FROM alarms a WHERE (a.cleared_at IS NULL OR a.cleared_at >= %(since)s)"
+            f"SELECT {ALARM_COLS} FROM alarms a WHERE (a.cleared_at IS NULL OR a.cleared_at >= %(since)s)"
             " AND EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = %(key)s"
             " AND o.event = 'raise' AND o.sent_at IS NOT NULL)"
             " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = %(key)s"

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
-from hasync.alarms.store import DEFAULT_LEASE_S, MIGRATIONS, SCHEMA_VERSION, StoreError, one_line
+from hasync.alarms.store import (
+    ALARM_COLS,
+    DEFAULT_LEASE_S,
+    MIGRATIONS,
+    OUTBOX_COLS,
+    SCHEMA_VERSION,
+    StoreError,
+    one_line,
+)
 
 T = TypeVar("T")
 
@@ -61,11 +69,6 @@ _SQL: dict[int, tuple[str, ...]] = {
     ),
 }
 assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
-
-_ALARM_COLS = (
-    "id, alarm_id, source, service_name, role_name, host_name, cause, additional_info, raised_at, cleared_at, diagnosis"
-)
-_OUTBOX_COLS = "id, alarm_row, event, notifier, payload, created_at, next_try_at, attempts, last_error, sent_at"
 
 
 def _ts(dt: datetime) -> str:
@@ -118,9 +121,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise self._error("cannot open", exc) from exc
         conn.row_factory = sqlite3.Row
@@ -211,7 +212,7 @@ class SqliteStore:
     @staticmethod
     def _active_row(conn: sqlite3.Connection, fingerprint: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = conn.execute(
-            f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = ? AND cleared_at IS NULL", (fingerprint,)
+            f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = ? AND cleared_at IS NULL", (fingerprint,)
         ).fetchone()
         return row
 
@@ -249,10 +250,20 @@ class SqliteStore:
             cur = conn.execute(
                 "INSERT INTO alarms (fingerprint, alarm_id, source, service_name, role_name, host_name,"
                 " cause, additional_info, raised_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (fp, identity.alarm_id, identity.source, identity.service_name, identity.role_name,
-                 identity.host_name, cause, additional_info, when, when),
+                (
+                    fp,
+                    identity.alarm_id,
+                    identity.source,
+                    identity.service_name,
+                    identity.role_name,
+                    identity.host_name,
+                    cause,
+                    additional_info,
+                    when,
+                    when,
+                ),
             )
-            row = conn.execute(f"SELECT {_ALARM_COLS} FROM alarms WHERE id = ?", (cur.lastrowid,)).fetchone()
+            row = conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (cur.lastrowid,)).fetchone()
             alarm = _alarm(row)
             for key in dict.fromkeys(notify):
                 self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
@@ -271,7 +282,7 @@ class SqliteStore:
                 "UPDATE alarms SET cleared_at = MAX(?, raised_at), updated_at = ? WHERE id = ?",
                 (when, when, row["id"]),
             )
-            alarm = _alarm(conn.execute(f"SELECT {_ALARM_COLS} FROM alarms WHERE id = ?", (row["id"],)).fetchone())
+            alarm = _alarm(conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (row["id"],)).fetchone())
             for key in dict.fromkeys(notify):
                 self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
             return alarm
@@ -279,7 +290,7 @@ class SqliteStore:
         return self._run("cannot clear alarm", fn)
 
     def active(self, fingerprint: str | None = None) -> list[Alarm]:
-        sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE cleared_at IS NULL"
+        sql = f"SELECT {ALARM_COLS} FROM alarms WHERE cleared_at IS NULL"
         args: tuple[Any, ...] = ()
         if fingerprint is not None:
             sql += " AND fingerprint = ?"
@@ -288,15 +299,15 @@ class SqliteStore:
         return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql, args)], write=False)
 
     def history(self, limit: int = 1000) -> list[Alarm]:
-        sql = f"SELECT {_ALARM_COLS} FROM alarms ORDER BY raised_at DESC, id DESC LIMIT ?"
+        sql = f"SELECT {ALARM_COLS} FROM alarms ORDER BY raised_at DESC, id DESC LIMIT ?"
         return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql, (limit,))], write=False)
 
     def get(self, fingerprint_or_id: str | int) -> Alarm | None:
         if isinstance(fingerprint_or_id, int):
-            sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE id = ?"
+            sql = f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?"
         else:
             sql = (
-                f"SELECT {_ALARM_COLS} FROM alarms WHERE fingerprint = ?"
+                f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = ?"
                 " ORDER BY cleared_at IS NULL DESC, raised_at DESC, id DESC LIMIT 1"
             )
         args: tuple[str | int] = (fingerprint_or_id,)
@@ -334,7 +345,7 @@ class SqliteStore:
         if keys == []:
             return []
         sql = (
-            f"SELECT {_OUTBOX_COLS} FROM outbox o WHERE sent_at IS NULL AND next_try_at <= ?"
+            f"SELECT {OUTBOX_COLS} FROM outbox o WHERE sent_at IS NULL AND next_try_at <= ?"
             " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.alarm_row = o.alarm_row AND p.notifier = o.notifier"
             " AND p.sent_at IS NULL AND p.id < o.id)"
         )
@@ -351,30 +362,37 @@ class SqliteStore:
             if not ids:
                 return []
             marks = ", ".join("?" * len(ids))
-            c.execute(f"UPDATE outbox SET attempts = attempts + 1, next_try_at = ? WHERE id IN ({marks})",
-                      [lease, *ids])
-            rows = c.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY id", ids)
+            c.execute(
+                f"UPDATE outbox SET attempts = attempts + 1, next_try_at = ? WHERE id IN ({marks})", [lease, *ids]
+            )
+            rows = c.execute(f"SELECT {OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY id", ids)
             return [_item(r) for r in rows]
 
         return self._run("cannot read outbox", fn)
 
     def mark_sent(self, item_id: int, at: datetime | None = None) -> None:
         when = _ts(at or datetime.now(UTC))
-        self._run("cannot update outbox",
-                  lambda c: c.execute("UPDATE outbox SET sent_at = ?, last_error = NULL WHERE id = ?", (when, item_id)))
+        self._run(
+            "cannot update outbox",
+            lambda c: c.execute("UPDATE outbox SET sent_at = ?, last_error = NULL WHERE id = ?", (when, item_id)),
+        )
 
     def mark_failed(self, item_id: int, next_try_at: datetime, error: str) -> None:
         args = (_ts(next_try_at), error[:1000], item_id)
-        self._run("cannot update outbox", lambda c: c.execute(
-            "UPDATE outbox SET next_try_at = ?, last_error = ? WHERE id = ? AND sent_at IS NULL", args))
+        self._run(
+            "cannot update outbox",
+            lambda c: c.execute(
+                "UPDATE outbox SET next_try_at = ?, last_error = ? WHERE id = ? AND sent_at IS NULL", args
+            ),
+        )
 
     def pending(self) -> list[OutboxItem]:
-        sql = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE sent_at IS NULL ORDER BY id"
+        sql = f"SELECT {OUTBOX_COLS} FROM outbox WHERE sent_at IS NULL ORDER BY id"
         return self._run("cannot read outbox", lambda c: [_item(r) for r in c.execute(sql)], write=False)
 
     def resend_candidates(self, notifier: str, cleared_since: datetime) -> list[Alarm]:
         sql = (
-            f"SELECT {_ALARM_COLS} FROM alarms a WHERE (a.cleared_at IS NULL OR a.cleared_at >= ?)"
+            f"SELECT {ALARM_COLS} FROM alarms a WHERE (a.cleared_at IS NULL OR a.cleared_at >= ?)"
             " AND EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = ? AND o.event = 'raise'"
             " AND o.sent_at IS NOT NULL)"
             " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = ? AND o.sent_at IS NULL)"

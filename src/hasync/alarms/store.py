@@ -38,6 +38,11 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (2, "notification outbox"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+# The columns both backends select, in the order their row mappers read them.
+ALARM_COLS = (
+    "id, alarm_id, source, service_name, role_name, host_name, cause, additional_info, raised_at, cleared_at, diagnosis"
+)
+OUTBOX_COLS = "id, alarm_row, event, notifier, payload, created_at, next_try_at, attempts, last_error, sent_at"
 
 
 class StoreError(HasyncError):
