@@ -8,7 +8,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,14 @@ url = "syslog+tcp://127.0.0.1:{syslog.port}"
 """
 
 
+def alertmanager_resolved(http: HttpReceiver) -> bool:
+    """Alertmanager has been told the alert is over (its last post has endsAt in the past)."""
+    alerts = [a for body in http.bodies("/api/v2/alerts") for a in body]
+    if not alerts or not alerts[-1].get("endsAt"):
+        return False
+    return datetime.fromisoformat(alerts[-1]["endsAt"].replace("Z", "+00:00")) <= datetime.now(UTC)
+
+
 def assert_one_raise_one_clear(http: HttpReceiver, syslog: SyslogReceiver, fingerprint: str, udp: bool = True) -> None:
     hooks = http.bodies("/hook")
     assert [h["event"] for h in hooks] == ["raise", "clear"], hooks
@@ -258,8 +266,6 @@ def assert_one_raise_one_clear(http: HttpReceiver, syslog: SyslogReceiver, finge
     }
     last = alerts[-1]
     assert last["endsAt"] and last["endsAt"] >= alerts[0]["startsAt"]
-    from datetime import datetime
-
     assert datetime.fromisoformat(last["endsAt"].replace("Z", "+00:00")) <= datetime.now(UTC)  # resolved
 
 
@@ -278,7 +284,11 @@ def test_notifications_once_even_when_both_nodes_see_the_fault(make_pair, receiv
     assert a_check["cause"] == "junk_file"
     junk.unlink()
     wait_for(lambda: not active_alarms(env), 5 * INTERVAL, what="alarm cleared")
-    wait_for(lambda: len(http.bodies("/hook")) >= 2 and len(syslog.messages) >= 4, 20, what="clear delivered")
+    wait_for(
+        lambda: len(http.bodies("/hook")) >= 2 and len(syslog.messages) >= 4 and alertmanager_resolved(http),
+        20,
+        what="clear delivered",
+    )
     time.sleep(3)  # nothing more may arrive but Alertmanager re-sends
     assert_one_raise_one_clear(http, syslog, alarm["fingerprint"])
 
@@ -299,7 +309,12 @@ def test_notifications_delivered_when_the_receiver_comes_back(make_pair, receive
     http.start()
     syslog2 = SyslogReceiver(syslog_port)
     try:
-        wait_for(lambda: len(http.bodies("/hook")) >= 2 and len(syslog2.messages) >= 2, 60, what="late delivery")
+        # Each notifier retries on its own backoff, so wait for all three, not the first two.
+        wait_for(
+            lambda: len(http.bodies("/hook")) >= 2 and len(syslog2.messages) >= 2 and alertmanager_resolved(http),
+            60,
+            what="late delivery",
+        )
         time.sleep(3)
         # Syslog over UDP has no delivery receipt: what was sent while nobody listened is lost
         # (docs/operations.md). Over TCP both messages arrive once, in order.
