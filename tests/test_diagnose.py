@@ -60,9 +60,13 @@ def test_active_agent_down_is_peer_agent_down(make_pair) -> None:  # type: ignor
     assert net["verdict"] == "fault" and "connection refused" in net["evidence"] and "answered" in net["evidence"]
     assert "start it" in net["action"]
     assert step(doc, "collect")["action"].startswith("Run `hasync collect -c ")
-    # The agent diagnosed the alarm by itself when it was raised: the alarm carries it.
-    alarm = wait_for(lambda: next((a for a in json.loads(env.hasync("alarms", "--json").stdout)
-                                   if a.get("diagnosis")), None), 20, what="stored diagnosis")
+    # The agent diagnosed the alarm by itself when it was raised: the alarm carries it. That background run
+    # (ping, TCP, logs, collect) has no time promise and competes with the one above for the CPU: wait long.
+    alarm = wait_for(
+        lambda: next((a for a in json.loads(env.hasync("alarms", "--json").stdout) if a.get("diagnosis")), None),
+        60,
+        what="stored diagnosis",
+    )
     assert alarm["diagnosis"]["cause"] == "peer_agent_down"
 
 

@@ -71,7 +71,13 @@ def test_initial_sync_then_live_changes_converge(make_pair) -> None:  # type: ig
     assert (kept / "conf" / "flink-conf.yaml").read_text() == "jobmanager.rpc.port: 6123\n"
     assert (kept / "udf" / "lib-01.jar").exists()
 
-    st = json.loads(env.hasync("status", "--json", check=True).stdout)
+    # The trees on disk are equal once the last file is renamed into place; the standby records that it is
+    # in sync (and pending 0) just after. Wait for what is asserted, not for the disk.
+    st = wait_for(
+        lambda: (doc := json.loads(env.hasync("status", "--json", check=True).stdout))["in_sync"] is True and doc,
+        30,
+        what="the standby's status to say in sync",
+    )
     assert st["role"] == "standby" and st["in_sync"] is True and st["lag_s"] == 0 and st["pending"] == 0
     sa = json.loads(env.hasync("status", "--json", node="a", check=True).stdout)
     assert sa["role"] == "active" and sa["peer_reachable"] is True and sa["in_sync"] is True
@@ -107,12 +113,12 @@ def test_large_file_and_rewrite_during_transfer_never_torn(make_pair) -> None:  
     # the standby never shows a mix of two versions.
     hot = env.src / "udf" / "hot.bin"
     size = 8 << 20
-    stop = threading.Event()
+    stop_writing, stop_observing = threading.Event(), threading.Event()
     versions: list[int] = []
 
     def writer() -> None:
         v = 0
-        while not stop.is_set() and v < 40:
+        while not stop_writing.is_set() and v < 40:
             v += 1
             with open(hot, "wb") as f:
                 for _ in range(size // (1 << 20)):
@@ -123,20 +129,26 @@ def test_large_file_and_rewrite_during_transfer_never_torn(make_pair) -> None:  
     seen: set[tuple[int, int]] = set()
 
     def observe() -> None:
-        while not stop.is_set():
+        while not stop_observing.is_set():
             try:
                 data = (env.dst / "udf" / "hot.bin").read_bytes()
             except FileNotFoundError:
                 continue
             seen.add((len(data), len(set(data))))
 
-    threads = [threading.Thread(target=writer), threading.Thread(target=observe)]
-    for t in threads:
-        t.start()
+    writing, observing = threading.Thread(target=writer), threading.Thread(target=observe)
+    writing.start()
+    observing.start()
     time.sleep(4)
-    stop.set()
-    for t in threads:
-        t.join()
+    stop_writing.set()
+    writing.join()
+    # The writer always ends on a whole version: keep watching the standby until it shows one, rather than
+    # for a fixed time that a loaded machine may not give it.
+    try:
+        wait_for(lambda: (size, 1) in seen, 60, what="the standby to show a whole version of the hot file")
+    finally:
+        stop_observing.set()
+        observing.join()
     env.wait_in_sync(60)
     assert seen, "the standby never showed the hot file"
     # Each state shown is one that existed on the active (the writer truncates, then

@@ -334,8 +334,16 @@ def test_6_junk_and_unreadable_files(netns_pair: Callable[..., NsPair], figures:
         p.write_text(f"n: {i}\n")
     (conf / "flink-conf.yaml").write_text("jobmanager.rpc.port: 6124\n")
     pair.chown_all()
-    wait_for(lambda: all((pair.dst / "conf" / p.name).exists() for p in more), 10, what="other files synced")
-    assert (pair.dst / "conf" / "flink-conf.yaml").read_text() == "jobmanager.rpc.port: 6124\n"
+    flink_conf = pair.dst / "conf" / "flink-conf.yaml"
+    # flink-conf.yaml was written last: it may come in a later batch of changes than the 20 new files.
+    wait_for(
+        lambda: (
+            all((pair.dst / "conf" / p.name).exists() for p in more)
+            and flink_conf.read_text() == "jobmanager.rpc.port: 6124\n"
+        ),
+        30,
+        what="other files synced",
+    )
     assert not (pair.dst / "conf" / junk.name).exists() and not (pair.dst / "conf" / locked.name).exists()
 
     code, doc, figures["diagnose_s"] = pair.diagnose()
