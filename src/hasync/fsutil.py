@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -11,7 +12,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from hasync.errors import PathRefused
+from hasync.errors import LockHeld, PathRefused
 
 # Every temp file hasync creates starts with this; scanners skip it, start-up removes it.
 TMP_PREFIX = ".hasync-tmp-"
@@ -184,3 +185,28 @@ def free_bytes(path: Path) -> tuple[int, int]:
 
 def perm_bits(mode: int) -> int:
     return stat.S_IMODE(mode)
+
+
+class StateLock:
+    """An exclusive lock on the node's state dir: there is never a second writer."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "agent.lock"
+        self._fd = -1
+
+    def acquire(self, what: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = -1
+            raise LockHeld(f"{self.path}: another hasync process ({what}) writes this node's state") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

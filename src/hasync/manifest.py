@@ -90,6 +90,7 @@ class Excluder:
         paths = [p.strip("/") for p in anchored]
         self._name = re.compile("|".join(fnmatch.translate(p) for p in names)) if names else None
         self._path = re.compile("|".join(fnmatch.translate(p) for p in paths)) if paths else None
+        self.active = self._name is not None or self._path is not None
 
     def __call__(self, relpath: str, name: str) -> bool:
         if self._name is not None and self._name.match(name):

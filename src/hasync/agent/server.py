@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import hmac
 import json
 import logging
@@ -12,7 +11,6 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +18,8 @@ from aiohttp import web
 from hasync import clock
 from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed
 from hasync.config import Config
-from hasync.errors import ConfigError, HasyncError, LockHeld, PathRefused, PeerError, Starting, WrongRole
+from hasync.errors import ConfigError, HasyncError, PathRefused, PeerError, Starting, WrongRole
+from hasync.fsutil import StateLock
 from hasync.halog import kv
 from hasync.protocol import API, FRAMES, MSGPACK, dec_path, pack, unpack
 from hasync.replication.active import ActiveSide
@@ -43,31 +42,6 @@ def iso(ts: float | None) -> str | None:
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-class StateLock:
-    """An exclusive lock on the node's state dir: there is never a second writer."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "agent.lock"
-        self._fd = -1
-
-    def acquire(self, what: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = -1
-            raise LockHeld(f"{self.path}: another hasync process ({what}) writes this node's state") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 class Agent:
@@ -250,8 +224,14 @@ class Agent:
             )
         elif brief:
             # What a peer asks for: never ask the peer back (two actives would wait on each other).
-            doc.update(errors=[{"dir": o.dir, "path": o.path, "cause": o.cause, "reason": o.reason}
-                               for o in self.checker.own_errors()] if isinstance(self.checker, ActiveCheck) else [])
+            doc.update(
+                errors=[
+                    {"dir": o.dir, "path": o.path, "cause": o.cause, "reason": o.reason}
+                    for o in self.checker.own_errors()
+                ]
+                if isinstance(self.checker, ActiveCheck)
+                else []
+            )
             return doc
         else:
             assert isinstance(self.checker, ActiveCheck)

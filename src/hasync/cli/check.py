@@ -76,8 +76,9 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
     import asyncio
 
     from hasync import halog
-    from hasync.agent.server import Agent, StateLock
+    from hasync.agent.server import Agent
     from hasync.check import StandbyCheck
+    from hasync.fsutil import StateLock
 
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level, stderr=False)
     lock = StateLock(cfg.node.state_dir)

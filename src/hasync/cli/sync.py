@@ -31,7 +31,8 @@ def sync(config_path: str, once: bool, as_json: bool) -> None:
     if not once:
         raise UsageError("give --once (continuous sync is what `hasync agent` does)")
     cfg = load(config_path)
-    result = asyncio.run(_sync(cfg, show_progress=not as_json and sys.stderr.isatty()))
+    lock, quick = _claim_standby(cfg)
+    result = asyncio.run(_sync(cfg, lock, quick, show_progress=not as_json and sys.stderr.isatty()))
     if as_json:
         print_json(result)
     else:
@@ -39,13 +40,41 @@ def sync(config_path: str, once: bool, as_json: bool) -> None:
     sys.exit(0 if result["in_sync"] else 1)
 
 
-async def _sync(cfg: Any, show_progress: bool) -> dict[str, Any]:
+def _claim_standby(cfg: Any) -> tuple[Any, Any]:
+    """On the standby with no agent running: take the state lock, and start the quick check
+    (before the event loop starts any thread: it forks). (None, None) when the agent runs
+    (it holds the lock for its lifetime) or this is the active node."""
+    from hasync.errors import LockHeld
+    from hasync.fsutil import StateLock
+    from hasync.quickcheck import QuickCheck
+    from hasync.roles import provider
+
+    if provider(cfg).active_node() == cfg.node.name:
+        return None, None
+    lock = StateLock(cfg.node.state_dir)
+    try:
+        lock.acquire("sync --once")
+    except LockHeld:
+        return None, None
+    from hasync.manifest import Excluder
+
+    dirs = {d.name: (d.path, cfg.node.state_dir / "manifests" / f"{d.name}.msgpack") for d in cfg.sync.dirs}
+    quick = QuickCheck.prepare(dirs, Excluder(cfg.sync.exclude))
+    if quick is not None:
+        quick.start()
+    return lock, quick
+
+
+async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool) -> dict[str, Any]:
     from hasync.agent.client import AgentClient
     from hasync.errors import PeerAgentDown
+    from hasync.fsutil import StateLock
     from hasync.roles import provider
 
     bar = _Bar(show_progress)
     try:
+        if lock is not None:
+            return await _standalone(cfg, bar, lock, quick)
         if provider(cfg).active_node() == cfg.node.name:
             target = AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, name=cfg.peer.name)
         else:
@@ -56,7 +85,11 @@ async def _sync(cfg: Any, show_progress: bool) -> dict[str, Any]:
             except PeerAgentDown:
                 if target.name != "local":
                     raise
-        return await _standalone(cfg, bar)
+        # The lock was held but the agent does not answer: it stopped since, or another command
+        # holds the lock (then this says which).
+        lock = StateLock(cfg.node.state_dir)
+        lock.acquire("sync --once")
+        return await _standalone(cfg, bar, lock, None)
     finally:
         bar.close()
 
@@ -71,33 +104,75 @@ async def _via_agent(client: Any, bar: _Bar) -> dict[str, Any]:
         else:
             bar.update(event)
     result.pop("event", None)
+    result.setdefault("method", "agent")
     return result
 
 
-async def _standalone(cfg: Any, bar: _Bar) -> dict[str, Any]:
+async def _standalone(cfg: Any, bar: _Bar, lock: Any, quick: Any) -> dict[str, Any]:
+    """Reconcile in this process, holding the state lock: the quick check first, else the full scan."""
     from hasync import halog
-    from hasync.agent.server import StateLock
     from hasync.replication.standby import StandbySide
 
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level, stderr=False)
-    lock = StateLock(cfg.node.state_dir)
-    lock.acquire("sync --once")
     side = StandbySide(cfg)
     try:
+        if quick is not None:
+            fast = await _quick(cfg, side, quick)
+            if fast is not None:
+                return fast
         await side.load_local()
         r = await side.reconcile(progress=bar.update)
         await asyncio_to_thread(side.save_caches)
+        await asyncio_to_thread(side.save_quick_indexes)
     finally:
         await side.client.close()
         lock.release()
+    return _result("full", r.in_sync, r.files, r.bytes, r.deleted, r.cause, r.message, r.errors)
+
+
+async def _quick(cfg: Any, side: Any, quick: Any) -> dict[str, Any] | None:
+    """The no-change fast path: the local copy is what its index says (the quick check, in two
+    processes) and the active's roots are the index's roots. None: take the full path."""
+    import asyncio
+
+    from hasync.errors import PeerError
+
+    checked = asyncio.ensure_future(asyncio.to_thread(quick.finish))
+    try:
+        info = await side.client.info(owner=cfg.is_root)
+    except PeerError as exc:
+        side.peer_failed(exc)
+        return _result("quick", False, cause=exc.cause, message=exc.message)
+    finally:
+        unchanged = await checked  # the worker is always reaped
+    if not unchanged or info.get("role") != "active":
+        return None  # the full path says what differs (or that the configs disagree on the roles)
+    roots = info.get("roots") or {}
+    for name, (root, with_owner) in quick.roots().items():
+        if roots.get(name) != root or with_owner != bool(info.get("with_owner")):
+            return None
+    return _result("quick", True)
+
+
+def _result(
+    method: str,
+    in_sync: bool,
+    files: int = 0,
+    nbytes: int = 0,
+    deleted: int = 0,
+    cause: Any = None,
+    message: str = "",
+    errors: Any = (),
+) -> dict[str, Any]:
     return {
-        "in_sync": r.in_sync,
-        "files": r.files,
-        "bytes": r.bytes,
-        "deleted": r.deleted,
-        "cause": None if r.cause is None else r.cause.value,
-        "message": r.message,
-        "errors": [e.as_json() for e in r.errors],
+        "in_sync": in_sync,
+        "method": method,
+        "files": files,
+        "bytes": nbytes,
+        "deleted": deleted,
+        "cause": None if cause is None else cause.value,
+        "message": message,
+        "errors": [e.as_json() for e in errors],
     }
 
 

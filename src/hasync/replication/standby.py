@@ -28,6 +28,7 @@ from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
 from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
 from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec_path, enc_path, unpack
+from hasync.quickcheck import QuickIndex, index_path
 from hasync.replication.apply import Applier, FileWriter
 from hasync.replication.base import Side
 
@@ -137,7 +138,25 @@ class StandbySide(Side):
         if self._kick_task is not None:
             self._kick_task.cancel()
         await super().stop()
+        async with self._lock:  # nothing writes now: the index describes the copy as it is
+            await asyncio.to_thread(self.save_quick_indexes)
         await self.client.close()
+
+    def save_quick_indexes(self) -> None:
+        """Write the quick check's index beside each hash cache (see hasync.quickcheck).
+
+        Only while nothing changes the trees (at the end of `sync --once`, when the
+        agent stops): the Merkle hashes are computed here. An index the agent did not
+        rewrite before it was killed is only stale, never wrong: its signatures no
+        longer match the disk, so the next quick check takes the full scan.
+        """
+        for name, tree in list(self.trees.items()):
+            if tree is None:
+                continue
+            try:
+                QuickIndex.of(tree).save(index_path(self.cache_path(name)))
+            except OSError as exc:
+                log.warning("cannot save quick-check index %s", kv(dir=name, error=exc.strerror))
 
     # -- local drift: someone changed the standby's copy --------------------
     async def refresh(self, paths: Iterable[str | Path]) -> None:
