@@ -296,6 +296,44 @@ def reset_dir(path: Path) -> None:
     path.mkdir(parents=True)
 
 
+class FreshFs:
+    """An empty ext4 file system (a sparse image on a loop device), made anew for each run of item 1.
+
+    Creating files right after a mass delete is slow on ext4 (the inode allocator
+    skips recently deleted inodes: `recently_deleted` in a kernel profile), and it
+    is slow by a different amount each time. On a shared file system each run
+    would pay for the deletions of the run before it, which adds seconds of noise
+    to every tool and flattens their ratios; an empty file system per run removes
+    both. Needs root, `mkfs.ext4` and `mount`; otherwise the runs reset their
+    destination directory in place, and the table says so.
+    """
+
+    def __init__(self, image: Path, wanted: bool = True, size: str = "4G") -> None:
+        self.image = image
+        self.size = size
+        self.mounted: list[Path] = []
+        self.enabled = wanted and os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None
+
+    def reset(self, dst: Path) -> None:
+        """Make `dst` an empty directory: the root of a fresh file system when enabled."""
+        self.release()
+        reset_dir(dst)
+        if not self.enabled:
+            return
+        self.image.unlink(missing_ok=True)
+        subprocess.run(["truncate", "-s", self.size, str(self.image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.image)],
+                       check=True)
+        subprocess.run(["mount", "-o", "loop", str(self.image), str(dst)], check=True)
+        self.mounted.append(dst)
+        (dst / "lost+found").rmdir()
+
+    def release(self) -> None:
+        while self.mounted:
+            subprocess.run(["umount", str(self.mounted.pop())], check=False)
+        self.image.unlink(missing_ok=True)
+
+
 # -- hasync pair -----------------------------------------------------------------------------------
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -470,8 +508,10 @@ class Results:
 
 # -- the measurements ------------------------------------------------------------------------------
 
-def bench_initial(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeInfo, repeat: int) -> None:
+def bench_initial(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeInfo, repeat: int,
+                  fresh: FreshFs) -> None:
     """(1) initial full sync into an empty destination: rsync, rsync --fsync, hasync sync --once."""
+    res.initial["fresh_fs"] = fresh.enabled
     runs: dict[str, list[Run]] = {"rsync": [], "rsync_fsync": [], "hasync": []}
     for i in range(repeat):
         for variant in runs:
@@ -482,17 +522,18 @@ def bench_initial(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: Tre
             else:
                 module = "ref" if variant == "rsync" else "ref_fsync"
                 dst = rsyncd.dst[module]
-                reset_dir(dst)
                 cmd = rsyncd.cmd(tree.path, module, *(["--fsync"] if variant == "rsync_fsync" else []))
                 servers = rsyncd.servers()
+            fresh.reset(dst)
             os.sync()  # no dirty pages of an earlier run are flushed inside the next one
             r = timed(cmd, servers)
             runs[variant].append(r)
             note(f"(1) run {i + 1}/{repeat} {variant}: {r.wall_s:.2f} s (cpu {r.cpu_s:.2f} s)")
             if i == 0:
                 verify_same(tree.path, dst)
-    res.initial = {"tree": {"files": tree.files, "bytes": tree.bytes}, "repeat": repeat,
-                   **{k: summary(v) for k, v in runs.items()}}
+    fresh.release()
+    res.initial.update({"tree": {"files": tree.files, "bytes": tree.bytes}, "repeat": repeat,
+                        **{k: summary(v) for k, v in runs.items()}})
     res.initial["hasync_stdout"] = runs["hasync"][-1].stdout
     ratio = res.initial["hasync"]["median_s"] / res.initial["rsync"]["median_s"]
     res.initial["ratio_hasync_rsync"] = ratio
@@ -691,7 +732,8 @@ def report(res: Results) -> str:
         i = res.initial
         t = i["tree"]
         add(f"(1) initial full sync, {t['files']} files, {t['bytes'] / MIB:.0f} MiB, median of {i['repeat']} "
-            "(wall s / cpu s of all processes)")
+            "(wall s / cpu s of all processes), "
+            + ("each run into a fresh ext4" if i.get("fresh_fs") else "destinations reset in place"))
         add(row.format("", "hasync", "rsync", "rsync --fsync"))
         add(row.format("wall s", f"{i['hasync']['median_s']:.2f}", f"{i['rsync']['median_s']:.2f}",
                        f"{i['rsync_fsync']['median_s']:.2f}"))
@@ -763,6 +805,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeat-initial", type=int, default=None, help="initial-sync runs per tool (default 5, quick 1)")
     ap.add_argument("--changes", type=int, default=None, help="changes for item 3 (default 100, quick 30)")
     ap.add_argument("--no-lsyncd", action="store_true", help="skip the lsyncd comparison in item 3")
+    ap.add_argument("--no-fresh-fs", action="store_true",
+                    help="item 1: reset the destinations in place instead of on a fresh ext4 per run")
     ap.add_argument("--keep", action="store_true", help="keep WORK/run (destinations, configs, logs) afterwards")
     ap.add_argument("--out", type=Path, default=OUT_JSON, help="JSON results (default %(default)s)")
     args = ap.parse_args(argv)
@@ -809,7 +853,11 @@ def run(args: argparse.Namespace, procs: Procs) -> Results:
         res.meta["active_scan_s"]["ref"] = pair.start_active()
         note(f"active agent ready on the reference tree after {res.meta['active_scan_s']['ref']:.1f} s")
         if 1 in args.only:
-            bench_initial(res, pair, rsyncd, tree, args.repeat_initial)
+            fresh = FreshFs(run_dir / "fresh-fs.img", wanted=not args.no_fresh_fs)
+            try:
+                bench_initial(res, pair, rsyncd, tree, args.repeat_initial, fresh)
+            finally:
+                fresh.release()
         else:  # item 3 alone: bring both destinations in sync first (not measured)
             pair.reset_standby()
             timed(pair.sync_cmd())

@@ -6,6 +6,8 @@ import asyncio
 import errno
 import os
 import stat
+from collections import deque
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 
 import blake3
@@ -39,13 +41,21 @@ class FileWriter:
         )
         self.hasher = blake3.blake3()
         self.size = 0
+        self.error: OSError | None = None  # the first write that failed; later writes are dropped
 
     def write(self, data: bytes) -> None:
-        self.hasher.update(data)
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        """Append `data` (in the WritePipe's thread, or inline); a failure is kept in `error`."""
+        if self.error is not None:
+            return
+        try:
+            self.hasher.update(data)
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as exc:
+            self.error = exc
+            return
         self.size += len(data)
 
     def finish(self, digest: bytes) -> bool:
@@ -82,6 +92,51 @@ class FileWriter:
             os.unlink(self.tmp, dir_fd=self.pfd)
         except FileNotFoundError:
             pass
+
+
+class WritePipe:
+    """Incoming file data, written in order by one worker thread.
+
+    The event loop receives the next bytes from the network while the last ones
+    are hashed and written (both release the GIL), which is what lets the two
+    cores share a transfer. At most `limit` bytes wait in the queue (`put` waits
+    for room). Before a writer is finished or aborted, its queued writes must be
+    done: `drain()` on the loop, `settle()` (blocking) on error paths; the fd is
+    never closed under a pending write.
+    """
+
+    def __init__(self, executor: Executor, limit: int = 16 << 20, inline_below: int = 256 << 10) -> None:
+        self._executor = executor
+        self.limit = limit
+        self.inline_below = inline_below
+        self._queue: deque[tuple[Future[None], int]] = deque()
+        self._bytes = 0
+
+    async def put(self, writer: FileWriter, data: bytes) -> None:
+        if len(data) < self.inline_below and not self._queue:
+            writer.write(data)  # a small file's one chunk: a thread hand-off would cost more than it saves
+            return
+        self._queue.append((self._executor.submit(writer.write, data), len(data)))
+        self._bytes += len(data)
+        while self._bytes > self.limit:
+            await self._pop()
+
+    async def _pop(self) -> None:
+        fut, n = self._queue[0]
+        await asyncio.wrap_future(fut)
+        self._queue.popleft()
+        self._bytes -= n
+
+    async def drain(self) -> None:
+        """Wait until every queued write is done."""
+        while self._queue:
+            await self._pop()
+
+    def settle(self) -> None:
+        """Wait (blocking) until no queued write can still run: for error and cancellation paths."""
+        wait([f for f, _ in self._queue])
+        self._queue.clear()
+        self._bytes = 0
 
 
 class Applier:
@@ -295,4 +350,4 @@ class Applier:
         self._restore_modes()
 
 
-__all__ = ["FILE", "LINK", "Applier", "FileWriter"]
+__all__ = ["FILE", "LINK", "Applier", "FileWriter", "WritePipe"]

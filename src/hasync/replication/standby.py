@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from hasync.halog import kv
 from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
 from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec_path, enc_path, unpack
 from hasync.quickcheck import QuickIndex, index_path
-from hasync.replication.apply import Applier, FileWriter
+from hasync.replication.apply import Applier, FileWriter, WritePipe
 from hasync.replication.base import Side
 
 log = logging.getLogger("hasync.standby")
@@ -102,6 +103,7 @@ class StandbySide(Side):
         self._deferred: set[str] = set()
         self._kick_task: asyncio.Task[None] | None = None
         self._poll_abort = asyncio.Event()
+        self._writes: ThreadPoolExecutor | None = None  # the WritePipe's thread, made on first use
 
     # -- lifecycle ---------------------------------------------------------
     async def load_local(self) -> None:
@@ -141,6 +143,8 @@ class StandbySide(Side):
         async with self._lock:  # nothing writes now: the index describes the copy as it is
             await asyncio.to_thread(self.save_quick_indexes)
         await self.client.close()
+        if self._writes is not None:
+            self._writes.shutdown(wait=True)
 
     def save_quick_indexes(self) -> None:
         """Write the quick check's index beside each hash cache (see hasync.quickcheck).
@@ -593,6 +597,9 @@ class StandbySide(Side):
         retry: list[str],
     ) -> None:
         wanted = set(batch)
+        if self._writes is None:
+            self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hasync-write")
+        pipe = WritePipe(self._writes)
         writer: FileWriter | None = None
         skip = False
         last_progress = 0.0
@@ -600,19 +607,7 @@ class StandbySide(Side):
             async for kind, payload in self.client.files(d.name, [enc_path(p) for p in batch]):
                 if kind == F_DATA:
                     if writer is not None and not skip:
-                        try:
-                            writer.write(payload)
-                        except OSError as exc:
-                            self._fail(
-                                errors,
-                                d,
-                                writer.rel,
-                                cause_of_oserror(exc),
-                                f"{exc.strerror} (on the standby)",
-                                writer.meta.size,
-                            )
-                            writer.abort()
-                            skip = True
+                        await pipe.put(writer, payload)
                         tally["bytes"] += len(payload)
                     if progress and time.monotonic() - last_progress > 0.1:
                         last_progress = time.monotonic()
@@ -633,7 +628,18 @@ class StandbySide(Side):
                 elif kind == F_END:
                     digest, ok, _reason = unpack(payload)
                     if writer is not None and not skip:
-                        if not ok:
+                        await pipe.drain()
+                        if writer.error is not None:
+                            self._fail(
+                                errors,
+                                d,
+                                writer.rel,
+                                cause_of_oserror(writer.error),
+                                f"{writer.error.strerror} (on the standby)",
+                                writer.meta.size,
+                            )
+                            writer.abort()
+                        elif not ok:
                             writer.abort()
                             retry.append(writer.rel)
                         elif self._guard(errors, d, writer.rel, self._finish, writer, digest, retry):
@@ -665,13 +671,18 @@ class StandbySide(Side):
                     break
         except (PathRefused, ValueError, TypeError) as exc:
             # A malformed or hostile stream: keep what was whole, refuse the rest.
+            pipe.settle()
             if writer is not None and not skip:
                 writer.abort()
             self._refused(errors, d, "", b"(file stream)", exc)
         except BaseException:
+            pipe.settle()
             if writer is not None and not skip:
                 writer.abort()
             raise
+        pipe.settle()  # a stream that ended inside a file: nothing may still write to its fd
+        if writer is not None and not skip:
+            writer.abort()
         self._flush(applier, d, errors)
         if progress:
             progress(dict(tally, event="progress"))
