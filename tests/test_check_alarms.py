@@ -136,6 +136,10 @@ def test_standby_disk_full_raises_disk_full(make_pair, store: str) -> None:  # t
         assert alarm["cause"] == "disk_full"
         assert "udf/big.jar" in alarm["additional_info"]
         assert (mount / "conf" / "small.yaml").read_text() == "fits"
+        # The standby has read the change from the feed but cannot apply it: the active's check must not
+        # say lag 0 (the feed's view); it takes the standby's.
+        a_check = json.loads(env.hasync("check", "--json", node="a").stdout)
+        assert a_check["cause"] == "disk_full" and a_check["lag_s"] > 0, a_check
         # Room again: the alarm clears.
         (env.src / "udf" / "big.jar").unlink()
         wait_for(lambda: not active_alarms(env), 5 * INTERVAL, what="alarm cleared")

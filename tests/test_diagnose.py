@@ -44,6 +44,9 @@ def test_healthy_pair_every_step_ok(make_pair) -> None:  # type: ignore[no-untyp
             ["network", "storage", "sync_files", "ha_log", "recheck", "collect"], "ok"), doc
         assert "ping 127.0.0.1: answered" in step(doc, "network")["evidence"]
         assert "free of" in step(doc, "storage")["evidence"]
+        # Each step says how long it took; the network step pings, so it takes some time.
+        assert all(isinstance(s["elapsed_s"], float) and 0 <= s["elapsed_s"] < 60 for s in doc["steps"]), doc
+        assert step(doc, "network")["elapsed_s"] > 0
     r = env.hasync("diagnose")
     assert r.returncode == 0 and "1. network" in r.stdout and "cause: none found" in r.stdout
 

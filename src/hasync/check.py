@@ -240,6 +240,9 @@ class ActiveCheck:
         seen = {(o.dir, o.path) for o in theirs}
         listed = tuple(theirs + [o for o in own if (o.dir, o.path) not in seen])[:MAX_LISTED]
         lag = self.lag()
+        if st.get("in_sync") is not True and isinstance(st.get("lag_s"), int | float):
+            # A change the standby read from the feed but could not apply is lag the feed does not show.
+            lag = max(lag or 0.0, float(st["lag_s"]))
         if listed:
             return Verdict(False, first_cause({Cause(o.cause) for o in listed if o.cause}), True, lag, listed)
         differs = st.get("in_sync") is not True

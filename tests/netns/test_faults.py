@@ -153,6 +153,7 @@ def test_2_silent_partition(netns_pair: Callable[..., NsPair], figures: dict[str
     assert figures["status_cmd_s"] <= 2 * PEER_TIMEOUT_S + CLI_START_S
 
     code, doc, figures["diagnose_s"] = pair.diagnose()
+    figures["diagnose_steps_s"] = {s["id"]: s["elapsed_s"] for s in doc["steps"]}
     assert code == 1 and doc["cause"] == "peer_unreachable", doc
     net = step(doc, "network")
     assert f"ping {ADDR['a']}: no answer" in net["evidence"], net

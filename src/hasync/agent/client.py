@@ -15,6 +15,19 @@ from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerUnreachable
 from hasync.protocol import API, F_DONE, FRAME_HEADER, MAX_FRAME, MSGPACK, pack, unpack
 
 _REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
+# A kept-alive connection the peer dropped (its agent restarted, an outage reset it) fails with these.
+_DROPPED = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
+
+
+def _dropped(exc: BaseException) -> bool:
+    """Whether `exc` says an established connection went away (not that a new one was refused)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return (
+        isinstance(exc, aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)
+        and exc.errno in _DROPPED
+    )
 
 
 class AgentClient:
@@ -65,6 +78,8 @@ class AgentClient:
             return PeerUnreachable(f"{where}: no answer within {self.timeout_s:g} s")
         if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError)):
             return PeerAgentDown(f"{where}: connection closed by the agent")
+        if _dropped(exc):
+            return PeerAgentDown(f"{where}: connection reset ({getattr(exc, 'strerror', None) or exc})")
         return PeerError(f"{where}: {exc}")
 
     async def check_response(self, resp: aiohttp.ClientResponse) -> None:
@@ -96,6 +111,7 @@ class AgentClient:
         total = self.timeout_s if timeout == -1.0 else timeout
         data = None if body is None else pack(body)
         headers = {"Content-Type": MSGPACK} if data is not None else {}
+        # aiohttp (>= 3.9) sends a GET once more on a fresh connection when a kept-alive one was dropped.
         try:
             async with self.session.request(
                 method, self.base_url + path, data=data, params=params, headers=headers, timeout=self._timeout(total)

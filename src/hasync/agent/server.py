@@ -207,9 +207,14 @@ class Agent:
         if isinstance(self.side, StandbySide):
             snap = self.side.snapshot()
             lag: float | None = 0.0 if snap["in_sync"] else None
+            if not snap["in_sync"] and self.last_verdict is not None and not self.last_verdict.in_sync:
+                # The standby's own check knows how long it has lacked what it could not apply; the
+                # active, whose change feed the standby has read past it, does not (its lag would say 0).
+                lag = self.last_verdict.lag_s
             if not snap["in_sync"] and self.side.peer_error is None and not brief:
                 try:
-                    lag = float((await self.side.client.info(since=self.side.seq)).get("lag_s", 0.0))
+                    feed_lag = float((await self.side.client.info(since=self.side.seq)).get("lag_s", 0.0))
+                    lag = max(feed_lag, lag or 0.0)
                 except PeerError:
                     pass
             doc.update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -31,7 +32,11 @@ def alarms(config_path: str, include_cleared: bool, as_json: bool) -> None:
     sys.exit(0)
 
 
-async def list_alarms(cfg: Any, include_cleared: bool) -> list[dict[str, Any]]:
+async def list_alarms(
+    cfg: Any, include_cleared: bool, enough: Callable[[list[dict[str, Any]]], bool] | None = None
+) -> list[dict[str, Any]]:
+    """This node's alarms and the peer's (newest first). The peer is not asked when the store is
+    shared, or when `enough` says this node's own list already answers the caller."""
     import asyncio
 
     from hasync.agent.client import AgentClient
@@ -45,7 +50,7 @@ async def list_alarms(cfg: Any, include_cleared: bool) -> list[dict[str, Any]]:
     finally:
         await asyncio.to_thread(store.close)
     docs: list[dict[str, Any]] = [a.to_json(diagnosis=True) for a in rows]
-    if not is_postgres_url(cfg.alarms.store):
+    if not is_postgres_url(cfg.alarms.store) and not (enough is not None and enough(docs)):
         async with AgentClient(cfg.peer_url(), cfg.token, min(5.0, cfg.peer.timeout_s), cfg.peer.name) as peer:
             try:
                 theirs = await peer.json("GET", f"{API}/alarms" + ("?all=1" if include_cleared else ""))

@@ -46,7 +46,13 @@ async def _diagnose(cfg: Any, fingerprint: str | None, fix: bool, window_s: floa
     from hasync.roles import provider
 
     role = "active" if provider(cfg).active_node() == cfg.node.name else "standby"
-    alarms = await list_alarms(cfg, include_cleared=fingerprint is not None)
+    # With no fingerprint, an active alarm in this node's own store is the one to diagnose: the peer
+    # (which may be the fault, and cost a timeout) is not asked.
+    alarms = await list_alarms(
+        cfg,
+        include_cleared=fingerprint is not None,
+        enough=None if fingerprint is not None else lambda docs: any(d["cleared_at"] is None for d in docs),
+    )
     alarm: dict[str, Any] | None = None
     if fingerprint is not None:
         alarm = next((a for a in alarms if a["fingerprint"] == fingerprint), None)
@@ -85,7 +91,8 @@ def _print(cfg: Any, d: dict[str, Any]) -> None:
     head = f"alarm {d['alarm']}" if d.get("alarm") else "the pair as it is now"
     click.echo(f"Diagnosis of {head}, run on {cfg.node.name}")
     for i, s in enumerate(d["steps"], 1):
-        click.echo(f"{i}. {s['id']:<11} {MARK[s['verdict']]:<8} {s['title']}")
+        took = f" ({s['elapsed_s']:.1f} s)" if s.get("elapsed_s", 0) >= 1 else ""
+        click.echo(f"{i}. {s['id']:<11} {MARK[s['verdict']]:<8} {s['title']}{took}")
         for line in (s["evidence"] or "").split("\n"):
             if line:
                 click.echo(f"      {line}")

@@ -18,10 +18,17 @@ class Step:
     evidence: str = ""
     action: str | None = None
     cause: Cause | None = None
+    elapsed_s: float = 0.0  # wall time of the step: where a slow diagnosis spent it
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "verdict": self.verdict, "evidence": self.evidence,
-                "action": self.action}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "verdict": self.verdict,
+            "evidence": self.evidence,
+            "action": self.action,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,9 @@ async def run(cfg: Config, role: str, local: Node, peer_client: AgentClient, loc
     d.steps.append(await _guard("storage", storage.run(ctx)))
     d.steps.append(await _guard("sync_files", sync_files.run(ctx)))
     d.steps.append(await _guard("ha_log", ha_log.run(ctx)))
+    t0 = time.monotonic()
     step, cleared = await recheck.run(ctx)
+    step.elapsed_s = time.monotonic() - t0
     d.steps.append(step)
     d.fixed = list(ctx.fixed)
     d.cleared = cleared
@@ -83,14 +86,16 @@ async def _standby_status(ctx: Context) -> dict[str, Any] | None:
 
 async def _guard(step_id: str, coro: Any) -> Step:
     """A step that fails unexpectedly reports `error` with the reason; the procedure goes on."""
+    t0 = time.monotonic()
     try:
         step: Step = await coro
-        return step
     except PeerError as exc:
-        return Step(step_id, step_id, "error", f"failed: {exc.message}")
+        step = Step(step_id, step_id, "error", f"failed: {exc.message}")
     except Exception as exc:  # a diagnosis must always come back with what it found
         log.exception("diagnosis step failed %s", kv(step=step_id))
-        return Step(step_id, step_id, "error", f"failed: {type(exc).__name__}: {exc}")
+        step = Step(step_id, step_id, "error", f"failed: {type(exc).__name__}: {exc}")
+    step.elapsed_s = time.monotonic() - t0
+    return step
 
 
 def nodes_for(cfg: Config, local_client: AgentClient | None) -> Node:

@@ -19,6 +19,12 @@ async def run(ctx: Context) -> tuple[Step, bool | None]:
         step.verdict = "error"
         step.evidence = "the standby's agent is not reachable: cannot sync and check"
         return step, None
+    if not ctx.fixed and not ctx.peer_ok:
+        # Nothing was changed and the network step found the peer down: a check now could only wait
+        # for the same timeout to say the same thing.
+        step.evidence = "no fix was made and the peer did not answer in the network step: nothing to recheck"
+        step.action = "Restore the link or the peer's agent (see the network step); the alarm clears by itself then."
+        return step, None
     evidence = []
     try:
         if ctx.fixed:
