@@ -34,8 +34,9 @@ TARGET_MS = 50.0
 
 
 def post(port: int, token: str, path: str) -> bytes:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST",
-                                 headers={"Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=b"", method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         return bytes(r.read())
 
@@ -56,8 +57,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/hasync-bench"))
     ap.add_argument("--seed", type=int, default=45641)
     args = ap.parse_args()
-    tree = ensure_tree(args.work / "trees", "many-quick" if args.quick else "many",
-                       MANY_QUICK if args.quick else MANY_FULL, args.seed)
+    tree = ensure_tree(
+        args.work / "trees", "many-quick" if args.quick else "many", MANY_QUICK if args.quick else MANY_FULL, args.seed
+    )
     procs = Procs()
     base = Path(tempfile.mkdtemp(prefix="check-cost-", dir=args.work))
     try:
@@ -68,10 +70,14 @@ def main() -> int:
         assert pair.active is not None and pair.standby is not None
         pids = {"node-a (active)": pair.active.pid, "node-b (standby)": pair.standby.pid}
         ports = {"node-a (active)": pair.port_a, "node-b (standby)": pair.port_b}
-        print(f"hasync check cost: {tree.files} files in sync (standby synced in {synced:.1f} s), "
-              f"{args.checks} checks per node")
-        print(f"{'checked node':<20}{'its CPU ms/check':>18}{'peer CPU ms/check':>19}{'agent gauge ms':>16}"
-              f"{'wall ms (median)':>18}")
+        print(
+            f"hasync check cost: {tree.files} files in sync (standby synced in {synced:.1f} s), "
+            f"{args.checks} checks per node"
+        )
+        print(
+            f"{'checked node':<20}{'its CPU ms/check':>18}{'peer CPU ms/check':>19}{'agent gauge ms':>16}"
+            f"{'wall ms (median)':>18}"
+        )
         worst = 0.0
         for node, port in ports.items():
             peer = next(n for n in pids if n != node)
@@ -90,12 +96,18 @@ def main() -> int:
             mine = max(0.0, proc_cpu_s(pids[node]) - c0 - idle_rate_me * dt) / args.checks * 1000
             theirs = max(0.0, proc_cpu_s(pids[peer]) - p0 - idle_rate_peer * dt) / args.checks * 1000
             worst = max(worst, mine, theirs)
-            print(f"{node:<20}{mine:>18.2f}{theirs:>19.2f}{statistics.median(gauges) * 1000:>16.2f}"
-                  f"{statistics.median(walls) * 1000:>18.2f}")
-        print(f"(CPU includes the HTTP request and the /metrics scrape of each round; clock tick "
-              f"{1000 / 100:.0f} ms, so figures below a few ms are averages of ticks)")
-        print(f"target: < {TARGET_MS:.0f} ms CPU per check per node: {'MET' if worst < TARGET_MS else 'MISSED'} "
-              f"(worst {worst:.2f} ms)")
+            print(
+                f"{node:<20}{mine:>18.2f}{theirs:>19.2f}{statistics.median(gauges) * 1000:>16.2f}"
+                f"{statistics.median(walls) * 1000:>18.2f}"
+            )
+        print(
+            f"(CPU includes the HTTP request and the /metrics scrape of each round; clock tick "
+            f"{1000 / 100:.0f} ms, so figures below a few ms are averages of ticks)"
+        )
+        print(
+            f"target: < {TARGET_MS:.0f} ms CPU per check per node: {'MET' if worst < TARGET_MS else 'MISSED'} "
+            f"(worst {worst:.2f} ms)"
+        )
         return 0
     finally:
         procs.stop_all()

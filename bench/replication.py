@@ -78,6 +78,7 @@ TARGET_RSS_MB = 150.0
 
 # -- trees ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Group:
     """`files` files of `min_size`..`max_size` bytes, spread evenly over `folders` folders under `prefix`."""
@@ -89,10 +90,16 @@ class Group:
     max_size: int
 
 
-REF_FULL = (Group("small", 100, 10_000, 512, 8 * KIB), Group("medium", 1, 200, 100 * KIB, 1 * MIB),
-            Group("large", 1, 20, 5 * MIB, 50 * MIB))
-REF_QUICK = (Group("small", 10, 1_000, 512, 8 * KIB), Group("medium", 1, 20, 100 * KIB, 1 * MIB),
-             Group("large", 1, 2, 5 * MIB, 20 * MIB))
+REF_FULL = (
+    Group("small", 100, 10_000, 512, 8 * KIB),
+    Group("medium", 1, 200, 100 * KIB, 1 * MIB),
+    Group("large", 1, 20, 5 * MIB, 50 * MIB),
+)
+REF_QUICK = (
+    Group("small", 10, 1_000, 512, 8 * KIB),
+    Group("medium", 1, 20, 100 * KIB, 1 * MIB),
+    Group("large", 1, 2, 5 * MIB, 20 * MIB),
+)
 MANY_FULL = (Group("many", 1000, 100_000, 512, 8 * KIB),)
 MANY_QUICK = (Group("many", 100, 10_000, 512, 8 * KIB),)
 
@@ -159,6 +166,7 @@ def warm(root: Path) -> None:
 
 def verify_same(src: Path, dst: Path, sample: int = 300, seed: int = 0) -> None:
     """Same relative paths, sizes and modes; same content for a random sample of files."""
+
     def listing(root: Path) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
         for dirpath, dirs, names in os.walk(root):
@@ -182,6 +190,7 @@ def verify_same(src: Path, dst: Path, sample: int = 300, seed: int = 0) -> None:
 
 # -- processes -----------------------------------------------------------------------------------
 
+
 class BenchError(Exception):
     pass
 
@@ -199,8 +208,9 @@ class Procs:
     def start(self, name: str, cmd: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
         log.parent.mkdir(parents=True, exist_ok=True)
         out = open(log, "ab")  # closed in stop()
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, cwd=cwd)
+        p = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd
+        )
         self._procs.append((name, p, out))
         return p
 
@@ -252,8 +262,9 @@ class Run:
     stdout: str = ""
 
 
-def timed(cmd: list[str], servers: list[tuple[int, bool]] | None = None, timeout: float = 900,
-          cwd: Path | None = None) -> Run:
+def timed(
+    cmd: list[str], servers: list[tuple[int, bool]] | None = None, timeout: float = 900, cwd: Path | None = None
+) -> Run:
     """Run `cmd` to completion (exit 0 required); wall time and CPU time of it and of `servers`."""
     servers = servers or []
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -263,8 +274,9 @@ def timed(cmd: list[str], servers: list[tuple[int, bool]] | None = None, timeout
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if cp.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} exited {cp.returncode}:\n{cp.stdout.decode()[-2000:]}"
-                         f"{cp.stderr.decode()[-2000:]}")
+        raise BenchError(
+            f"{' '.join(cmd)} exited {cp.returncode}:\n{cp.stdout.decode()[-2000:]}{cp.stderr.decode()[-2000:]}"
+        )
     if servers and any(ch for _, ch in servers):
         time.sleep(0.05)  # let the daemon reap its worker
     srv1 = sum(proc_cpu_s(pid, ch) for pid, ch in servers)
@@ -322,8 +334,9 @@ class FreshFs:
             return
         self.image.unlink(missing_ok=True)
         subprocess.run(["truncate", "-s", self.size, str(self.image)], check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.image)],
-                       check=True)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.image)], check=True
+        )
         subprocess.run(["mount", "-o", "loop", str(self.image), str(dst)], check=True)
         self.mounted.append(dst)
         (dst / "lost+found").rmdir()
@@ -360,8 +373,9 @@ class HasyncPair:
         self.standby: subprocess.Popen[bytes] | None = None
 
     def _get(self, port: int, path: str) -> Any:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     headers={"Authorization": f"Bearer {self.token}"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
         with _OPENER.open(req, timeout=10) as resp:
             body = resp.read()
             ctype = resp.headers.get("Content-Type", "")
@@ -376,8 +390,9 @@ class HasyncPair:
 
     def _agent(self, node: str) -> subprocess.Popen[bytes]:
         cfg = self.config_a if node == "a" else self.config_b
-        return self.procs.start(f"agent-{node}", [PY, "-m", "hasync", "agent", "-c", str(cfg)],
-                                self.base / "logs" / f"agent-{node}.out")
+        return self.procs.start(
+            f"agent-{node}", [PY, "-m", "hasync", "agent", "-c", str(cfg)], self.base / "logs" / f"agent-{node}.out"
+        )
 
     def start_active(self) -> float:
         """Start the active agent; return the seconds until it has scanned the tree and answers status."""
@@ -423,8 +438,10 @@ class HasyncPair:
                 tail = (self.base / "logs" / f"node-{node}" / "ha.log").read_text(errors="replace").splitlines()[-4:]
             except OSError:
                 tail = []
-            raise BenchError(f"agent node-{node} exited (code {None if p is None else p.returncode}); "
-                             f"last lines of its ha.log:\n  " + "\n  ".join(tail))
+            raise BenchError(
+                f"agent node-{node} exited (code {None if p is None else p.returncode}); "
+                f"last lines of its ha.log:\n  " + "\n  ".join(tail)
+            )
         return True
 
     def stop_standby(self) -> None:
@@ -454,6 +471,7 @@ class HasyncPair:
 
 # -- rsync daemon --------------------------------------------------------------------------------
 
+
 class RsyncDaemon:
     def __init__(self, run_dir: Path, modules: list[str], procs: Procs) -> None:
         self.dir = run_dir / "rsync"
@@ -466,8 +484,11 @@ class RsyncDaemon:
         for m, d in self.dst.items():
             text += f"\n[{m}]\n    path = {d}\n    read only = no\n"
         conf.write_text(text)
-        self.proc = procs.start("rsyncd", [RSYNC, "--daemon", "--no-detach", f"--config={conf}", f"--port={self.port}",
-                                           "--address=127.0.0.1"], self.dir / "rsyncd.out")
+        self.proc = procs.start(
+            "rsyncd",
+            [RSYNC, "--daemon", "--no-detach", f"--config={conf}", f"--port={self.port}", "--address=127.0.0.1"],
+            self.dir / "rsyncd.out",
+        )
         wait_for(lambda: port_open(self.port), 10, "the rsync daemon")
 
     def url(self, module: str) -> str:
@@ -482,6 +503,7 @@ class RsyncDaemon:
 
 # -- statistics and results ----------------------------------------------------------------------
 
+
 def pct(values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     s = sorted(values)
@@ -491,9 +513,14 @@ def pct(values: list[float], p: float) -> float:
 
 def summary(runs: list[Run]) -> dict[str, Any]:
     walls = [r.wall_s for r in runs]
-    return {"median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
-            "cpu_median_s": statistics.median(r.cpu_s for r in runs), "runs_s": walls,
-            "cpu_runs_s": [r.cpu_s for r in runs]}
+    return {
+        "median_s": statistics.median(walls),
+        "min_s": min(walls),
+        "max_s": max(walls),
+        "cpu_median_s": statistics.median(r.cpu_s for r in runs),
+        "runs_s": walls,
+        "cpu_runs_s": [r.cpu_s for r in runs],
+    }
 
 
 @dataclass
@@ -508,8 +535,10 @@ class Results:
 
 # -- the measurements ------------------------------------------------------------------------------
 
-def bench_initial(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeInfo, repeat: int,
-                  fresh: FreshFs) -> None:
+
+def bench_initial(
+    res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeInfo, repeat: int, fresh: FreshFs
+) -> None:
     """(1) initial full sync into an empty destination: rsync, rsync --fsync, hasync sync --once."""
     res.initial["fresh_fs"] = fresh.enabled
     runs: dict[str, list[Run]] = {"rsync": [], "rsync_fsync": [], "hasync": []}
@@ -532,14 +561,25 @@ def bench_initial(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: Tre
             if i == 0:
                 verify_same(tree.path, dst)
     fresh.release()
-    res.initial.update({"tree": {"files": tree.files, "bytes": tree.bytes}, "repeat": repeat,
-                        **{k: summary(v) for k, v in runs.items()}})
+    res.initial.update(
+        {
+            "tree": {"files": tree.files, "bytes": tree.bytes},
+            "repeat": repeat,
+            **{k: summary(v) for k, v in runs.items()},
+        }
+    )
     res.initial["hasync_stdout"] = runs["hasync"][-1].stdout
     ratio = res.initial["hasync"]["median_s"] / res.initial["rsync"]["median_s"]
     res.initial["ratio_hasync_rsync"] = ratio
     res.initial["ratio_hasync_rsync_fsync"] = res.initial["hasync"]["median_s"] / res.initial["rsync_fsync"]["median_s"]
-    res.targets.append({"item": "(1) initial sync hasync/rsync", "value": ratio, "target": f"<= {TARGET_INITIAL_RATIO}",
-                        "met": ratio <= TARGET_INITIAL_RATIO})
+    res.targets.append(
+        {
+            "item": "(1) initial sync hasync/rsync",
+            "value": ratio,
+            "target": f"<= {TARGET_INITIAL_RATIO}",
+            "met": ratio <= TARGET_INITIAL_RATIO,
+        }
+    )
 
 
 def _rewrite(path: Path, data: bytes) -> None:
@@ -579,13 +619,28 @@ def _propagate(src: Path, dst: Path, rels: list[str], rng: random.Random, pause:
         time.sleep(pause)
     out: dict[str, Any] = {"changes": len(rels), "not_seen_within_10s": lost}
     if delays:
-        out.update(p50_ms=pct(delays, 50), p99_ms=pct(delays, 99), mean_ms=statistics.mean(delays),
-                   min_ms=min(delays), max_ms=max(delays), delays_ms=[round(d, 2) for d in delays])
+        out.update(
+            p50_ms=pct(delays, 50),
+            p99_ms=pct(delays, 99),
+            mean_ms=statistics.mean(delays),
+            min_ms=min(delays),
+            max_ms=max(delays),
+            delays_ms=[round(d, 2) for d in delays],
+        )
     return out
 
 
-def bench_propagation(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon | None, tree: TreeInfo, n: int,
-                      seed: int, run_dir: Path, procs: Procs, with_lsyncd: bool) -> None:
+def bench_propagation(
+    res: Results,
+    pair: HasyncPair,
+    rsyncd: RsyncDaemon | None,
+    tree: TreeInfo,
+    n: int,
+    seed: int,
+    run_dir: Path,
+    procs: Procs,
+    with_lsyncd: bool,
+) -> None:
     """(3) one-file change propagation: hasync with both agents running, then lsyncd for comparison."""
     rng = random.Random(seed + 3)
     rels = [rng.choice(tree.small) for _ in range(n)]
@@ -611,26 +666,44 @@ def bench_propagation(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon | None
         marker.write_text(saved_marker)
     h = res.propagation["hasync"]
     if "p50_ms" in h:
-        res.targets.append({"item": "(3) propagation p50 ms", "value": h["p50_ms"], "target": f"<= {TARGET_P50_MS:g}",
-                            "met": h["p50_ms"] <= TARGET_P50_MS and not h["not_seen_within_10s"]})
-        res.targets.append({"item": "(3) propagation p99 ms", "value": h["p99_ms"], "target": f"<= {TARGET_P99_MS:g}",
-                            "met": h["p99_ms"] <= TARGET_P99_MS and not h["not_seen_within_10s"]})
+        res.targets.append(
+            {
+                "item": "(3) propagation p50 ms",
+                "value": h["p50_ms"],
+                "target": f"<= {TARGET_P50_MS:g}",
+                "met": h["p50_ms"] <= TARGET_P50_MS and not h["not_seen_within_10s"],
+            }
+        )
+        res.targets.append(
+            {
+                "item": "(3) propagation p99 ms",
+                "value": h["p99_ms"],
+                "target": f"<= {TARGET_P99_MS:g}",
+                "met": h["p99_ms"] <= TARGET_P99_MS and not h["not_seen_within_10s"],
+            }
+        )
 
 
-def _lsyncd(tree: TreeInfo, rsyncd: RsyncDaemon, rels: list[str], rng: random.Random, run_dir: Path,
-            procs: Procs) -> dict[str, Any]:
+def _lsyncd(
+    tree: TreeInfo, rsyncd: RsyncDaemon, rels: list[str], rng: random.Random, run_dir: Path, procs: Procs
+) -> dict[str, Any]:
     d = run_dir / "lsyncd"
     d.mkdir(parents=True, exist_ok=True)
     log = d / "lsyncd.log"
     conf = d / "lsyncd.conf.lua"
     conf.write_text(
         "settings { nodaemon = true, logfile = " + json.dumps(str(log)) + " }\n"
-        "sync { default.rsync, source = " + json.dumps(str(tree.path)) + ", target = "
-        + json.dumps(rsyncd.url("ref")) + ", delay = 0 }\n")
+        "sync { default.rsync, source = "
+        + json.dumps(str(tree.path))
+        + ", target = "
+        + json.dumps(rsyncd.url("ref"))
+        + ", delay = 0 }\n"
+    )
     note("(3) lsyncd: waiting for its start-up sync ...")
     t0 = time.monotonic()
     p = procs.start("lsyncd", [LSYNCD or "lsyncd", str(conf)], d / "lsyncd.out")
     try:
+
         def started() -> bool:
             if p.poll() is not None:
                 raise BenchError(f"lsyncd exited {p.returncode}; see {d}")
@@ -646,8 +719,9 @@ def _lsyncd(tree: TreeInfo, rsyncd: RsyncDaemon, rels: list[str], rng: random.Ra
         procs.stop(p)
 
 
-def bench_many(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeInfo, repeat: int,
-               do_nochange: bool, do_memory: bool) -> None:
+def bench_many(
+    res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeInfo, repeat: int, do_nochange: bool, do_memory: bool
+) -> None:
     """(4) the standby agent's peak RSS while it syncs and holds the big tree; (2) no-change re-syncs."""
     assert pair.standby is None and pair.active is not None
     warm(tree.path)
@@ -666,8 +740,12 @@ def bench_many(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeIn
     note(f"(4) standby agent in sync after {t_initial:.1f} s; VmHWM {mem_after_initial['VmHWM'] / 1024:.1f} MiB")
     verify_same(tree.path, pair.dst)
     time.sleep(2.0)  # holds the tree
-    res.memory = {"tree_files": tree.files, "initial_sync_by_agent_s": t_initial,
-                  "after_initial": mem_after_initial, "sampled_peak_vmrss_kib": peak_rss}
+    res.memory = {
+        "tree_files": tree.files,
+        "initial_sync_by_agent_s": t_initial,
+        "after_initial": mem_after_initial,
+        "sampled_peak_vmrss_kib": peak_rss,
+    }
 
     if do_nochange:
         rsync_initial = timed(rsyncd.cmd(tree.path, "many"), rsyncd.servers())
@@ -684,14 +762,22 @@ def bench_many(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeIn
             raise BenchError(f"no-change sync transferred something: {r.stdout}")
         if i:
             runs["hasync_agent"].append(r)
-        note(f"(2b) {'warm-up' if not i else f'run {i}/{count}'} hasync sync --once (agent running): "
-             f"{r.wall_s:.3f} s (cpu {r.cpu_s:.2f} s)")
+        note(
+            f"(2b) {'warm-up' if not i else f'run {i}/{count}'} hasync sync --once (agent running): "
+            f"{r.wall_s:.3f} s (cpu {r.cpu_s:.2f} s)"
+        )
     res.memory["after_sync_runs"] = proc_mem_kib(pair.standby.pid)
     hwm_mb = res.memory["after_sync_runs"]["VmHWM"] / 1024
     res.memory["peak_vmhwm_mib"] = hwm_mb
     if do_memory:
-        res.targets.append({"item": "(4) standby agent VmHWM MiB", "value": hwm_mb, "target": f"<= {TARGET_RSS_MB:g}",
-                            "met": hwm_mb <= TARGET_RSS_MB})
+        res.targets.append(
+            {
+                "item": "(4) standby agent VmHWM MiB",
+                "value": hwm_mb,
+                "target": f"<= {TARGET_RSS_MB:g}",
+                "met": hwm_mb <= TARGET_RSS_MB,
+            }
+        )
     pair.stop_standby()
     if not do_nochange:
         return
@@ -704,87 +790,147 @@ def bench_many(res: Results, pair: HasyncPair, rsyncd: RsyncDaemon, tree: TreeIn
         if i:
             runs["hasync_no_agent"].append(r)
             runs["rsync"].append(q)
-        note(f"(2a) {'warm-up' if not i else f'run {i}/{repeat}'}: hasync sync --once (no agent) {r.wall_s:.3f} s "
-             f"(cpu {r.cpu_s:.2f} s), rsync {q.wall_s:.3f} s (cpu {q.cpu_s:.2f} s)")
+        note(
+            f"(2a) {'warm-up' if not i else f'run {i}/{repeat}'}: hasync sync --once (no agent) {r.wall_s:.3f} s "
+            f"(cpu {r.cpu_s:.2f} s), rsync {q.wall_s:.3f} s (cpu {q.cpu_s:.2f} s)"
+        )
     res.nochange.update({k: summary(v) for k, v in runs.items()})
     res.nochange["tree"] = {"files": tree.files, "bytes": tree.bytes}
     base = res.nochange["rsync"]["median_s"]
     for k, label in (("hasync_no_agent", "(2a) no-change, no agent"), ("hasync_agent", "(2b) no-change, agent")):
         ratio = res.nochange[k]["median_s"] / base
         res.nochange[f"ratio_{k}_rsync"] = ratio
-        res.targets.append({"item": f"{label}: hasync/rsync", "value": ratio, "target": f"<= {TARGET_NOCHANGE_RATIO}",
-                            "met": ratio <= TARGET_NOCHANGE_RATIO})
+        res.targets.append(
+            {
+                "item": f"{label}: hasync/rsync",
+                "value": ratio,
+                "target": f"<= {TARGET_NOCHANGE_RATIO}",
+                "met": ratio <= TARGET_NOCHANGE_RATIO,
+            }
+        )
 
 
 # -- report ----------------------------------------------------------------------------------------
+
 
 def report(res: Results) -> str:
     lines: list[str] = []
     add = lines.append
     m = res.meta
-    add(f"hasync replication benchmark  ({m['profile']}, seed {m['seed']}, {m['cpus']} CPUs, {m['rsync']}, "
-        f"hasync {m['git']['commit'][:7]}{' + local changes' if m['git']['modified_src'] else ''})")
-    add(f"load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])}, "
-        f"at end {'/'.join(f'{x:.1f}' for x in m['loadavg_at_end'])}: other processes on this machine add noise")
+    add(
+        f"hasync replication benchmark  ({m['profile']}, seed {m['seed']}, {m['cpus']} CPUs, {m['rsync']}, "
+        f"hasync {m['git']['commit'][:7]}{' + local changes' if m['git']['modified_src'] else ''})"
+    )
+    add(
+        f"load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])}, "
+        f"at end {'/'.join(f'{x:.1f}' for x in m['loadavg_at_end'])}: other processes on this machine add noise"
+    )
     add("")
     row = "{:<44} {:>12} {:>12} {:>12}"
     if res.initial:
         i = res.initial
         t = i["tree"]
-        add(f"(1) initial full sync, {t['files']} files, {t['bytes'] / MIB:.0f} MiB, median of {i['repeat']} "
+        add(
+            f"(1) initial full sync, {t['files']} files, {t['bytes'] / MIB:.0f} MiB, median of {i['repeat']} "
             "(wall s / cpu s of all processes), "
-            + ("each run into a fresh ext4" if i.get("fresh_fs") else "destinations reset in place"))
+            + ("each run into a fresh ext4" if i.get("fresh_fs") else "destinations reset in place")
+        )
         add(row.format("", "hasync", "rsync", "rsync --fsync"))
-        add(row.format("wall s", f"{i['hasync']['median_s']:.2f}", f"{i['rsync']['median_s']:.2f}",
-                       f"{i['rsync_fsync']['median_s']:.2f}"))
-        add(row.format("wall s, best run", f"{i['hasync']['min_s']:.2f}", f"{i['rsync']['min_s']:.2f}",
-                       f"{i['rsync_fsync']['min_s']:.2f}"))
-        add(row.format("cpu s", f"{i['hasync']['cpu_median_s']:.2f}", f"{i['rsync']['cpu_median_s']:.2f}",
-                       f"{i['rsync_fsync']['cpu_median_s']:.2f}"))
-        add(row.format("MiB/s", *(f"{t['bytes'] / MIB / i[k]['median_s']:.0f}"
-                                  for k in ("hasync", "rsync", "rsync_fsync"))))
-        add(f"    ratio hasync/rsync = {i['ratio_hasync_rsync']:.2f} (best runs: "
+        add(
+            row.format(
+                "wall s",
+                f"{i['hasync']['median_s']:.2f}",
+                f"{i['rsync']['median_s']:.2f}",
+                f"{i['rsync_fsync']['median_s']:.2f}",
+            )
+        )
+        add(
+            row.format(
+                "wall s, best run",
+                f"{i['hasync']['min_s']:.2f}",
+                f"{i['rsync']['min_s']:.2f}",
+                f"{i['rsync_fsync']['min_s']:.2f}",
+            )
+        )
+        add(
+            row.format(
+                "cpu s",
+                f"{i['hasync']['cpu_median_s']:.2f}",
+                f"{i['rsync']['cpu_median_s']:.2f}",
+                f"{i['rsync_fsync']['cpu_median_s']:.2f}",
+            )
+        )
+        add(
+            row.format(
+                "MiB/s", *(f"{t['bytes'] / MIB / i[k]['median_s']:.0f}" for k in ("hasync", "rsync", "rsync_fsync"))
+            )
+        )
+        add(
+            f"    ratio hasync/rsync = {i['ratio_hasync_rsync']:.2f} (best runs: "
             f"{i['hasync']['min_s'] / i['rsync']['min_s']:.2f})   hasync/rsync --fsync = "
-            f"{i['ratio_hasync_rsync_fsync']:.2f}")
+            f"{i['ratio_hasync_rsync_fsync']:.2f}"
+        )
         add("")
     n = res.nochange
     if "rsync" in n:
         t = n["tree"]
         add(f"(2) no-change re-sync, {t['files']} files, median of {len(n['rsync']['runs_s'])} (whole process)")
         add(row.format("", "median s", "min s", "cpu s"))
-        for k, label in (("hasync_no_agent", "hasync sync --once, no standby agent"),
-                         ("hasync_agent", "hasync sync --once, standby agent runs"), ("rsync", "rsync -a --delete")):
+        for k, label in (
+            ("hasync_no_agent", "hasync sync --once, no standby agent"),
+            ("hasync_agent", "hasync sync --once, standby agent runs"),
+            ("rsync", "rsync -a --delete"),
+        ):
             add(row.format(label, f"{n[k]['median_s']:.3f}", f"{n[k]['min_s']:.3f}", f"{n[k]['cpu_median_s']:.2f}"))
-        add(f"    ratio (a) no agent / rsync = {n['ratio_hasync_no_agent_rsync']:.2f}   "
-            f"(b) agent / rsync = {n['ratio_hasync_agent_rsync']:.2f}")
-        add(f"    (initial sync of this tree: hasync standby agent {n['initial_hasync_agent_s']:.1f} s until in sync, "
-            f"rsync {n['initial_rsync_s']:.1f} s)")
+        add(
+            f"    ratio (a) no agent / rsync = {n['ratio_hasync_no_agent_rsync']:.2f}   "
+            f"(b) agent / rsync = {n['ratio_hasync_agent_rsync']:.2f}"
+        )
+        add(
+            f"    (initial sync of this tree: hasync standby agent {n['initial_hasync_agent_s']:.1f} s until in sync, "
+            f"rsync {n['initial_rsync_s']:.1f} s)"
+        )
         add("")
     p = res.propagation
     if p:
-        add(f"(3) one-file change propagation, {p['hasync']['changes']} changes (ms from the write until the "
-            "standby's copy reads the new content)")
+        add(
+            f"(3) one-file change propagation, {p['hasync']['changes']} changes (ms from the write until the "
+            "standby's copy reads the new content)"
+        )
         add(row.format("", "p50 ms", "p99 ms", "max ms"))
         for k in ("hasync", "lsyncd"):
             v = p.get(k, {})
             if "p50_ms" in v:
                 lost = f"   ({v['not_seen_within_10s']} not seen within 10 s)" if v["not_seen_within_10s"] else ""
-                add(row.format(k + (" (delay=0, to rsyncd)" if k == "lsyncd" else " (both agents)"),
-                               f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}", f"{v['max_ms']:.1f}") + lost)
+                add(
+                    row.format(
+                        k + (" (delay=0, to rsyncd)" if k == "lsyncd" else " (both agents)"),
+                        f"{v['p50_ms']:.1f}",
+                        f"{v['p99_ms']:.1f}",
+                        f"{v['max_ms']:.1f}",
+                    )
+                    + lost
+                )
             elif v:
                 add(f"{k}: skipped ({v.get('skipped', 'no result')})")
         add("")
     mem = res.memory
     if mem:
-        add(f"(4) standby agent memory, {mem['tree_files']} files (initial sync by the agent: "
-            f"{mem['initial_sync_by_agent_s']:.1f} s)")
-        add(f"    VmHWM after the initial sync {mem['after_initial']['VmHWM'] / 1024:.1f} MiB, "
+        add(
+            f"(4) standby agent memory, {mem['tree_files']} files (initial sync by the agent: "
+            f"{mem['initial_sync_by_agent_s']:.1f} s)"
+        )
+        add(
+            f"    VmHWM after the initial sync {mem['after_initial']['VmHWM'] / 1024:.1f} MiB, "
             f"after the sync --once runs {mem['after_sync_runs']['VmHWM'] / 1024:.1f} MiB; "
-            f"VmRSS now {mem['after_sync_runs']['VmRSS'] / 1024:.1f} MiB")
+            f"VmRSS now {mem['after_sync_runs']['VmRSS'] / 1024:.1f} MiB"
+        )
         add("")
     if m.get("active_scan_s"):
-        add("active agent start-up (scan + hash until /v1/info has the root): " +
-            ", ".join(f"{k} {v:.1f} s" for k, v in m["active_scan_s"].items()))
+        add(
+            "active agent start-up (scan + hash until /v1/info has the root): "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in m["active_scan_s"].items())
+        )
         add("")
     add("targets")
     for t in res.targets:
@@ -794,10 +940,15 @@ def report(res: Results) -> str:
 
 # -- main ------------------------------------------------------------------------------------------
 
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/hasync-bench"),
-                    help="work dir; generated trees under WORK/trees are reused (default %(default)s)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/hasync-bench"),
+        help="work dir; generated trees under WORK/trees are reused (default %(default)s)",
+    )
     ap.add_argument("--seed", type=int, default=45641)
     ap.add_argument("--quick", action="store_true", help="small trees and fewer repeats: a smoke test")
     ap.add_argument("--only", default="1,2,3,4", help="comma-separated items to run (default %(default)s)")
@@ -805,8 +956,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeat-initial", type=int, default=None, help="initial-sync runs per tool (default 5, quick 1)")
     ap.add_argument("--changes", type=int, default=None, help="changes for item 3 (default 100, quick 30)")
     ap.add_argument("--no-lsyncd", action="store_true", help="skip the lsyncd comparison in item 3")
-    ap.add_argument("--no-fresh-fs", action="store_true",
-                    help="item 1: reset the destinations in place instead of on a fresh ext4 per run")
+    ap.add_argument(
+        "--no-fresh-fs",
+        action="store_true",
+        help="item 1: reset the destinations in place instead of on a fresh ext4 per run",
+    )
     ap.add_argument("--keep", action="store_true", help="keep WORK/run (destinations, configs, logs) afterwards")
     ap.add_argument("--out", type=Path, default=OUT_JSON, help="JSON results (default %(default)s)")
     args = ap.parse_args(argv)
@@ -837,16 +991,27 @@ def run(args: argparse.Namespace, procs: Procs) -> Results:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     profile = "quick" if args.quick else "full"
-    res = Results(meta={"profile": profile, "seed": args.seed, "only": sorted(args.only), "cpus": os.cpu_count(),
-                        "python": sys.version.split()[0],
-                        "rsync": subprocess.run([RSYNC, "--version"], capture_output=True, text=True)
-                        .stdout.splitlines()[0].strip(),
-                        "work": str(work), "active_scan_s": {}, "git": _git_state(),
-                        "loadavg_at_start": os.getloadavg()})
+    res = Results(
+        meta={
+            "profile": profile,
+            "seed": args.seed,
+            "only": sorted(args.only),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "rsync": subprocess.run([RSYNC, "--version"], capture_output=True, text=True)
+            .stdout.splitlines()[0]
+            .strip(),
+            "work": str(work),
+            "active_scan_s": {},
+            "git": _git_state(),
+            "loadavg_at_start": os.getloadavg(),
+        }
+    )
     rsyncd = RsyncDaemon(run_dir, ["ref", "ref_fsync", "many"], procs)
     if args.only & {1, 3}:
-        tree = ensure_tree(work / "trees", f"ref-{profile}-s{args.seed}", REF_QUICK if args.quick else REF_FULL,
-                           args.seed)
+        tree = ensure_tree(
+            work / "trees", f"ref-{profile}-s{args.seed}", REF_QUICK if args.quick else REF_FULL, args.seed
+        )
         res.meta["ref_tree"] = {"files": tree.files, "bytes": tree.bytes}
         pair = HasyncPair(run_dir / "pair-ref", tree.path, procs)
         warm(tree.path)
@@ -866,8 +1031,9 @@ def run(args: argparse.Namespace, procs: Procs) -> Results:
             bench_propagation(res, pair, rsyncd, tree, args.changes, args.seed, run_dir, procs, not args.no_lsyncd)
         pair.stop()
     if args.only & {2, 4}:
-        tree = ensure_tree(work / "trees", f"many-{profile}-s{args.seed}", MANY_QUICK if args.quick else MANY_FULL,
-                           args.seed + 1)
+        tree = ensure_tree(
+            work / "trees", f"many-{profile}-s{args.seed}", MANY_QUICK if args.quick else MANY_FULL, args.seed + 1
+        )
         res.meta["many_tree"] = {"files": tree.files, "bytes": tree.bytes}
         pair = HasyncPair(run_dir / "pair-many", tree.path, procs)
         # Files modified less than 2 s ago are re-hashed on every scan (racy-clean rule): let them settle.

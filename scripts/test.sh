@@ -20,5 +20,6 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 .venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

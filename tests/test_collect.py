@@ -349,7 +349,10 @@ def test_masker() -> None:
     m = Masker(["tok3n-value-abcdef", "pw"])
     assert m.text("a tok3n-value-abcdef b") == "a *** b"
     assert m.text("pw is short: not replaced everywhere") == "pw is short: not replaced everywhere"
-    assert m.text("see postgresql://u:p%40ss@db:5432/x?sslmode=require") == "see postgresql://u:***@db:5432/x?sslmode=require"
+    assert (
+        m.text("see postgresql://u:p%40ss@db:5432/x?sslmode=require")
+        == "see postgresql://u:***@db:5432/x?sslmode=require"
+    )
     assert m.text("GET /x?user=a&password=abc&y=1") == "GET /x?user=a&password=***&y=1"
     assert m.text('secret="a b c" other=1') == "secret=*** other=1"
     assert m.text("Authorization: Bearer abcdefgh12345") == "Authorization: Bearer ***"

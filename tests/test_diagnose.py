@@ -41,7 +41,8 @@ def test_healthy_pair_every_step_ok(make_pair) -> None:  # type: ignore[no-untyp
         assert doc["cause"] is None and doc["fixed"] == []
         assert [s["id"] for s in doc["steps"]] == ["network", "storage", "sync_files", "ha_log", "recheck", "collect"]
         assert {s["id"]: s["verdict"] for s in doc["steps"]} == dict.fromkeys(
-            ["network", "storage", "sync_files", "ha_log", "recheck", "collect"], "ok"), doc
+            ["network", "storage", "sync_files", "ha_log", "recheck", "collect"], "ok"
+        ), doc
         assert "ping 127.0.0.1: answered" in step(doc, "network")["evidence"]
         assert "free of" in step(doc, "storage")["evidence"]
         # Each step says how long it took; the network step pings, so it takes some time.
@@ -160,11 +161,14 @@ def test_disk_full_fix_prunes_backups_and_alarm_clears(make_pair, base: Path) ->
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "hasync-full", str(small)], check=True)
     try:
-        extra = '\n[diagnose]\nmin_free_bytes = 65536\n'
+        extra = "\n[diagnose]\nmin_free_bytes = 65536\n"
         env: PairEnv = make_pair(interval_s=INTERVAL, extra=extra)
         cfg = env.pair.config_b
-        text = cfg.read_text().replace('path = "data/node-b/', f'path = "{small}/data/').replace(
-            'dir = "backup/node-b"', f'dir = "{small}/backup"')
+        text = (
+            cfg.read_text()
+            .replace('path = "data/node-b/', f'path = "{small}/data/')
+            .replace('dir = "backup/node-b"', f'dir = "{small}/backup"')
+        )
         cfg.write_text(text)
         for d in ("conf", "udf"):
             (small / "data" / d).mkdir(parents=True)
@@ -218,7 +222,7 @@ def test_ha_log_reads_rotated_gz_within_the_window_only(make_pair) -> None:  # t
         f.write(f"# hasync HA run log; times are local, UTC offset {offset[:3]}:{offset[3:]}\n")
         f.write(line(outside, "disk trouble just outside the window cause=disk_full"))
         f.write(line(inside, "rename failed inside the window cause=permission_denied path=conf/x"))
-        f.write("Traceback (most recent call last):\n  File \"x.py\", line 1\nOSError: boom\n")
+        f.write('Traceback (most recent call last):\n  File "x.py", line 1\nOSError: boom\n')
     code, doc = diagnose(env, "--window", "600")
     ha = step(doc, "ha_log")
     assert "rename failed inside the window" in ha["evidence"] and rotated.name in ha["evidence"]

@@ -169,9 +169,7 @@ def overlaps(file: LogFile, after: datetime | None, start: datetime, end: dateti
     return not (after is not None and after > end)  # every entry was written after the previous rotation
 
 
-def iter_window(
-    log_dir: Path, start: datetime, end: datetime, *, stats: CutStats | None = None
-) -> Iterator[LogRecord]:
+def iter_window(log_dir: Path, start: datetime, end: datetime, *, stats: CutStats | None = None) -> Iterator[LogRecord]:
     """The entries of the HA run log in `log_dir` whose timestamp t has start <= t <= end, in file order.
 
     `start` and `end` must be aware datetimes. Unreadable or damaged files are recorded in

@@ -39,12 +39,15 @@ class Metrics:
         r = self.registry
         self.in_sync = Gauge("hasync_in_sync", "1 when the last check found the pair in sync", registry=r)
         self.lag = Gauge("hasync_lag_seconds", "Age of the oldest change the standby does not have", registry=r)
-        self.out_of_sync = Gauge("hasync_out_of_sync_files", "Paths reported out of sync by the last check",
-                                 registry=r)
+        self.out_of_sync = Gauge("hasync_out_of_sync_files", "Paths reported out of sync by the last check", registry=r)
         self.alarm_active = Gauge("hasync_alarm_active", "1 while the alarm is active", ["alarm_id"], registry=r)
         self.checks = Counter("hasync_checks", "Sync checks run", ["result"], registry=r)
-        self.check_duration = Histogram("hasync_check_duration_seconds", "Wall time of one sync check",
-                                        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15), registry=r)
+        self.check_duration = Histogram(
+            "hasync_check_duration_seconds",
+            "Wall time of one sync check",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15),
+            registry=r,
+        )
         self.check_cpu = Gauge("hasync_check_cpu_seconds", "CPU time of the last sync check", registry=r)
         self.alarm_active.labels(alarm_id="45641").set(0)
         r.register(_Transfers(side))

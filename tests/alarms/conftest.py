@@ -62,4 +62,3 @@ def sqlite_store(tmp_path: Path) -> Iterator[AlarmStore]:
     s = open_store("sqlite", tmp_path / "state")
     yield s
     s.close()
-

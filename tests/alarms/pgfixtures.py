@@ -56,8 +56,9 @@ def pg_server_url() -> Iterator[str]:
         "HASYNC_PG_DIR": f"/tmp/hasync-pg-test-{os.getpid()}-{port}",
         "HASYNC_PG_PASSWORD": secrets.token_urlsafe(12),
     }
-    started = subprocess.run(["bash", str(PG_SCRIPT), "start"], env=env, capture_output=True, text=True,
-                             timeout=180, check=False)
+    started = subprocess.run(
+        ["bash", str(PG_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
     try:
         if started.returncode != 0:
             pytest.fail(f"scripts/pg.sh start failed: {started.stderr.strip()}", pytrace=False)

@@ -202,7 +202,7 @@ def parse_rfc5424(data: bytes) -> SyslogMessage:
     assert _TIMESTAMP.match(ts), ts
     timestamp = datetime.fromisoformat(ts)
     assert timestamp.tzinfo is not None
-    rest = data[m.end():].decode("utf-8")
+    rest = data[m.end() :].decode("utf-8")
     sd: dict[str, dict[str, str]] = {}
     i = 0
     if rest.startswith("-"):
@@ -212,14 +212,14 @@ def parse_rfc5424(data: bytes) -> SyslogMessage:
         while i < len(rest) and rest[i] == "[":
             i += 1
             sid = _SD_ID.match(rest, i)
-            assert sid, rest[i:i + 40]
+            assert sid, rest[i : i + 40]
             params: dict[str, str] = {}
             i = sid.end()
             while rest[i] == " ":
                 pname = _SD_ID.match(rest, i + 1)
-                assert pname, rest[i:i + 40]
+                assert pname, rest[i : i + 40]
                 i = pname.end()
-                assert rest[i:i + 2] == '="', rest[i:i + 40]
+                assert rest[i : i + 2] == '="', rest[i : i + 40]
                 i += 2
                 value: list[str] = []
                 while rest[i] != '"':
@@ -232,7 +232,7 @@ def parse_rfc5424(data: bytes) -> SyslogMessage:
                         i += 1
                 i += 1
                 params[pname.group()] = "".join(value)
-            assert rest[i] == "]", rest[i:i + 40]
+            assert rest[i] == "]", rest[i : i + 40]
             i += 1
             assert sid.group() not in sd, "duplicate SD-ID"
             sd[sid.group()] = params
@@ -240,8 +240,18 @@ def parse_rfc5424(data: bytes) -> SyslogMessage:
     bom = False
     if i < len(rest):
         assert rest[i] == " ", "MSG must follow a space"
-        msg = rest[i + 1:]
+        msg = rest[i + 1 :]
         if msg.startswith("\ufeff"):
             bom, msg = True, msg[1:]
-    return SyslogMessage(pri, 1, timestamp, m["hostname"].decode(), m["app"].decode(), m["procid"].decode(),
-                         m["msgid"].decode(), sd, msg, bom)
+    return SyslogMessage(
+        pri,
+        1,
+        timestamp,
+        m["hostname"].decode(),
+        m["app"].decode(),
+        m["procid"].decode(),
+        m["msgid"].decode(),
+        sd,
+        msg,
+        bom,
+    )

@@ -18,7 +18,8 @@ def test_constants_and_name() -> None:
     assert ALARM_ID == 45641
     assert SEVERITY == "Major"
     assert alarm_name("FlinkServer") == (
-        "Data Synchronization Exception Between the Active and Standby FlinkServer Nodes")
+        "Data Synchronization Exception Between the Active and Standby FlinkServer Nodes"
+    )
     assert IDENT.alarm_id == 45641
 
 
@@ -39,11 +40,32 @@ def test_fingerprint_is_stable_and_per_identity() -> None:
 
 
 def test_to_json_is_exactly_the_spec_object() -> None:
-    alarm = Alarm(id=7, source="cluster-1", service_name="Flink", role_name="FlinkServer", host_name="node-b",
-                  cause="peer_agent_down", additional_info="cause=peer_agent_down", raised_at=T0)
+    alarm = Alarm(
+        id=7,
+        source="cluster-1",
+        service_name="Flink",
+        role_name="FlinkServer",
+        host_name="node-b",
+        cause="peer_agent_down",
+        additional_info="cause=peer_agent_down",
+        raised_at=T0,
+    )
     out = alarm.to_json()
-    assert list(out) == ["alarm_id", "name", "severity", "auto_clear", "source", "service_name", "role_name",
-                         "host_name", "cause", "additional_info", "raised_at", "cleared_at", "fingerprint"]
+    assert list(out) == [
+        "alarm_id",
+        "name",
+        "severity",
+        "auto_clear",
+        "source",
+        "service_name",
+        "role_name",
+        "host_name",
+        "cause",
+        "additional_info",
+        "raised_at",
+        "cleared_at",
+        "fingerprint",
+    ]
     assert out["alarm_id"] == 45641
     assert out["name"] == alarm_name("FlinkServer")
     assert out["severity"] == "Major"
@@ -74,4 +96,5 @@ def test_additional_info_names_the_cause_and_the_first_paths() -> None:
     assert additional_info("junk_file", ["conf/sedXyZ12"]) == "cause=junk_file; out of sync: conf/sedXyZ12"
     many = [f"conf/f{i}" for i in range(8)]
     assert additional_info("sync_error", many, limit=3) == (
-        "cause=sync_error; out of sync: conf/f0, conf/f1, conf/f2 (+5 more)")
+        "cause=sync_error; out of sync: conf/f0, conf/f1, conf/f2 (+5 more)"
+    )

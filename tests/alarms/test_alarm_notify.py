@@ -55,8 +55,7 @@ def dispatcher(store: AlarmStore, *notifiers: Notifier, clock: FakeClock | None 
 
 
 async def raise_(store: AlarmStore, notifier: Notifier, cause: str = "peer_agent_down") -> None:
-    await asyncio.to_thread(store.raise_alarm, IDENT, cause, f"cause={cause} conf/a.yaml", now(),
-                            notify=[notifier.key])
+    await asyncio.to_thread(store.raise_alarm, IDENT, cause, f"cause={cause} conf/a.yaml", now(), notify=[notifier.key])
 
 
 async def clear(store: AlarmStore, notifier: Notifier) -> None:
@@ -81,8 +80,10 @@ def test_webhook_gets_one_raise_and_one_clear(stores: Stores) -> None:
         assert await d.flush_once() == 1
         assert await d.flush_once() == 0
         await rx.stop()
-        assert [(r.path, r.body["event"]) for r in rx.requests] == [("/hooks/alarm", "raise"),
-                                                                    ("/hooks/alarm", "clear")]
+        assert [(r.path, r.body["event"]) for r in rx.requests] == [
+            ("/hooks/alarm", "raise"),
+            ("/hooks/alarm", "clear"),
+        ]
         raised, cleared = (r.body["alarm"] for r in rx.requests)
         assert set(rx.requests[0].body) == {"event", "alarm"}
         assert raised["fingerprint"] == cleared["fingerprint"] == FP
@@ -220,8 +221,15 @@ def test_webhook_basic_auth_from_the_url_and_no_password_in_errors(sqlite_store:
 
 def fake_item(payload: dict[str, object], event: str = "raise") -> OutboxItem:
     t = now()
-    return OutboxItem(id=1, alarm_row=1, event=event, notifier="x", payload=dict(payload),  # type: ignore[arg-type]
-                      created_at=t, next_try_at=t)
+    return OutboxItem(
+        id=1,
+        alarm_row=1,
+        event=event,
+        notifier="x",
+        payload=dict(payload),  # type: ignore[arg-type]
+        created_at=t,
+        next_try_at=t,
+    )
 
 
 # -- never in the way ----------------------------------------------------
@@ -319,8 +327,14 @@ def test_items_of_unconfigured_notifiers_are_left_alone(sqlite_store: AlarmStore
         rx = HttpReceiver()
         await rx.start()
         hook = WebhookNotifier(rx.url)
-        await asyncio.to_thread(sqlite_store.raise_alarm, IDENT, "disk_full", "x", now(),
-                                notify=["webhook:http://removed.example", hook.key])
+        await asyncio.to_thread(
+            sqlite_store.raise_alarm,
+            IDENT,
+            "disk_full",
+            "x",
+            now(),
+            notify=["webhook:http://removed.example", hook.key],
+        )
         assert await dispatcher(sqlite_store, hook).flush_once() == 1
         assert [i.notifier for i in sqlite_store.pending()] == ["webhook:http://removed.example"]
         await rx.stop()
@@ -338,8 +352,9 @@ def test_alertmanager_gets_one_alert_that_fires_then_resolves(stores: Stores) ->
         am = HttpReceiver()
         await am.start()
         clock = FakeClock()
-        notifier = AlertmanagerNotifier(am.url + "/", resend_s=60, resolved_retention_s=900,
-                                        generator_url="http://node-b:28443/")
+        notifier = AlertmanagerNotifier(
+            am.url + "/", resend_s=60, resolved_retention_s=900, generator_url="http://node-b:28443/"
+        )
         d = dispatcher(store, notifier, clock=clock)
         await raise_(store, notifier)
         assert await d.flush_once() == 1
@@ -371,8 +386,15 @@ def test_alertmanager_gets_one_alert_that_fires_then_resolves(stores: Stores) ->
         assert len(label_sets) == 1  # one alert, from firing to resolved
         labels = alerts[0]["labels"]
         assert set(labels) == LABELS
-        assert labels == {"alertname": ALERTNAME, "alarm_id": "45641", "severity": "Major", "source": "cluster-1",
-                          "service_name": "Flink", "role_name": "FlinkServer", "host_name": "node-b"}
+        assert labels == {
+            "alertname": ALERTNAME,
+            "alarm_id": "45641",
+            "severity": "Major",
+            "source": "cluster-1",
+            "service_name": "Flink",
+            "role_name": "FlinkServer",
+            "host_name": "node-b",
+        }
         assert len({a["startsAt"] for a in alerts}) == 1
         for resolved in alerts[3:]:
             assert resolved["endsAt"] == cleared_at
@@ -420,7 +442,11 @@ def check_syslog(messages: list[bytes], hostname: str) -> None:
         assert params["event"] == event
         assert params["alarmId"] == "45641" and params["severity"] == "Major"
         assert (params["source"], params["serviceName"], params["roleName"], params["hostName"]) == (
-            "cluster-1", "Flink", "FlinkServer", "node-b")
+            "cluster-1",
+            "Flink",
+            "FlinkServer",
+            "node-b",
+        )
         assert params["fingerprint"] == FP and params["cause"] == "peer_agent_down"
         assert params["name"] == IDENT.name
         assert msg.bom and "ALM-45641" in msg.msg
@@ -477,13 +503,27 @@ def test_syslog_tcp_one_raise_one_clear_also_when_down_at_first(stores: Stores) 
 
 def test_syslog_structured_data_is_escaped_and_udp_size_bounded() -> None:
     alarm = {
-        "alarm_id": 45641, "name": IDENT.name, "severity": "Major", "auto_clear": True, "source": 'c"1]\\x',
-        "service_name": "Flink", "role_name": "FlinkServer", "host_name": "node-b", "cause": "junk_file",
+        "alarm_id": 45641,
+        "name": IDENT.name,
+        "severity": "Major",
+        "auto_clear": True,
+        "source": 'c"1]\\x',
+        "service_name": "Flink",
+        "role_name": "FlinkServer",
+        "host_name": "node-b",
+        "cause": "junk_file",
         "additional_info": "cause=junk_file\nconf/sed\u00e9\u4e2d" + "x" * 5000,
-        "raised_at": "2026-11-25T09:00:00.000+00:00", "cleared_at": None, "fingerprint": FP,
+        "raised_at": "2026-11-25T09:00:00.000+00:00",
+        "cleared_at": None,
+        "fingerprint": FP,
     }
-    msg = rfc5424.format_event("raise", alarm, hostname="node a\u00e9", facility=rfc5424.facility_code("local0"),
-                               max_bytes=rfc5424.UDP_MAX_BYTES)
+    msg = rfc5424.format_event(
+        "raise",
+        alarm,
+        hostname="node a\u00e9",
+        facility=rfc5424.facility_code("local0"),
+        max_bytes=rfc5424.UDP_MAX_BYTES,
+    )
     assert len(msg) <= rfc5424.UDP_MAX_BYTES
     parsed = parse_rfc5424(msg)
     assert parsed.facility == 16 and parsed.hostname == "nodea"
@@ -523,4 +563,6 @@ def test_build_notifiers_from_the_config_section() -> None:
     with pytest.raises(ConfigError, match=r"alarms.notify\[0\].url"):
         build_notifiers([NotifySection(kind="syslog", url="http://127.0.0.1:514")])
     with pytest.raises(ConfigError, match="configured twice"):
-        build_notifiers([NotifySection(kind="webhook", url="http://a/"), NotifySection(kind="webhook", url="http://a/")])
+        build_notifiers(
+            [NotifySection(kind="webhook", url="http://a/"), NotifySection(kind="webhook", url="http://a/")]
+        )

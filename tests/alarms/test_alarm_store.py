@@ -52,7 +52,11 @@ def test_raise_is_idempotent(store: AlarmStore) -> None:
     assert created
     assert first.id > 0 and first.fingerprint == FP and first.active
     assert (first.source, first.service_name, first.role_name, first.host_name) == (
-        "cluster-1", "Flink", "FlinkServer", "node-b")
+        "cluster-1",
+        "Flink",
+        "FlinkServer",
+        "node-b",
+    )
     assert first.raised_at == at(0) and first.raised_at.tzinfo is not None
 
     again, created = store.raise_alarm(IDENT, "peer_agent_down", "cause=peer_agent_down", at(60))
@@ -181,8 +185,12 @@ def test_alarms_survive_a_restart(stores: Stores) -> None:
 def test_diagnosis_is_stored_with_the_alarm(stores: Stores) -> None:
     store = stores.open()
     alarm, _ = store.raise_alarm(IDENT, "junk_file", "x", at(0))
-    diagnosis = {"cause": "junk_file", "steps": [{"id": "network", "verdict": "ok", "evidence": "ping ok"}],
-                 "fixed": ["conf/sedXyZ12"], "cleared": True}
+    diagnosis = {
+        "cause": "junk_file",
+        "steps": [{"id": "network", "verdict": "ok", "evidence": "ping ok"}],
+        "fixed": ["conf/sedXyZ12"],
+        "cleared": True,
+    }
     store.set_diagnosis(alarm.id, diagnosis)
     got = store.get(alarm.id)
     assert got is not None and got.diagnosis == diagnosis
@@ -275,8 +283,12 @@ def test_enqueue_outside_a_raise(store: AlarmStore) -> None:
     alarm, _ = store.raise_alarm(IDENT, "disk_full", "x", at(0))
     store.enqueue(alarm.id, "raise", "webhook:late", alarm.to_json())
     (item,) = store.pending()
-    assert (item.alarm_row, item.event, item.notifier, item.payload) == (alarm.id, "raise", "webhook:late",
-                                                                          alarm.to_json())
+    assert (item.alarm_row, item.event, item.notifier, item.payload) == (
+        alarm.id,
+        "raise",
+        "webhook:late",
+        alarm.to_json(),
+    )
     with pytest.raises(ValueError):
         store.enqueue(alarm.id, "bogus", "webhook:late", {})  # type: ignore[arg-type]
 
@@ -326,8 +338,10 @@ def test_migrations_are_recorded_and_idempotent(stores: Stores) -> None:
 
 def test_a_newer_schema_is_refused(stores: Stores) -> None:
     stores.open().close()
-    stores.sql(f"INSERT INTO schema_version (version, description, applied_at) VALUES"
-               f" ({SCHEMA_VERSION + 1}, 'from the future', '2030-01-01T00:00:00+00:00')")
+    stores.sql(
+        f"INSERT INTO schema_version (version, description, applied_at) VALUES"
+        f" ({SCHEMA_VERSION + 1}, 'from the future', '2030-01-01T00:00:00+00:00')"
+    )
     with pytest.raises(StoreError, match="newer than this hasync"):
         stores.open()
 
@@ -370,14 +384,17 @@ def test_mask_url() -> None:
     assert mask_url("postgresql://hasync:s3cr%40t@db:5432/alarms") == "postgresql://hasync:***@db:5432/alarms"
     assert mask_url("postgresql://hasync@db/alarms") == "postgresql://hasync@db/alarms"
     assert mask_url("postgresql://db/alarms?user=u&password=pw&sslmode=require") == (
-        "postgresql://db/alarms?user=u&password=***&sslmode=require")
+        "postgresql://db/alarms?user=u&password=***&sslmode=require"
+    )
     assert mask_url("http://u:p@am:9093") == "http://u:***@am:9093"
 
 
 def test_pg_password_never_in_error_messages(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    for url in (f"postgresql://hasync:Sup3rS3cret%21@127.0.0.1:{port}/alarms",
-                f"postgresql://127.0.0.1:{port}/alarms?user=hasync&password=Sup3rS3cret!"):
+    for url in (
+        f"postgresql://hasync:Sup3rS3cret%21@127.0.0.1:{port}/alarms",
+        f"postgresql://127.0.0.1:{port}/alarms?user=hasync&password=Sup3rS3cret!",
+    ):
         with pytest.raises(StoreError) as err:
             open_store(url, tmp_path, connect_timeout_s=2)
         message = str(err.value)

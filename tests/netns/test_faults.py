@@ -67,9 +67,7 @@ def started(pair: NsPair, quiet: bool = True) -> dict[str, tuple[Any, ...]]:
     return pair.tree("a")
 
 
-def one_alarm(
-    pair: NsPair, cause: str, figures: dict[str, Any] | None = None, after: str = ""
-) -> dict[str, Any]:
+def one_alarm(pair: NsPair, cause: str, figures: dict[str, Any] | None = None, after: str = "") -> dict[str, Any]:
     """The standby raised exactly one alarm for the fault (raised after `after`, an ISO time), with `cause`,
     and cleared it. The active may hold a record of the same alarm (same fingerprint) when the standby
     was unreachable for [check] takeover_after checks: that takeover is documented (keeper.py) and
@@ -357,8 +355,12 @@ def test_6_junk_and_unreadable_files(netns_pair: Callable[..., NsPair], figures:
     assert doc["fixed"] == [f"node-a: deleted junk file {junk} (size 0, mode 0000)"], doc["fixed"]
     assert code == 1 and doc["cleared"] is False and locked.exists(), doc
     t = time.monotonic()
-    wait_for(lambda: [a["cause"] for a in pair.active_alarms()] == ["permission_denied"], 2 * INTERVAL + 5,
-             interval=0.05, what="the alarm's cause to become permission_denied")
+    wait_for(
+        lambda: [a["cause"] for a in pair.active_alarms()] == ["permission_denied"],
+        2 * INTERVAL + 5,
+        interval=0.05,
+        what="the alarm's cause to become permission_denied",
+    )
     figures["cause_update_s"] = time.monotonic() - t
     code, doc, _ = pair.diagnose()
     assert doc["cause"] == "permission_denied", doc
@@ -550,14 +552,18 @@ def test_9_standby_clock_skew(netns_pair: Callable[..., NsPair], figures: dict[s
     pair.b.kill9()
     workers.chmod(0)
     taken = wait_for(
-        lambda: [a for a in pair.node_alarms("a") if a["cleared_at"] is None], 4 * INTERVAL + 5, interval=0.05,
+        lambda: [a for a in pair.node_alarms("a") if a["cleared_at"] is None],
+        4 * INTERVAL + 5,
+        interval=0.05,
         what="the active to take the alarm over",
     )[0]
     assert taken["cause"] == "peer_agent_down"
     pair.b.start()
     wait_for(
         lambda: [a["cause"] for a in pair.node_alarms("a") if a["cleared_at"] is None] == ["permission_denied"],
-        4 * INTERVAL + 5, interval=0.05, what="the active's alarm to name the standby's cause",
+        4 * INTERVAL + 5,
+        interval=0.05,
+        what="the active's alarm to name the standby's cause",
     )
     assert len(pair.node_alarms("b")) == 1, "the standby raised no second alarm"
     workers.chmod(0o644)

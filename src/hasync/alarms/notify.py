@@ -98,9 +98,10 @@ async def _post_json(url: str, body: Any, *, timeout_s: float, headers: dict[str
     secrets = url_secrets(url)
     try:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-            url, json=body, headers=headers
-        ) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, json=body, headers=headers) as resp,
+        ):
             if resp.status // 100 != 2:
                 text = one_line((await resp.text(errors="replace"))[:200] or resp.reason or "", secrets)
                 raise NotifyError(f"{where}: HTTP {resp.status}: {text}")
@@ -128,8 +129,9 @@ class WebhookNotifier:
 
     async def send(self, item: OutboxItem) -> None:
         headers = {"Idempotency-Key": f"{item.payload.get('fingerprint')}:{item.alarm_row}:{item.event}"}
-        await _post_json(self.url, {"event": item.event, "alarm": item.payload}, timeout_s=self.timeout_s,
-                         headers=headers)
+        await _post_json(
+            self.url, {"event": item.event, "alarm": item.payload}, timeout_s=self.timeout_s, headers=headers
+        )
 
 
 class AlertmanagerNotifier:
@@ -222,8 +224,9 @@ class SyslogNotifier:
 
     def message(self, item: OutboxItem) -> bytes:
         max_bytes = rfc5424.UDP_MAX_BYTES if self.transport == "udp" else None
-        return rfc5424.format_event(item.event, item.payload, hostname=self.hostname, facility=self.facility,
-                                    max_bytes=max_bytes)
+        return rfc5424.format_event(
+            item.event, item.payload, hostname=self.hostname, facility=self.facility, max_bytes=max_bytes
+        )
 
     async def send(self, item: OutboxItem) -> None:
         msg = self.message(item)
@@ -278,8 +281,9 @@ def build_notifiers(
         notifier: Notifier
         try:
             if section.kind == "alertmanager":
-                notifier = AlertmanagerNotifier(section.url, timeout_s=timeout_s, resend_s=resend_s,
-                                                resolved_retention_s=resolved_retention_s)
+                notifier = AlertmanagerNotifier(
+                    section.url, timeout_s=timeout_s, resend_s=resend_s, resolved_retention_s=resolved_retention_s
+                )
             elif section.kind == "webhook":
                 notifier = WebhookNotifier(section.url, timeout_s=timeout_s)
             elif section.kind == "syslog":
@@ -375,7 +379,10 @@ class Dispatcher:
         self._note_success(item.notifier)
         log.info(
             "alarm notified event=%s fingerprint=%s notifier=%s attempts=%d",
-            item.event, item.payload.get("fingerprint"), item.notifier, item.attempts,
+            item.event,
+            item.payload.get("fingerprint"),
+            item.notifier,
+            item.attempts,
         )
         return True
 

@@ -14,9 +14,26 @@ MSGID = "ALM45641"
 SD_ID = "alarm@32473"
 
 FACILITIES = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
-    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
-    "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    "local0": 16,
+    "local1": 17,
+    "local2": 18,
+    "local3": 19,
+    "local4": 20,
+    "local5": 21,
+    "local6": 22,
+    "local7": 23,
 }
 # Alarm severity -> syslog severity of the raise; a clear is always "notice".
 SEVERITIES = {"Critical": 2, "Major": 3, "Minor": 4, "Warning": 4}
@@ -68,9 +85,7 @@ def format_event(
     severity = CLEAR_SEVERITY if clear else SEVERITIES.get(str(alarm.get("severity")), 3)
     stamp = (alarm.get("cleared_at") if clear else None) or alarm.get("raised_at") or "-"
     host = _header_field(hostname if hostname is not None else socket.gethostname(), 255)
-    header = (
-        f"<{facility * 8 + severity}>1 {_header_field(str(stamp), 64)} {host} {APP_NAME} {os.getpid()} {MSGID} "
-    )
+    header = f"<{facility * 8 + severity}>1 {_header_field(str(stamp), 64)} {host} {APP_NAME} {os.getpid()} {MSGID} "
     params = {
         "alarmId": alarm.get("alarm_id"),
         "event": event,

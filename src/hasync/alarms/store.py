@@ -113,11 +113,9 @@ class AlarmStore(Protocol):
         item for `lease_s`: no other caller gets it until then or until `mark_failed` reschedules it."""
         ...
 
-    def mark_sent(self, item_id: int, at: datetime | None = None) -> None:
-        ...
+    def mark_sent(self, item_id: int, at: datetime | None = None) -> None: ...
 
-    def mark_failed(self, item_id: int, next_try_at: datetime, error: str) -> None:
-        ...
+    def mark_failed(self, item_id: int, next_try_at: datetime, error: str) -> None: ...
 
     def pending(self) -> list[OutboxItem]:
         """Every unsent outbox item, oldest first (for status and tests)."""
@@ -132,11 +130,9 @@ class AlarmStore(Protocol):
         """Delete sent outbox items of alarms cleared before `before`; return how many."""
         ...
 
-    def schema_version(self) -> int:
-        ...
+    def schema_version(self) -> int: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 def mask_url(url: str) -> str:
@@ -201,4 +197,4 @@ def open_store(store: str, state_dir: Path, **options: Any) -> AlarmStore:
         from hasync.alarms.pg_store import PgStore
 
         return PgStore(store, **options)
-    raise StoreError(f"alarm store {mask_url(store)!r}: unknown store, expected \"sqlite\" or a postgresql:// URL")
+    raise StoreError(f'alarm store {mask_url(store)!r}: unknown store, expected "sqlite" or a postgresql:// URL')

@@ -15,8 +15,14 @@ from hasync.cli.common import config_option, handle_errors, json_option, print_j
 @config_option
 @click.option("--alarm", "fingerprint", metavar="FP", help="the alarm to diagnose (default: the active one)")
 @click.option("--fix", is_flag=True, help="prune backup sets and delete junk files; nothing else is changed")
-@click.option("--window", "window_s", type=float, default=None, metavar="SECONDS",
-              help="ha_log step: seconds before and after the alarm (default [diagnose] window_s)")
+@click.option(
+    "--window",
+    "window_s",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="ha_log step: seconds before and after the alarm (default [diagnose] window_s)",
+)
 @json_option
 @handle_errors
 def diagnose(config_path: str, fingerprint: str | None, fix: bool, window_s: float | None, as_json: bool) -> None:

@@ -82,8 +82,17 @@ def storage_facts(cfg: Config) -> dict[str, Any]:
             probe = probe.parent  # a missing dir: measure the file system it would be on
         try:
             free, total = free_bytes(probe)
-            out.append({"kind": kind, "name": name, "path": str(path), "free": free, "total": total,
-                        "device": os.stat(probe).st_dev, "exists": path.exists()})
+            out.append(
+                {
+                    "kind": kind,
+                    "name": name,
+                    "path": str(path),
+                    "free": free,
+                    "total": total,
+                    "device": os.stat(probe).st_dev,
+                    "exists": path.exists(),
+                }
+            )
         except OSError as exc:
             out.append({"kind": kind, "name": name, "path": str(path), "error": exc.strerror or str(exc)})
     sets = [{"name": p.name, "bytes": _tree_bytes(p)} for p in backups(cfg).sets()]
@@ -128,7 +137,8 @@ def file_facts(cfg: Config) -> dict[str, Any]:
                 if blocked and len(unreadable) < MAX_FINDINGS:
                     unreadable.append(info)
             dirnames[:] = [
-                n for n in dirnames
+                n
+                for n in dirnames
                 if os.access(os.path.join(dirpath, n), os.R_OK | os.X_OK)
                 and not excluded(f"{rel_dir}/{n}" if rel_dir else n, n)
             ]

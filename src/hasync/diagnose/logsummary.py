@@ -25,9 +25,16 @@ def summarize(log_dir: Path, start: datetime, end: datetime, mask: Callable[[str
         g = groups.get(key)
         when = rec.ts.isoformat(timespec="milliseconds")
         if g is None:
-            groups[key] = {"level": rec.level, "component": rec.component, "event": rec.event, "count": 1,
-                           "first": when, "last": when, "example": mask(rec.text.splitlines()[0][:400]),
-                           "source": rec.source}
+            groups[key] = {
+                "level": rec.level,
+                "component": rec.component,
+                "event": rec.event,
+                "count": 1,
+                "first": when,
+                "last": when,
+                "example": mask(rec.text.splitlines()[0][:400]),
+                "source": rec.source,
+            }
         else:
             g["count"] += 1
             g["last"] = when

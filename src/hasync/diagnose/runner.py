@@ -23,9 +23,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("hasync.diagnose")
 
 
-async def run(cfg: Config, role: str, local: Node, peer_client: AgentClient, local_client: AgentClient | None,
-              fix: bool, alarm: dict[str, Any] | None, window_s: float | None = None,
-              standby_status: dict[str, Any] | None = None) -> Diagnosis:
+async def run(
+    cfg: Config,
+    role: str,
+    local: Node,
+    peer_client: AgentClient,
+    local_client: AgentClient | None,
+    fix: bool,
+    alarm: dict[str, Any] | None,
+    window_s: float | None = None,
+    standby_status: dict[str, Any] | None = None,
+) -> Diagnosis:
     """The whole procedure. `alarm` is the alarm's JSON (to_json), or None for the pair as it is now."""
     window_s = cfg.diagnose.window_s if window_s is None else window_s
     now = now_utc()
@@ -34,10 +42,23 @@ async def run(cfg: Config, role: str, local: Node, peer_client: AgentClient, loc
         window = (t - timedelta(seconds=window_s), t + timedelta(seconds=window_s))
     else:
         window = (now - timedelta(seconds=window_s), now)
-    ctx = Context(cfg, role, local, AgentNode(cfg.peer.name, peer_client), peer_client, local_client, fix, window,
-                  alarm, standby_status=standby_status)
-    d = Diagnosis(alarm=None if alarm is None else alarm["fingerprint"], node=cfg.node.name,
-                  started_at=now.astimezone().isoformat(timespec="seconds"))
+    ctx = Context(
+        cfg,
+        role,
+        local,
+        AgentNode(cfg.peer.name, peer_client),
+        peer_client,
+        local_client,
+        fix,
+        window,
+        alarm,
+        standby_status=standby_status,
+    )
+    d = Diagnosis(
+        alarm=None if alarm is None else alarm["fingerprint"],
+        node=cfg.node.name,
+        started_at=now.astimezone().isoformat(timespec="seconds"),
+    )
     d.steps.append(await _guard("network", network.run(ctx)))
     if ctx.standby_status is None:
         ctx.standby_status = await _standby_status(ctx)
@@ -69,7 +90,8 @@ def _name_leftover_cause(d: Diagnosis, ctx: Context) -> None:
     reasons = "; ".join(f"{e['dir']}/{e['path']}: {e['reason']}" for e in errors[:5])
     step.verdict, step.cause = "fault", cause
     step.evidence = (step.evidence + "\n" if step.evidence else "") + (
-        f"the standby reports: {reasons}" if reasons else "the standby is not in sync and reports no error")
+        f"the standby reports: {reasons}" if reasons else "the standby is not in sync and reports no error"
+    )
     step.action = step.action or "See the ha_log step; if it does not explain the fault, collect the fault information."
 
 

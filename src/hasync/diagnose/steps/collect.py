@@ -30,6 +30,8 @@ def run(ctx: Context, unresolved: bool, cleared: bool | None) -> Step:
         return step
     step.verdict = "fault"
     step.evidence = "the fault is not resolved"
-    step.action = (f"Run `{command(ctx)}` and give the bundle (the logs of both nodes for the minutes around the "
-                   "alarm, the alarm records, a status snapshot and the configs with secrets masked) to O&M.")
+    step.action = (
+        f"Run `{command(ctx)}` and give the bundle (the logs of both nodes for the minutes around the "
+        "alarm, the alarm records, a status snapshot and the configs with secrets masked) to O&M."
+    )
     return step

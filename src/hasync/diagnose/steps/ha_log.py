@@ -15,8 +15,9 @@ TITLE = "View the HA run logs from before to after the alarm"
 async def run(ctx: Context) -> Step:
     step = Step("ha_log", TITLE)
     start, end = ctx.window
-    evidence = [f"window {start.astimezone().isoformat(timespec='seconds')} .. "
-                f"{end.astimezone().isoformat(timespec='seconds')}"]
+    evidence = [
+        f"window {start.astimezone().isoformat(timespec='seconds')} .. {end.astimezone().isoformat(timespec='seconds')}"
+    ]
     causes: Counter[str] = Counter()
     errors = 0
     looked = 0
@@ -33,8 +34,9 @@ async def run(ctx: Context) -> Step:
         evidence.append(f"{name}: {doc['errors']} ERROR and {doc['warnings']} WARN entries (files read: {files})")
         for g in doc["groups"]:
             span = g["first"] if g["count"] == 1 else f"{g['first']} .. {g['last']}"
-            evidence.append(f"{name} {g['level']} x{g['count']} [{g['component']}] {g['event']} ({span}); "
-                            f"e.g. {g['example']}")
+            evidence.append(
+                f"{name} {g['level']} x{g['count']} [{g['component']}] {g['event']} ({span}); e.g. {g['example']}"
+            )
         if doc["more_groups"]:
             evidence.append(f"{name}: {doc['more_groups']} more kinds of message")
     if looked == 0:
@@ -46,8 +48,10 @@ async def run(ctx: Context) -> Step:
         step.verdict = "fault"
         known = [c for c, _ in causes.most_common() if c in Cause._value2member_map_]
         step.cause = Cause(known[0]) if known else None
-        step.action = ("Rectify the fault the ERROR entries name (the most frequent cause: "
-                       f"{known[0] if known else 'none named'}); the alarm clears by itself once the pair is in sync.")
+        step.action = (
+            "Rectify the fault the ERROR entries name (the most frequent cause: "
+            f"{known[0] if known else 'none named'}); the alarm clears by itself once the pair is in sync."
+        )
     else:
         step.verdict = "ok"
     step.evidence = "\n".join(evidence)

@@ -20,8 +20,16 @@ async def ping(host: str, timeout_s: float = 2.0) -> tuple[bool | None, str]:
     if exe is None:
         return None, "ping: not installed (iputils-ping)"
     proc = await asyncio.create_subprocess_exec(
-        exe, "-c", "1", "-W", str(max(1, int(timeout_s))), "-n", host,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        exe,
+        "-c",
+        "1",
+        "-W",
+        str(max(1, int(timeout_s))),
+        "-n",
+        host,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout_s + 3)
     except TimeoutError:
@@ -70,8 +78,10 @@ async def run(ctx: Context) -> Step:
         except AuthFailed:
             evidence.append("authenticated request: rejected (HTTP 401): the nodes do not share one token")
             step.verdict, step.cause = "fault", Cause.AUTH_FAILED
-            step.action = (f"Give both nodes the same token: compare the file of [security] token_file on "
-                           f"{ctx.cfg.node.name} and {peer}, then restart the agent whose token changed.")
+            step.action = (
+                f"Give both nodes the same token: compare the file of [security] token_file on "
+                f"{ctx.cfg.node.name} and {peer}, then restart the agent whose token changed."
+            )
         except PeerError as exc:
             evidence.append(f"authenticated request: failed: {exc.message}")
             step.verdict, step.cause = "fault", exc.cause
@@ -80,13 +90,17 @@ async def run(ctx: Context) -> Step:
             step.verdict = "ok"
     elif tcp == "refused" or (tcp == "timeout" and answered):
         step.verdict, step.cause = "fault", Cause.PEER_AGENT_DOWN
-        step.action = (f"The host {host} answers but the hasync agent on {peer} does not: start it "
-                       f"(systemctl start hasync-agent, or `hasync agent -c <config>` on {peer}).")
+        step.action = (
+            f"The host {host} answers but the hasync agent on {peer} does not: start it "
+            f"(systemctl start hasync-agent, or `hasync agent -c <config>` on {peer})."
+        )
     else:
         step.verdict, step.cause = "fault", Cause.PEER_UNREACHABLE
-        step.action = (f"The link between {ctx.cfg.node.name} and {peer} ({host}) is down: check cables, routes "
-                       f"and firewalls, or contact the network administrator; the alarm clears by itself once "
-                       f"the link is back.")
+        step.action = (
+            f"The link between {ctx.cfg.node.name} and {peer} ({host}) is down: check cables, routes "
+            f"and firewalls, or contact the network administrator; the alarm clears by itself once "
+            f"the link is back."
+        )
     ctx.peer_ok = step.verdict == "ok"
     step.evidence = "\n".join(evidence)
     return step

@@ -32,8 +32,10 @@ async def run(ctx: Context) -> tuple[Step, bool | None]:
             async for event in client.stream_json("POST", f"{API}/sync", timeout=600):
                 if event.get("event") == "result":
                     result = event
-            evidence.append(f"sync: {'in sync' if result.get('in_sync') else 'not in sync'}, "
-                            f"{result.get('files', 0)} files transferred")
+            evidence.append(
+                f"sync: {'in sync' if result.get('in_sync') else 'not in sync'}, "
+                f"{result.get('files', 0)} files transferred"
+            )
         else:
             evidence.append("no fix was made: check only")
         verdict = await client.json("POST", f"{API}/check", timeout=60)
@@ -41,11 +43,16 @@ async def run(ctx: Context) -> tuple[Step, bool | None]:
         cleared: bool | None = bool(verdict["in_sync"])
         if ctx.alarm is not None:
             docs = await client.json("GET", f"{API}/alarms?all=1&pair=1", timeout=30)
-            mine = [d for d in docs if d["fingerprint"] == ctx.alarm["fingerprint"]
-                    and d["raised_at"] == ctx.alarm["raised_at"]]
+            mine = [
+                d
+                for d in docs
+                if d["fingerprint"] == ctx.alarm["fingerprint"] and d["raised_at"] == ctx.alarm["raised_at"]
+            ]
             cleared = bool(mine) and mine[0]["cleared_at"] is not None
-            evidence.append(f"alarm {ctx.alarm['fingerprint']}: "
-                            + (f"cleared at {mine[0]['cleared_at']}" if cleared else "still active"))
+            evidence.append(
+                f"alarm {ctx.alarm['fingerprint']}: "
+                + (f"cleared at {mine[0]['cleared_at']}" if cleared else "still active")
+            )
     except (PeerError, KeyError, json.JSONDecodeError) as exc:
         step.verdict = "error"
         step.evidence = "\n".join([*evidence, f"failed: {exc}"])
@@ -53,6 +60,9 @@ async def run(ctx: Context) -> tuple[Step, bool | None]:
     step.verdict = "ok" if cleared else "fault"
     step.evidence = "\n".join(evidence)
     if not cleared:
-        step.action = ("The fix did not bring the pair in sync: see the ha_log step and collect the fault information."
-                       if ctx.fixed else "Apply the actions above (or `hasync diagnose --fix`), then check again.")
+        step.action = (
+            "The fix did not bring the pair in sync: see the ha_log step and collect the fault information."
+            if ctx.fixed
+            else "Apply the actions above (or `hasync diagnose --fix`), then check again."
+        )
     return step, cleared if ctx.fixed else None

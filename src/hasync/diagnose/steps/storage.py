@@ -21,21 +21,27 @@ def _places(name: str, doc: dict[str, Any]) -> list[str]:
         used = 100 * (1 - p["free"] / p["total"]) if p["total"] else 100.0
         dup = " (same file system as above)" if p["device"] in seen else ""
         seen.add(p["device"])
-        lines.append(f"{name} {p['name']} {p['path']}: {human_bytes(p['free'])} free of "
-                     f"{human_bytes(p['total'])} ({used:.0f}% used){dup}")
+        lines.append(
+            f"{name} {p['name']} {p['path']}: {human_bytes(p['free'])} free of "
+            f"{human_bytes(p['total'])} ({used:.0f}% used){dup}"
+        )
     sets = doc["backup_sets"]
     total = sum(s["bytes"] for s in sets)
-    lines.append(f"{name} backup sets: {len(sets)} (max_copies {doc['max_copies']}), {human_bytes(total)}"
-                 + (f", oldest {sets[0]['name']}, newest {sets[-1]['name']}" if sets else ""))
+    lines.append(
+        f"{name} backup sets: {len(sets)} (max_copies {doc['max_copies']}), {human_bytes(total)}"
+        + (f", oldest {sets[0]['name']}, newest {sets[-1]['name']}" if sets else "")
+    )
     return lines
 
 
 def _short(doc: dict[str, Any], errors: list[dict[str, Any]], min_free: int) -> list[str]:
     """Why the standby lacks space: its disk_full errors, and places under the minimum."""
-    out = [f"could not write {e['dir']}/{e['path']} ({human_bytes(e.get('size', 0))}): {e['reason']}"
-           for e in errors]
-    out += [f"{p['name']} has {human_bytes(p['free'])} free, less than the minimum {human_bytes(min_free)}"
-            for p in doc["places"] if "free" in p and p["free"] < min_free and p.get("exists", True)]
+    out = [f"could not write {e['dir']}/{e['path']} ({human_bytes(e.get('size', 0))}): {e['reason']}" for e in errors]
+    out += [
+        f"{p['name']} has {human_bytes(p['free'])} free, less than the minimum {human_bytes(min_free)}"
+        for p in doc["places"]
+        if "free" in p and p["free"] < min_free and p.get("exists", True)
+    ]
     return out
 
 
@@ -74,13 +80,17 @@ async def run(ctx: Context) -> Step:
         backup_free = next((p["free"] for p in after["places"] if p["kind"] == "backup" and "free" in p), 0)
         evidence.append(f"after pruning {len(removed)} backup set(s): " + "; ".join(_places("standby", after)))
         if still or (errors and backup_free < need):
-            step.action = (f"Pruned {len(removed)} backup set(s), still short of space ({human_bytes(need)} needed): "
-                           f"free space on the standby's file systems by hand, or lower [backup] max_copies.")
+            step.action = (
+                f"Pruned {len(removed)} backup set(s), still short of space ({human_bytes(need)} needed): "
+                f"free space on the standby's file systems by hand, or lower [backup] max_copies."
+            )
         else:
             step.action = f"Pruned {len(removed)} backup set(s) (the newest kept); space is sufficient now."
     else:
-        step.action = ("Run `hasync diagnose --fix` to prune the backup sets to [backup] max_copies (further, "
-                       "oldest first, if still full; never the newest), or free space on the standby; "
-                       f"{human_bytes(need)} are needed.")
+        step.action = (
+            "Run `hasync diagnose --fix` to prune the backup sets to [backup] max_copies (further, "
+            "oldest first, if still full; never the newest), or free space on the standby; "
+            f"{human_bytes(need)} are needed."
+        )
     step.evidence = "\n".join(evidence)
     return step

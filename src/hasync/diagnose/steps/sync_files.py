@@ -34,8 +34,10 @@ async def run(ctx: Context) -> Step:
         for m in doc["missing"]:
             causes.append(Cause.SOURCE_MISSING)
             evidence.append(f"{name}: sync dir {m['dir']!r} does not exist: {m['path']}")
-            actions.append(f"on {name}: create {m['path']} (mkdir -p {shlex.quote(m['path'])}) with the owner "
-                           f"and mode of the other node's, or correct [[sync.dirs]] path")
+            actions.append(
+                f"on {name}: create {m['path']} (mkdir -p {shlex.quote(m['path'])}) with the owner "
+                f"and mode of the other node's, or correct [[sync.dirs]] path"
+            )
         listed = [("junk", f) for f in doc["junk"]] + [("unreadable", f) for f in doc["unreadable"]]
         if not listed:
             continue
@@ -60,8 +62,10 @@ async def run(ctx: Context) -> Step:
             if their:
                 actions.append(f"on {name}: chmod {their['mode']} {q} && chown {their['owner']}:{their['group']} {q}")
             else:
-                actions.append(f"on {name}: chmod u+r{'x' if f['type'] == 'dir' else ''} {q} "
-                               f"(the other node has no such path to copy the mode from)")
+                actions.append(
+                    f"on {name}: chmod u+r{'x' if f['type'] == 'dir' else ''} {q} "
+                    f"(the other node has no such path to copy the mode from)"
+                )
         if junk_paths:
             if ctx.fix:
                 node = ctx.local if name == ctx.cfg.node.name else ctx.peer
@@ -69,8 +73,10 @@ async def run(ctx: Context) -> Step:
                 ctx.fixed += [f"{name}: {d}" for d in done]
                 actions.append(f"deleted {len(done)} junk file(s) on {name}")
             else:
-                actions.append(f"run `hasync diagnose --fix` to delete the {len(junk_paths)} junk file(s) on {name}"
-                               f" (only files named sed*, of size 0 and mode 0000 are deleted)")
+                actions.append(
+                    f"run `hasync diagnose --fix` to delete the {len(junk_paths)} junk file(s) on {name}"
+                    f" (only files named sed*, of size 0 and mode 0000 are deleted)"
+                )
     # What the standby itself failed to write for lack of permission.
     for e in (ctx.standby_status or {}).get("errors", []):
         if e.get("cause") == Cause.PERMISSION_DENIED.value and "(on the standby)" in e.get("reason", ""):
