@@ -181,7 +181,9 @@ def test_kill9_standby_mid_transfer_then_restart_converges(make_pair) -> None:  
     env.b.start()
     env.wait_in_sync(120)
     assert temp_files(env.dst) == []
-    assert "removed leftover temp files" in (env.pair.base / "logs" / "node-b" / "ha.log").read_text()
+    # Small files' temp files are removed at the restart; a big file's partial one is resumed (test_resume.py).
+    log = (env.pair.base / "logs" / "node-b" / "ha.log").read_text()
+    assert "removed leftover temp files" in log or "partial transfers kept to resume" in log
 
 
 def test_unreadable_files_on_active_reported_rest_syncs(make_pair) -> None:  # type: ignore[no-untyped-def]

@@ -202,3 +202,38 @@ def test_hostile_change_feed_is_refused_by_a_running_standby(hostile: tuple[Pair
     assert not (env.pair.base / "data" / "via-changes").exists()
     assert not (env.pair.base / "via-changes").exists()
     assert not Path("/abs-change").exists()
+
+
+def test_a_malformed_resume_offer_is_refused(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair()
+    (env.src / "conf" / "a.yaml").write_text("a")
+    env.a.start()
+    wait_for(lambda: http(f"http://127.0.0.1:{env.pair.port_a}/v1/info", env.a.token)[0] == 200, 30)
+
+    def post(resume: list[Any]) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{env.pair.port_a}/v1/files",
+            data=pack({"dir": "conf", "paths": [b"a.yaml"], "resume": resume}),
+            headers={"Authorization": f"Bearer {env.a.token}", "Content-Type": MSGPACK},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    for bad in (
+        [[b"a.yaml", 0, b"\0" * 32]],  # offset 0
+        [[b"a.yaml", -1, b"\0" * 32]],
+        [[b"a.yaml", 1, b"short"]],  # not a BLAKE3 digest
+        [[b"../../etc/passwd", 1, b"\0" * 32]],  # a path outside the sync dir
+        [[b"a.yaml", 1]],  # not a triple
+        ["junk"],
+    ):
+        status, body = post(bad)
+        assert status == 400 and json.loads(body)["error"]["code"] == "path_refused", (bad, status, body)
+    # A well-formed offer that does not match the file's first bytes: the whole file, offset 0.
+    status, body = post([[b"a.yaml", 1, b"\0" * 32]])
+    assert status == 200
+    kind, n = body[0:1], int.from_bytes(body[1:5], "big")
+    assert kind == F_HEAD and unpack(body[5 : 5 + n])[-1] == 0

@@ -59,8 +59,10 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` so that a crash leaves the old or the new file, never a mix."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Write `data` to `path` so that a crash leaves the old or the new file, never a mix.
+    `durable=False` skips the fsyncs: after a power loss the file may be missing or empty (for
+    state whose loss only costs work, never data)."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / tmp_name()
@@ -71,7 +73,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -79,7 +82,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         with _suppress_enoent():
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 def fsync_dir(directory: Path | str) -> None:

@@ -246,8 +246,9 @@ def test_4_standby_killed_mid_transfer(netns_pair: Callable[..., NsPair], figure
     figures["converge_s"] = pair.wait_identical(60)
     files, data = pair.received()
     figures["received_after_restart_bytes"] = int(data)
-    assert (files, data) == (1, BIG)  # the one file, whole, once (no resume of the partial); nothing else
-    assert "removed leftover temp files" in (pair.base / "logs" / "node-b" / "ha.log").read_text()
+    # The one file, once, and only the part the kill cut off: the partial temp file was resumed.
+    assert (files, data) == (1, BIG - figures["killed_at_bytes"]), (files, data, figures["killed_at_bytes"])
+    assert "partial transfers kept to resume" in (pair.base / "logs" / "node-b" / "ha.log").read_text()
     assert_kept(before, pair)
     one = pair.node_alarms("a")
     assert len(one) == 1 and one[0]["cause"] == "peer_agent_down" and one[0]["cleared_at"], one

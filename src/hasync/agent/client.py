@@ -180,12 +180,18 @@ class AgentClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self.map_error(exc) from exc
 
-    async def files(self, dir_name: str, paths: list[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
-        """The frames of a file stream, as (type, payload), ending with F_DONE."""
+    async def files(
+        self, dir_name: str, paths: list[bytes], resume: list[tuple[bytes, int, bytes]] | None = None
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """The frames of a file stream, as (type, payload), ending with F_DONE. `resume`: (path, offset,
+        BLAKE3 of the first offset bytes) of the partial files this side holds."""
+        body: dict[str, Any] = {"dir": dir_name, "paths": paths}
+        if resume:
+            body["resume"] = [list(r) for r in resume]
         try:
             async with self.session.post(
                 self.base_url + f"{API}/files",
-                data=pack({"dir": dir_name, "paths": paths}),
+                data=pack(body),
                 headers={"Content-Type": MSGPACK},
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_read=self.timeout_s * 3),
             ) as resp:

@@ -183,10 +183,19 @@ class Agent:
         except KeyError:
             raise PathRefused(f"no sync dir named {name!r}") from None
         paths = [dec_path(p) for p in req["paths"]]
+        resume: dict[str, tuple[int, bytes]] = {}
+        for item in req.get("resume") or ():  # [path, offset, BLAKE3 of the first offset bytes]
+            try:
+                raw, offset, digest = item
+            except (TypeError, ValueError):
+                raise PathRefused(f"malformed resume entry {item!r:.80}") from None
+            if not isinstance(offset, int) or offset <= 0 or not isinstance(digest, bytes) or len(digest) != 32:
+                raise PathRefused(f"malformed resume entry {item!r:.80}")
+            resume[dec_path(raw)] = (offset, digest)
         side = self._active()
         resp = web.StreamResponse(headers={"Content-Type": FRAMES})
         await resp.prepare(request)
-        async for chunk in side.stream_files(name, paths):
+        async for chunk in side.stream_files(name, paths, resume):
             await resp.write(chunk)
         await resp.write_eof()
         return resp

@@ -215,15 +215,18 @@ class ActiveSide(Side):
         return out
 
     # -- file contents -----------------------------------------------------
-    async def stream_files(self, dir_name: str, paths: list[str]) -> AsyncIterator[bytes]:
-        """Frames of the requested files (docs/protocol.md): header, data, end; or an error frame."""
+    async def stream_files(
+        self, dir_name: str, paths: list[str], resume: dict[str, tuple[int, bytes]] | None = None
+    ) -> AsyncIterator[bytes]:
+        """Frames of the requested files (docs/protocol.md): header, data, end; or an error frame.
+        `resume`: for a path the standby holds the first bytes of, their length and BLAKE3."""
         d = self.cfg.sync_dir(dir_name)
         tree = self.trees.get(dir_name)
         buf = bytearray()
         with DirFds(d.path) as fds:
             for rel in paths:
                 known = tree.get(rel) if tree is not None else None
-                async for piece in self._file_frames(fds, rel, known):
+                async for piece in self._file_frames(fds, rel, known, (resume or {}).get(rel)):
                     if len(piece) >= FLUSH_AT:  # a big data chunk goes out as it is, not copied into buf
                         if buf:
                             yield bytes(buf)
@@ -237,9 +240,13 @@ class ActiveSide(Side):
         buf += frame(F_DONE)
         yield bytes(buf)
 
-    async def _file_frames(self, fds: DirFds, rel: str, known: Entry | None = None) -> AsyncIterator[bytes]:
+    async def _file_frames(
+        self, fds: DirFds, rel: str, known: Entry | None = None, resume: tuple[int, bytes] | None = None
+    ) -> AsyncIterator[bytes]:
         """The frames of one file. When `known` (our tree's entry) has the file's inode, size and mtime,
-        its digest is sent without hashing again; the fstat after the read still catches a change."""
+        its digest is sent without hashing again; the fstat after the read still catches a change.
+        With `resume` (offset, BLAKE3 of the standby's first bytes) matching our first bytes, the data
+        starts at that offset (the last field of F_HEAD); the digest in F_END is still the whole file's."""
         parent, _, name = rel.rpartition("/")
         wire = enc_path(rel)
         if self._ignored(rel):
@@ -270,9 +277,6 @@ class ActiveSide(Side):
             if not stat.S_ISREG(st.st_mode):
                 yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, "vanished"]))
                 return
-            yield frame(
-                F_HEAD, pack([wire, "f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid])
-            )
             trusted = (
                 known is not None
                 and known.kind == FILE
@@ -280,6 +284,18 @@ class ActiveSide(Side):
                 and (known.ino, known.size, known.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
             )
             h = None if trusted else blake3.blake3()
+            offset = 0
+            if resume is not None and 0 < resume[0] <= st.st_size:
+                prefix = await self._prefix(fd, resume[0])
+                if prefix.digest() == resume[1]:
+                    offset = resume[0]
+                    h = None if trusted else prefix
+                else:
+                    os.lseek(fd, 0, os.SEEK_SET)
+            head = [wire, "f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid]
+            if resume is not None:  # only a standby that offered a resume reads the offset field
+                head.append(offset)
+            yield frame(F_HEAD, pack(head))
             sent = 0
             while True:
                 chunk = os.read(fd, CHUNK)
@@ -293,7 +309,7 @@ class ActiveSide(Side):
                 if len(chunk) == CHUNK:
                     await asyncio.sleep(0)  # let other requests through during a big file
             after = os.fstat(fd)
-            changed = (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or sent != st.st_size
+            changed = (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or offset + sent != st.st_size
             digest = h.digest() if h is not None else known.digest  # type: ignore[union-attr]
             self.sent_files += 1
             self.sent_bytes += sent
@@ -302,6 +318,20 @@ class ActiveSide(Side):
             yield frame(F_END, pack([b"", False, exc.strerror or str(exc)]))
         finally:
             os.close(fd)
+
+    @staticmethod
+    async def _prefix(fd: int, n: int) -> blake3.blake3:
+        """BLAKE3 of the first `n` bytes of `fd`, read from its current offset (left at `n`)."""
+        h = blake3.blake3()
+        left = n
+        while left:
+            chunk = os.read(fd, min(CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+            await asyncio.sleep(0)  # let other requests through
+        return h
 
     def set_owner_mode(self, with_owner: bool) -> None:
         if with_owner != self.with_owner:

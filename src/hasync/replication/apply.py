@@ -19,6 +19,15 @@ from hasync.manifest import DIR, FILE, LINK, Entry, Tree
 
 
 @dataclass
+class Resume:
+    """Where a resumed transfer goes on: the partial temp file, its length, the hasher of its bytes."""
+
+    tmp: str
+    offset: int
+    hasher: blake3.blake3
+
+
+@dataclass
 class _Pending:
     rel: str
     parent: str
@@ -29,19 +38,39 @@ class _Pending:
 class FileWriter:
     """One incoming file, written to a temp name in its final directory."""
 
-    def __init__(self, applier: Applier, rel: str, meta: Entry) -> None:
+    def __init__(self, applier: Applier, rel: str, meta: Entry, resume: Resume | None = None) -> None:
+        """A new temp file; or, with `resume`, the partial temp file of an earlier transfer, cut back
+        to the offset the active agreed to send from, with the hasher of those bytes."""
         self.applier = applier
         self.rel = rel
         self.meta = meta
         self.parent, _, self.name = rel.rpartition("/")
         self.pfd = applier.parent_fd(self.parent)
-        self.tmp = tmp_name()
-        self.fd = os.open(
-            self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=self.pfd
-        )
-        self.hasher = blake3.blake3()
-        self.size = 0
         self.error: OSError | None = None  # the first write that failed; later writes are dropped
+        if resume is None:
+            self.tmp = tmp_name()
+            self.fd = os.open(
+                self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=self.pfd
+            )
+            self.hasher = blake3.blake3()
+            self.size = self.start = 0
+            return
+        self.tmp = resume.tmp
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.pfd)
+        try:
+            os.ftruncate(self.fd, resume.offset)
+            os.lseek(self.fd, resume.offset, os.SEEK_SET)
+        except BaseException:
+            self.abort()
+            raise
+        self.hasher = resume.hasher
+        self.size = self.start = resume.offset  # start: the bytes this transfer did not receive
+
+    def keep(self) -> None:
+        """Close the temp file and leave it for a later resume (its record says what it holds)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def write(self, data: bytes) -> None:
         """Append `data` (in the WritePipe's thread, or inline); a failure is kept in `error`."""
@@ -284,8 +313,8 @@ class Applier:
             ),
         )
 
-    def begin(self, rel: str, meta: Entry) -> FileWriter:
-        return FileWriter(self, rel, meta)
+    def begin(self, rel: str, meta: Entry, resume: Resume | None = None) -> FileWriter:
+        return FileWriter(self, rel, meta, resume)
 
     def take(self) -> list[_Pending]:
         """The written batch, handed over for `make_durable` then `commit`; a new batch starts."""
@@ -350,4 +379,4 @@ class Applier:
         self._restore_modes()
 
 
-__all__ = ["FILE", "LINK", "Applier", "FileWriter", "WritePipe"]
+__all__ = ["FILE", "LINK", "Applier", "FileWriter", "Resume", "WritePipe"]

@@ -32,6 +32,7 @@ from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec
 from hasync.quickcheck import QuickIndex, index_path
 from hasync.replication.apply import Applier, FileWriter, WritePipe
 from hasync.replication.base import Side
+from hasync.replication.partials import PartialTransfers
 
 log = logging.getLogger("hasync.standby")
 
@@ -104,16 +105,25 @@ class StandbySide(Side):
         self._kick_task: asyncio.Task[None] | None = None
         self._poll_abort = asyncio.Event()
         self._writes: ThreadPoolExecutor | None = None  # the WritePipe's thread, made on first use
+        self.resumes = PartialTransfers(cfg.node.state_dir)
 
     # -- lifecycle ---------------------------------------------------------
     async def load_local(self) -> None:
         """Scan the local trees (reusing the hash cache) and remove the temp files a crash left."""
+        await asyncio.to_thread(self.resumes.load, {d.name for d in self.cfg.sync.dirs})
         for d in self.cfg.sync.dirs:
             tree = self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
-            if tree is not None and tree.temps:
-                n = await asyncio.to_thread(remove_paths, tree.temps)
-                tree.temps.clear()
+            if tree is None:
+                continue
+            # Temp files a crash or an interruption left: removed, but for the partial transfers of big
+            # files, which the next fetch resumes (replication/partials.py).
+            remove, kept = self.resumes.keep_temps(d.name, d.path, tree.temps)
+            tree.temps.clear()
+            if remove:
+                n = await asyncio.to_thread(remove_paths, remove)
                 log.warning("removed leftover temp files %s", kv(dir=d.name, count=n))
+            if kept:
+                log.info("partial transfers kept to resume %s", kv(dir=d.name, count=kept))
 
     async def prepare(self) -> None:
         await self.load_local()
@@ -603,8 +613,10 @@ class StandbySide(Side):
         writer: FileWriter | None = None
         skip = False
         last_progress = 0.0
+        offers = await asyncio.to_thread(self.resumes.offers, d.name, applier.fds.get, batch)
+        offered = [(enc_path(rel), r.offset, r.hasher.digest()) for rel, r in offers.items()]
         try:
-            async for kind, payload in self.client.files(d.name, [enc_path(p) for p in batch]):
+            async for kind, payload in self.client.files(d.name, [enc_path(p) for p in batch], offered):
                 if kind == F_DATA:
                     if writer is not None and not skip:
                         await pipe.put(writer, payload)
@@ -613,16 +625,26 @@ class StandbySide(Side):
                         last_progress = time.monotonic()
                         progress(dict(tally, event="progress"))
                 elif kind == F_HEAD:
-                    raw, _kind, mode, size, mtime_ns, uid, gid = unpack(payload)
+                    raw, _kind, mode, size, mtime_ns, uid, gid, *more = unpack(payload)
                     rel = dec_path(raw)
                     if rel not in wanted:
                         raise PathRefused(f"the active sent {rel!r}, which was not asked for")
+                    offset = more[0] if more else 0
+                    offer = offers.pop(rel, None)
+                    if offset and (offer is None or offset != offer.offset):
+                        raise PathRefused(f"the active resumes {rel!r} at byte {offset!r}, which was not offered")
+                    if offer is not None and not offset:
+                        self.resumes.discard(d.name, rel, applier.fds.get)  # its file is not what we hold
                     meta = Entry(FILE, mode, size, mtime_ns, uid=uid, gid=gid)
                     skip = False
                     writer = None
                     try:
-                        writer = applier.begin(rel, meta)
+                        writer = applier.begin(rel, meta, offer if offset else None)
+                        self.resumes.started(d.name, writer)
+                        if offset:
+                            log.info("transfer resumed %s", kv(dir=d.name, path=rel, at=offset, size=size))
                     except (OSError, PathRefused) as exc:
+                        self.resumes.discard(d.name, rel, applier.fds.get)
                         self._guard(errors, d, rel, _raise, exc)
                         skip = True
                 elif kind == F_END:
@@ -645,7 +667,8 @@ class StandbySide(Side):
                         elif self._guard(errors, d, writer.rel, self._finish, writer, digest, retry):
                             tally["files"] += 1
                             self.received_files += 1
-                            self.received_bytes += writer.size
+                            self.received_bytes += writer.size - writer.start
+                        self.resumes.drop(d.name, writer.rel)  # renamed into place, or its temp removed
                     writer = None
                     if (
                         applier.pending_bytes > self.cfg.sync.batch_bytes
@@ -674,15 +697,23 @@ class StandbySide(Side):
             pipe.settle()
             if writer is not None and not skip:
                 writer.abort()
+                self.resumes.drop(d.name, writer.rel)
             self._refused(errors, d, "", b"(file stream)", exc)
         except BaseException:
+            # The peer went away, or we are stopping: a big file's temp file stays to be resumed.
             pipe.settle()
             if writer is not None and not skip:
-                writer.abort()
+                if self.resumes.holds(d.name, writer.rel):
+                    writer.keep()
+                else:
+                    writer.abort()
             raise
         pipe.settle()  # a stream that ended inside a file: nothing may still write to its fd
         if writer is not None and not skip:
             writer.abort()
+            self.resumes.drop(d.name, writer.rel)
+        for rel in offers:  # offered, not sent (vanished, unreadable): the partial is of no more use
+            self.resumes.discard(d.name, rel, applier.fds.get)
         self._flush(applier, d, errors)
         if progress:
             progress(dict(tally, event="progress"))
