@@ -301,8 +301,9 @@ def _change(data: Path, rng: random.Random, step: int) -> tuple[str, Path]:
         if jars:
             jars[0].unlink()
             return f"delete udf/{jars[0].name}", jars[0]
-    os.chmod(conf, 0o640 if step % 8 == 0 else 0o644)
-    return "chmod conf/flink-conf.yaml", conf
+    mode = 0o640 if conf.stat().st_mode & 0o777 == 0o644 else 0o644  # always a change to propagate
+    os.chmod(conf, mode)
+    return f"chmod {mode:o} conf/flink-conf.yaml", conf
 
 
 def _mirror(pair: Pair, path: Path) -> Path:
