@@ -106,3 +106,22 @@ def test_a_partial_that_is_not_the_files_prefix_is_sent_again_whole(
     assert data == BIG
     assert sha(env.dst / "udf" / "big.bin") == sha(env.src / "udf" / "big.bin")
     assert "transfer resumed" not in (env.pair.base / "logs" / "node-b" / "ha.log").read_text()
+
+
+def test_a_partial_whose_file_is_gone_from_the_active_is_removed(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair()
+    write_random(env.src / "udf" / "big.bin", BIG)
+    tmp = cut_mid_transfer(env)
+    (env.src / "udf" / "big.bin").unlink()
+    (env.src / "conf" / "after.yaml").write_text("x")
+    env.b.start()
+    wait_for(lambda: (env.dst / "conf" / "after.yaml").exists(), 60, what="the standby to reconcile")
+    env.wait_in_sync(60)
+    # The first reconcile had nothing to resume it into: neither the temp file nor its record is left.
+    wait_for(lambda: not tmp.exists(), 30, what="the partial temp file removed")
+    assert temp_files(env.dst) == []
+    assert not list((env.pair.base / "state" / "node-b" / "partials").glob("*"))
+    assert (
+        "partial transfers not needed any more, removed count=1"
+        in (env.pair.base / "logs" / "node-b" / "ha.log").read_text()
+    )

@@ -24,7 +24,7 @@ import blake3
 import msgpack
 
 from hasync.errors import PathRefused
-from hasync.fsutil import atomic_write, is_tmp_name
+from hasync.fsutil import DirFds, atomic_write, is_tmp_name
 from hasync.replication.apply import FileWriter, Resume
 
 RESUME_MIN = 8 << 20  # smaller files are sent again whole: a resume would save too little
@@ -190,3 +190,16 @@ class PartialTransfers:
         except (OSError, PathRefused):
             pass
         self.drop(dir_name, rel)
+
+    def discard_rest(self, dirs: dict[str, Path]) -> int:
+        """After a whole reconcile: the partials it did not resume are of no use (their file is gone
+        from the active, or already whole here); remove them. Returns how many."""
+        n = 0
+        for d, rel in [k for k in self.index if k[0] in dirs]:
+            try:
+                with DirFds(dirs[d]) as fds:
+                    self.discard(d, rel, fds.get)
+            except (OSError, PathRefused):
+                self.drop(d, rel)
+            n += 1
+        return n

@@ -330,6 +330,9 @@ class StandbySide(Side):
                 return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
             self.instance, self.seq = info["instance"], info["seq"]
             self.remote_roots = roots
+            stale = self.resumes.discard_rest({d.name: d.path for d in self.cfg.sync.dirs if d.name in plans})
+            if stale:
+                log.info("partial transfers not needed any more, removed %s", kv(count=stale))
             self._set_errors(errors, full=True)
             self._need_full = False
             self._last_full = time.monotonic()
