@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
+from hasync.alarms.model import Alarm, Event, Identity, OutboxItem, utc
+from hasync.alarms.sql import SqlStore
 from hasync.alarms.store import (
     ALARM_COLS,
-    DEFAULT_LEASE_S,
     MIGRATIONS,
     OUTBOX_COLS,
     SCHEMA_VERSION,
@@ -79,38 +79,7 @@ _SQL: dict[int, tuple[str, ...]] = {
 assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
 
 
-def _alarm(row: DictRow) -> Alarm:
-    return Alarm(
-        id=row["id"],
-        alarm_id=row["alarm_id"],
-        source=row["source"],
-        service_name=row["service_name"],
-        role_name=row["role_name"],
-        host_name=row["host_name"],
-        cause=row["cause"],
-        additional_info=row["additional_info"],
-        raised_at=utc(row["raised_at"]),
-        cleared_at=None if row["cleared_at"] is None else utc(row["cleared_at"]),
-        diagnosis=row["diagnosis"],
-    )
-
-
-def _item(row: DictRow) -> OutboxItem:
-    return OutboxItem(
-        id=row["id"],
-        alarm_row=row["alarm_row"],
-        event=cast(Event, row["event"]),
-        notifier=row["notifier"],
-        payload=row["payload"],
-        created_at=utc(row["created_at"]),
-        next_try_at=utc(row["next_try_at"]),
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        sent_at=None if row["sent_at"] is None else utc(row["sent_at"]),
-    )
-
-
-class PgStore:
+class PgStore(SqlStore):
     """Alarms in a PostgreSQL database named by a ``postgresql://`` URL.
 
     One connection, used by one thread at a time. A connection that dropped
@@ -120,8 +89,11 @@ class PgStore:
     (an outbox item may then be sent twice: delivery is at least once).
     """
 
+    PARAM = "%s"
+
     def __init__(self, url: str, *, connect_timeout_s: float = 5.0, statement_timeout_s: float = 30.0) -> None:
         self.location = mask_url(url)
+        self._label = self.location
         self._url = url
         self._secrets = url_secrets(url)
         self._connect_timeout_s = connect_timeout_s
@@ -136,6 +108,34 @@ class PgStore:
             except BaseException:
                 self.close()
                 raise
+
+    # -- what the shared SQL needs ------------------------------------------
+
+    @staticmethod
+    def _ts(dt: datetime) -> datetime:
+        return utc(dt)
+
+    @staticmethod
+    def _dt(value: datetime) -> datetime:
+        return utc(value)
+
+    @staticmethod
+    def _json(doc: dict[str, Any]) -> Jsonb:
+        return Jsonb(doc, dumps=_dumps)
+
+    @staticmethod
+    def _json_payload(doc: dict[str, Any]) -> Jsonb:
+        return Jsonb(doc, dumps=_dumps)
+
+    @staticmethod
+    def _doc(value: Any) -> Any:
+        return value  # psycopg has already decoded the JSONB
+
+    def _query(self, what: str, sql: str, args: Sequence[object] = ()) -> list[DictRow]:
+        return self._run(what, lambda c: c.execute(sql.encode(), args).fetchall())
+
+    def _change(self, what: str, sql: str, args: Sequence[object]) -> int:
+        return self._run(what, lambda c: c.execute(sql.encode(), args).rowcount)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -222,17 +222,11 @@ class PgStore:
 
         self._run("cannot migrate the schema", fn)
 
-    @staticmethod
     def _enqueue(
-        conn: Conn, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: datetime
+        self, conn: Conn, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: datetime
     ) -> None:
-        if event not in EVENTS:
-            raise ValueError(f"unknown outbox event {event!r}")
-        conn.execute(
-            "INSERT INTO outbox (alarm_row, event, notifier, payload, created_at, next_try_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (alarm_row, event, notifier, Jsonb(payload, dumps=_dumps), now, now),
-        )
+        sql, args = self._outbox_insert(alarm_row, event, notifier, payload, now)
+        conn.execute(sql.encode(), args)
 
     # -- alarms -------------------------------------------------------------
 
@@ -241,31 +235,16 @@ class PgStore:
     ) -> tuple[Alarm, bool]:
         when = utc(at)
         fp = identity.fingerprint
+        insert, insert_args = self._alarm_insert(identity, cause, additional_info, when)
+        insert += f" ON CONFLICT (fingerprint) WHERE cleared_at IS NULL DO NOTHING RETURNING {ALARM_COLS}"
 
         def fn(conn: Conn) -> tuple[Alarm, bool]:
             # The unique partial index decides between racing raisers: the loser's insert does nothing
             # (after waiting for the winner's commit) and it reads the winner's row instead.
             for _ in range(5):
-                row = conn.execute(
-                    "INSERT INTO alarms (fingerprint, alarm_id, source, service_name, role_name, host_name,"
-                    " cause, additional_info, raised_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (fingerprint) WHERE cleared_at IS NULL DO NOTHING"
-                    f" RETURNING {ALARM_COLS}",
-                    (
-                        fp,
-                        identity.alarm_id,
-                        identity.source,
-                        identity.service_name,
-                        identity.role_name,
-                        identity.host_name,
-                        cause,
-                        additional_info,
-                        when,
-                        when,
-                    ),
-                ).fetchone()
+                row = conn.execute(insert.encode(), insert_args).fetchone()
                 if row is not None:
-                    alarm = _alarm(row)
+                    alarm = self._alarm(row)
                     for key in dict.fromkeys(notify):
                         self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
                     return alarm, True
@@ -282,7 +261,7 @@ class PgStore:
                         (cause, additional_info, when, row["id"]),
                     ).fetchone()
                     assert row is not None
-                return _alarm(row), False
+                return self._alarm(row), False
             raise StoreError(f"alarm store {self.location}: alarm {fp} keeps being raised and cleared concurrently")
 
         return self._run("cannot raise alarm", fn)
@@ -299,69 +278,16 @@ class PgStore:
             ).fetchone()
             if row is None:
                 return None
-            alarm = _alarm(row)
+            alarm = self._alarm(row)
             for key in dict.fromkeys(notify):
                 self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
             return alarm
 
         return self._run("cannot clear alarm", fn)
 
-    def active(self, fingerprint: str | None = None) -> list[Alarm]:
-        sql = f"SELECT {ALARM_COLS} FROM alarms WHERE cleared_at IS NULL"
-        args: tuple[Any, ...] = ()
-        if fingerprint is not None:
-            sql += " AND fingerprint = %s"
-            args = (fingerprint,)
-        sql += " ORDER BY raised_at, id"
-        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql.encode(), args)])
-
-    def history(self, limit: int = 1000) -> list[Alarm]:
-        sql = f"SELECT {ALARM_COLS} FROM alarms ORDER BY raised_at DESC, id DESC LIMIT %s"
-        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql.encode(), (limit,))])
-
-    def get(self, fingerprint_or_id: str | int) -> Alarm | None:
-        if isinstance(fingerprint_or_id, int):
-            sql = f"SELECT {ALARM_COLS} FROM alarms WHERE id = %s"
-        else:
-            sql = (
-                f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = %s"
-                " ORDER BY cleared_at IS NULL DESC, raised_at DESC, id DESC LIMIT 1"
-            )
-
-        def fn(c: Conn) -> Alarm | None:
-            row = c.execute(sql.encode(), (fingerprint_or_id,)).fetchone()
-            return None if row is None else _alarm(row)
-
-        return self._run("cannot read alarms", fn)
-
-    def set_diagnosis(self, alarm_id: int, diagnosis: dict[str, Any]) -> None:
-        def fn(c: Conn) -> None:
-            doc = Jsonb(diagnosis, dumps=_dumps)
-            cur = c.execute("UPDATE alarms SET diagnosis = %s WHERE id = %s", (doc, alarm_id))
-            if cur.rowcount != 1:
-                raise StoreError(f"alarm store {self.location}: no alarm with id {alarm_id}")
-
-        self._run("cannot store diagnosis", fn)
-
     # -- outbox -------------------------------------------------------------
 
-    def enqueue(self, alarm_id: int, event: Event, notifier: str, payload: dict[str, Any]) -> None:
-        now = datetime.now(UTC)
-        self._run("cannot queue notification", lambda c: self._enqueue(c, alarm_id, event, notifier, payload, now))
-
-    def due(
-        self,
-        now: datetime,
-        limit: int = 100,
-        *,
-        notifiers: Collection[str] | None = None,
-        lease_s: float = DEFAULT_LEASE_S,
-    ) -> list[OutboxItem]:
-        keys = None if notifiers is None else sorted(set(notifiers))
-        if keys == []:
-            return []
-        when = utc(now)
-        lease = when + timedelta(seconds=lease_s)
+    def _claim(self, now: object, lease_until: object, keys: list[str] | None, limit: int) -> list[OutboxItem]:
         # SKIP LOCKED: a row another dispatcher is claiming right now is left to it.
         sql = (
             "WITH c AS (SELECT o.id FROM outbox o WHERE o.sent_at IS NULL AND o.next_try_at <= %(now)s"
@@ -372,59 +298,12 @@ class PgStore:
             " UPDATE outbox SET attempts = outbox.attempts + 1, next_try_at = %(lease)s FROM c WHERE outbox.id = c.id"
             f" RETURNING {', '.join('outbox.' + col.strip() for col in OUTBOX_COLS.split(','))}"
         )
-        args = {"now": when, "keys": keys, "limit": limit, "lease": lease}
+        args = {"now": now, "keys": keys, "limit": limit, "lease": lease_until}
 
         def fn(c: Conn) -> list[OutboxItem]:
-            return sorted((_item(r) for r in c.execute(sql.encode(), args)), key=lambda i: i.id)
+            return sorted((self._item(r) for r in c.execute(sql.encode(), args)), key=lambda i: i.id)
 
         return self._run("cannot read outbox", fn)
-
-    def mark_sent(self, item_id: int, at: datetime | None = None) -> None:
-        when = utc(at or datetime.now(UTC))
-        self._run(
-            "cannot update outbox",
-            lambda c: c.execute("UPDATE outbox SET sent_at = %s, last_error = NULL WHERE id = %s", (when, item_id)),
-        )
-
-    def mark_failed(self, item_id: int, next_try_at: datetime, error: str) -> None:
-        args = (utc(next_try_at), error[:1000], item_id)
-        self._run(
-            "cannot update outbox",
-            lambda c: c.execute(
-                "UPDATE outbox SET next_try_at = %s, last_error = %s WHERE id = %s AND sent_at IS NULL", args
-            ),
-        )
-
-    def pending(self) -> list[OutboxItem]:
-        sql = f"SELECT {OUTBOX_COLS} FROM outbox WHERE sent_at IS NULL ORDER BY id"
-        return self._run("cannot read outbox", lambda c: [_item(r) for r in c.execute(sql.encode())])
-
-    def resend_candidates(self, notifier: str, cleared_since: datetime) -> list[Alarm]:
-        sql = (
-            f"SELECT {ALARM_COLS} FROM alarms a WHERE (a.cleared_at IS NULL OR a.cleared_at >= %(since)s)"
-            " AND EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = %(key)s"
-            " AND o.event = 'raise' AND o.sent_at IS NOT NULL)"
-            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = %(key)s"
-            " AND o.sent_at IS NULL)"
-            " ORDER BY a.id"
-        )
-        args = {"since": utc(cleared_since), "key": notifier}
-        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql.encode(), args)])
-
-    def prune(self, before: datetime) -> int:
-        cut = utc(before)
-        sql = (
-            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < %(cut)s AND alarm_row IN"
-            " (SELECT id FROM alarms WHERE cleared_at IS NOT NULL AND cleared_at < %(cut)s)"
-        )
-        return self._run("cannot prune outbox", lambda c: c.execute(sql.encode(), {"cut": cut}).rowcount)
-
-    def schema_version(self) -> int:
-        def fn(c: Conn) -> int:
-            row = c.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version").fetchone()
-            return int(row["v"]) if row else 0
-
-        return self._run("cannot read schema version", fn)
 
     def close(self) -> None:
         with self._lock:

@@ -7,22 +7,15 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
-from hasync.alarms.store import (
-    ALARM_COLS,
-    DEFAULT_LEASE_S,
-    MIGRATIONS,
-    OUTBOX_COLS,
-    SCHEMA_VERSION,
-    StoreError,
-    one_line,
-)
+from hasync.alarms.model import Alarm, Event, Identity, OutboxItem, utc
+from hasync.alarms.sql import SqlStore
+from hasync.alarms.store import ALARM_COLS, MIGRATIONS, OUTBOX_COLS, SCHEMA_VERSION, StoreError, one_line
 
 T = TypeVar("T")
 
@@ -71,52 +64,16 @@ _SQL: dict[int, tuple[str, ...]] = {
 assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
 
 
-def _ts(dt: datetime) -> str:
-    return utc(dt).strftime(_TS_FORMAT)
-
-
-def _dt(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
-def _alarm(row: sqlite3.Row) -> Alarm:
-    return Alarm(
-        id=row["id"],
-        alarm_id=row["alarm_id"],
-        source=row["source"],
-        service_name=row["service_name"],
-        role_name=row["role_name"],
-        host_name=row["host_name"],
-        cause=row["cause"],
-        additional_info=row["additional_info"],
-        raised_at=_dt(row["raised_at"]),
-        cleared_at=None if row["cleared_at"] is None else _dt(row["cleared_at"]),
-        diagnosis=None if row["diagnosis"] is None else json.loads(row["diagnosis"]),
-    )
-
-
-def _item(row: sqlite3.Row) -> OutboxItem:
-    return OutboxItem(
-        id=row["id"],
-        alarm_row=row["alarm_row"],
-        event=cast(Event, row["event"]),
-        notifier=row["notifier"],
-        payload=json.loads(row["payload"]),
-        created_at=_dt(row["created_at"]),
-        next_try_at=_dt(row["next_try_at"]),
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        sent_at=None if row["sent_at"] is None else _dt(row["sent_at"]),
-    )
-
-
-class SqliteStore:
+class SqliteStore(SqlStore):
     """Alarms in ``<state_dir>/alarms.db``. Writers take the lock up front (BEGIN IMMEDIATE) and wait for
     each other up to `busy_timeout_s`, so a CLI command and the agent can share the file."""
+
+    PARAM = "?"
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         self.location = f"sqlite:{self.path}"
+        self._label = str(self.path)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         try:
@@ -140,6 +97,34 @@ class SqliteStore:
             if isinstance(exc, StoreError):
                 raise
             raise self._error("cannot open", exc) from exc
+
+    # -- what the shared SQL needs ------------------------------------------
+
+    @staticmethod
+    def _ts(dt: datetime) -> str:
+        return utc(dt).strftime(_TS_FORMAT)
+
+    @staticmethod
+    def _dt(value: str) -> datetime:
+        return datetime.fromisoformat(value).astimezone(UTC)
+
+    @staticmethod
+    def _json(doc: dict[str, Any]) -> str:
+        return json.dumps(doc, sort_keys=True, default=str)
+
+    @staticmethod
+    def _json_payload(doc: dict[str, Any]) -> str:
+        return json.dumps(doc, sort_keys=True)  # unlike a diagnosis: no str() of what JSON cannot hold
+
+    @staticmethod
+    def _doc(value: str) -> Any:
+        return json.loads(value)
+
+    def _query(self, what: str, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        return self._run(what, lambda c: c.execute(sql, args).fetchall(), write=False)
+
+    def _change(self, what: str, sql: str, args: Sequence[object]) -> int:
+        return self._run(what, lambda c: c.execute(sql, args).rowcount)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -206,7 +191,7 @@ class SqliteStore:
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                    (version, description, _ts(datetime.now(UTC))),
+                    (version, description, self._ts(datetime.now(UTC))),
                 )
 
     @staticmethod
@@ -216,24 +201,17 @@ class SqliteStore:
         ).fetchone()
         return row
 
-    @staticmethod
     def _enqueue(
-        conn: sqlite3.Connection, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: str
+        self, conn: sqlite3.Connection, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: str
     ) -> None:
-        if event not in EVENTS:
-            raise ValueError(f"unknown outbox event {event!r}")
-        conn.execute(
-            "INSERT INTO outbox (alarm_row, event, notifier, payload, created_at, next_try_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (alarm_row, event, notifier, json.dumps(payload, sort_keys=True), now, now),
-        )
+        conn.execute(*self._outbox_insert(alarm_row, event, notifier, payload, now))
 
     # -- alarms -------------------------------------------------------------
 
     def raise_alarm(
         self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
-        when = _ts(at)
+        when = self._ts(at)
         fp = identity.fingerprint
 
         def fn(conn: sqlite3.Connection) -> tuple[Alarm, bool]:
@@ -246,25 +224,10 @@ class SqliteStore:
                     )
                     row = self._active_row(conn, fp)
                     assert row is not None
-                return _alarm(row), False
-            cur = conn.execute(
-                "INSERT INTO alarms (fingerprint, alarm_id, source, service_name, role_name, host_name,"
-                " cause, additional_info, raised_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    fp,
-                    identity.alarm_id,
-                    identity.source,
-                    identity.service_name,
-                    identity.role_name,
-                    identity.host_name,
-                    cause,
-                    additional_info,
-                    when,
-                    when,
-                ),
-            )
+                return self._alarm(row), False
+            cur = conn.execute(*self._alarm_insert(identity, cause, additional_info, when))
             row = conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (cur.lastrowid,)).fetchone()
-            alarm = _alarm(row)
+            alarm = self._alarm(row)
             for key in dict.fromkeys(notify):
                 self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
             return alarm, True
@@ -272,7 +235,7 @@ class SqliteStore:
         return self._run("cannot raise alarm", fn)
 
     def clear(self, fingerprint: str, at: datetime, *, notify: Sequence[str] = ()) -> Alarm | None:
-        when = _ts(at)
+        when = self._ts(at)
 
         def fn(conn: sqlite3.Connection) -> Alarm | None:
             row = self._active_row(conn, fingerprint)
@@ -282,80 +245,29 @@ class SqliteStore:
                 "UPDATE alarms SET cleared_at = MAX(?, raised_at), updated_at = ? WHERE id = ?",
                 (when, when, row["id"]),
             )
-            alarm = _alarm(conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (row["id"],)).fetchone())
+            alarm = self._alarm(conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (row["id"],)).fetchone())
             for key in dict.fromkeys(notify):
                 self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
             return alarm
 
         return self._run("cannot clear alarm", fn)
 
-    def active(self, fingerprint: str | None = None) -> list[Alarm]:
-        sql = f"SELECT {ALARM_COLS} FROM alarms WHERE cleared_at IS NULL"
-        args: tuple[Any, ...] = ()
-        if fingerprint is not None:
-            sql += " AND fingerprint = ?"
-            args = (fingerprint,)
-        sql += " ORDER BY raised_at, id"
-        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql, args)], write=False)
-
-    def history(self, limit: int = 1000) -> list[Alarm]:
-        sql = f"SELECT {ALARM_COLS} FROM alarms ORDER BY raised_at DESC, id DESC LIMIT ?"
-        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql, (limit,))], write=False)
-
-    def get(self, fingerprint_or_id: str | int) -> Alarm | None:
-        if isinstance(fingerprint_or_id, int):
-            sql = f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?"
-        else:
-            sql = (
-                f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = ?"
-                " ORDER BY cleared_at IS NULL DESC, raised_at DESC, id DESC LIMIT 1"
-            )
-        args: tuple[str | int] = (fingerprint_or_id,)
-
-        def fn(c: sqlite3.Connection) -> Alarm | None:
-            row = c.execute(sql, args).fetchone()
-            return None if row is None else _alarm(row)
-
-        return self._run("cannot read alarms", fn, write=False)
-
-    def set_diagnosis(self, alarm_id: int, diagnosis: dict[str, Any]) -> None:
-        text = json.dumps(diagnosis, sort_keys=True, default=str)
-
-        def fn(c: sqlite3.Connection) -> None:
-            if c.execute("UPDATE alarms SET diagnosis = ? WHERE id = ?", (text, alarm_id)).rowcount != 1:
-                raise StoreError(f"alarm store {self.path}: no alarm with id {alarm_id}")
-
-        self._run("cannot store diagnosis", fn)
-
     # -- outbox -------------------------------------------------------------
 
-    def enqueue(self, alarm_id: int, event: Event, notifier: str, payload: dict[str, Any]) -> None:
-        now = _ts(datetime.now(UTC))
-        self._run("cannot queue notification", lambda c: self._enqueue(c, alarm_id, event, notifier, payload, now))
-
-    def due(
-        self,
-        now: datetime,
-        limit: int = 100,
-        *,
-        notifiers: Collection[str] | None = None,
-        lease_s: float = DEFAULT_LEASE_S,
-    ) -> list[OutboxItem]:
-        keys = None if notifiers is None else sorted(set(notifiers))
-        if keys == []:
-            return []
+    def _claim(self, now: object, lease_until: object, keys: list[str] | None, limit: int) -> list[OutboxItem]:
+        """Select the due items, then lease them by moving their next try to `lease_until`, all under the
+        write lock BEGIN IMMEDIATE takes."""
         sql = (
             f"SELECT {OUTBOX_COLS} FROM outbox o WHERE sent_at IS NULL AND next_try_at <= ?"
             " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.alarm_row = o.alarm_row AND p.notifier = o.notifier"
             " AND p.sent_at IS NULL AND p.id < o.id)"
         )
-        args: list[Any] = [_ts(now)]
+        args: list[Any] = [now]
         if keys is not None:
             sql += f" AND notifier IN ({', '.join('?' * len(keys))})"
             args += keys
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        lease = _ts(utc(now) + timedelta(seconds=lease_s))
 
         def fn(c: sqlite3.Connection) -> list[OutboxItem]:
             ids = [r["id"] for r in c.execute(sql, args)]
@@ -363,58 +275,12 @@ class SqliteStore:
                 return []
             marks = ", ".join("?" * len(ids))
             c.execute(
-                f"UPDATE outbox SET attempts = attempts + 1, next_try_at = ? WHERE id IN ({marks})", [lease, *ids]
+                f"UPDATE outbox SET attempts = attempts + 1, next_try_at = ? WHERE id IN ({marks})", [lease_until, *ids]
             )
             rows = c.execute(f"SELECT {OUTBOX_COLS} FROM outbox WHERE id IN ({marks}) ORDER BY id", ids)
-            return [_item(r) for r in rows]
+            return [self._item(r) for r in rows]
 
         return self._run("cannot read outbox", fn)
-
-    def mark_sent(self, item_id: int, at: datetime | None = None) -> None:
-        when = _ts(at or datetime.now(UTC))
-        self._run(
-            "cannot update outbox",
-            lambda c: c.execute("UPDATE outbox SET sent_at = ?, last_error = NULL WHERE id = ?", (when, item_id)),
-        )
-
-    def mark_failed(self, item_id: int, next_try_at: datetime, error: str) -> None:
-        args = (_ts(next_try_at), error[:1000], item_id)
-        self._run(
-            "cannot update outbox",
-            lambda c: c.execute(
-                "UPDATE outbox SET next_try_at = ?, last_error = ? WHERE id = ? AND sent_at IS NULL", args
-            ),
-        )
-
-    def pending(self) -> list[OutboxItem]:
-        sql = f"SELECT {OUTBOX_COLS} FROM outbox WHERE sent_at IS NULL ORDER BY id"
-        return self._run("cannot read outbox", lambda c: [_item(r) for r in c.execute(sql)], write=False)
-
-    def resend_candidates(self, notifier: str, cleared_since: datetime) -> list[Alarm]:
-        sql = (
-            f"SELECT {ALARM_COLS} FROM alarms a WHERE (a.cleared_at IS NULL OR a.cleared_at >= ?)"
-            " AND EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = ? AND o.event = 'raise'"
-            " AND o.sent_at IS NOT NULL)"
-            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alarm_row = a.id AND o.notifier = ? AND o.sent_at IS NULL)"
-            " ORDER BY a.id"
-        )
-        args = (_ts(cleared_since), notifier, notifier)
-        return self._run("cannot read alarms", lambda c: [_alarm(r) for r in c.execute(sql, args)], write=False)
-
-    def prune(self, before: datetime) -> int:
-        cut = _ts(before)
-        sql = (
-            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ? AND alarm_row IN"
-            " (SELECT id FROM alarms WHERE cleared_at IS NOT NULL AND cleared_at < ?)"
-        )
-        return self._run("cannot prune outbox", lambda c: c.execute(sql, (cut, cut)).rowcount)
-
-    def schema_version(self) -> int:
-        return self._run(
-            "cannot read schema version",
-            lambda c: int(c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]),
-            write=False,
-        )
 
     def close(self) -> None:
         with self._lock:
