@@ -98,6 +98,11 @@ class Excluder:
         return self._path is not None and self._path.match(relpath) is not None
 
 
+def cache_path(state_dir: Path, dir_name: str) -> Path:
+    """Where a sync dir's tree is persisted (the hash cache)."""
+    return state_dir / "manifests" / f"{dir_name}.msgpack"
+
+
 class FileChanged(Exception):
     """The file changed while it was read; read it again later."""
 

@@ -56,9 +56,9 @@ def _claim_standby(cfg: Any) -> tuple[Any, Any]:
         lock.acquire("sync --once")
     except LockHeld:
         return None, None
-    from hasync.manifest import Excluder
+    from hasync.manifest import Excluder, cache_path
 
-    dirs = {d.name: (d.path, cfg.node.state_dir / "manifests" / f"{d.name}.msgpack") for d in cfg.sync.dirs}
+    dirs = {d.name: (d.path, cache_path(cfg.node.state_dir, d.name)) for d in cfg.sync.dirs}
     quick = QuickCheck.prepare(dirs, Excluder(cfg.sync.exclude))
     if quick is not None:
         quick.start()

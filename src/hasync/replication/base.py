@@ -21,6 +21,7 @@ from hasync.manifest import (
     Excluder,
     FileChanged,
     Tree,
+    cache_path,
     error_entry,
     read_file_entry,
     same,
@@ -54,7 +55,7 @@ class Side:
         self.with_owner = cfg.is_root
 
     def cache_path(self, dir_name: str) -> Path:
-        return self.cfg.node.state_dir / "manifests" / f"{dir_name}.msgpack"
+        return cache_path(self.cfg.node.state_dir, dir_name)
 
     def save_caches(self) -> None:
         """Persist the trees (the hash cache) of dirs that changed since the last save."""
