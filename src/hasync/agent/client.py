@@ -152,6 +152,19 @@ class AgentClient:
         )
         return result
 
+    async def with_alarms(
+        self, docs: list[dict[str, Any]], include_cleared: bool, timeout: float = -1.0
+    ) -> list[dict[str, Any]]:
+        """`docs` (the caller's own alarm documents) with this agent's added, one per (fingerprint,
+        raised_at), newest first. Without this agent's when it does not answer."""
+        try:
+            theirs = await self.json("GET", f"{API}/alarms" + ("?all=1" if include_cleared else ""), timeout=timeout)
+        except PeerError:
+            theirs = []
+        seen = {(d["fingerprint"], d["raised_at"]) for d in docs}
+        merged = docs + [d for d in theirs if (d["fingerprint"], d["raised_at"]) not in seen]
+        return sorted(merged, key=lambda d: d["raised_at"], reverse=True)
+
     async def status(self, brief: bool = False, timeout: float = -1.0) -> dict[str, Any]:
         params = {"brief": "1"} if brief else None
         result: dict[str, Any] = await self.request(

@@ -306,18 +306,8 @@ class Agent:
             mine = await asyncio.to_thread(self.store.active)
         docs = [a.to_json(diagnosis=True) for a in mine]
         if with_peer and not (self.keeper is not None and self.keeper.shared):
-            try:
-                theirs = await self.peer.json(
-                    "GET",
-                    f"{API}/alarms" + ("?all=1" if include_cleared else ""),
-                    timeout=min(5.0, self.cfg.peer.timeout_s),
-                )
-                seen = {(d["fingerprint"], d["raised_at"]) for d in docs}
-                docs += [d for d in theirs if (d["fingerprint"], d["raised_at"]) not in seen]
-            except PeerError:
-                pass
-        docs.sort(key=lambda d: d["raised_at"], reverse=True)
-        return docs
+            return await self.peer.with_alarms(docs, include_cleared, timeout=min(5.0, self.cfg.peer.timeout_s))
+        return sorted(docs, key=lambda d: d["raised_at"], reverse=True)
 
     async def alarms(self, request: web.Request) -> web.Response:
         include_cleared = request.query.get("all") == "1"

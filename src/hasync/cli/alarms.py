@@ -41,8 +41,6 @@ async def list_alarms(
 
     from hasync.agent.client import AgentClient
     from hasync.alarms.store import is_postgres_url, open_store
-    from hasync.errors import PeerError
-    from hasync.protocol import API
 
     store = await asyncio.to_thread(open_store, cfg.alarms.store, cfg.node.state_dir)
     try:
@@ -52,14 +50,8 @@ async def list_alarms(
     docs: list[dict[str, Any]] = [a.to_json(diagnosis=True) for a in rows]
     if not is_postgres_url(cfg.alarms.store) and not (enough is not None and enough(docs)):
         async with AgentClient(cfg.peer_url(), cfg.token, min(5.0, cfg.peer.timeout_s), cfg.peer.name) as peer:
-            try:
-                theirs = await peer.json("GET", f"{API}/alarms" + ("?all=1" if include_cleared else ""))
-                seen = {(d["fingerprint"], d["raised_at"]) for d in docs}
-                docs += [d for d in theirs if (d["fingerprint"], d["raised_at"]) not in seen]
-            except PeerError:
-                pass
-    docs.sort(key=lambda d: d["raised_at"], reverse=True)
-    return docs
+            return await peer.with_alarms(docs, include_cleared)
+    return sorted(docs, key=lambda d: d["raised_at"], reverse=True)
 
 
 def _print(docs: list[dict[str, Any]], include_cleared: bool) -> None:
