@@ -107,17 +107,24 @@ class FileChanged(Exception):
     """The file changed while it was read; read it again later."""
 
 
+def hash_into(fd: int, h: blake3.blake3) -> int:
+    """Feed the rest of an open file to `h`; return how many bytes that was."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    total = 0
+    while True:
+        n = os.readv(fd, [buf])
+        if not n:
+            return total
+        h.update(view[:n])
+        total += n
+
+
 def hash_fd(fd: int) -> tuple[bytes, os.stat_result]:
     """BLAKE3 of an open file, refusing a result if the file changed during the read."""
     before = os.fstat(fd)
     h = blake3.blake3()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while True:
-        n = os.readv(fd, [buf])
-        if not n:
-            break
-        h.update(view[:n])
+    hash_into(fd, h)
     after = os.fstat(fd)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise FileChanged()

@@ -2,8 +2,8 @@
 
 rsync's `--partial --append-verify`, per file. When the standby starts to receive
 a file of at least `RESUME_MIN` bytes it records, in `<state_dir>/partials/`, which
-temp file holds which path and the active's size and mtime. If the transfer is cut
-(the standby killed, the link or the active gone), the temp file stays. The next
+temp file holds which path. If the transfer is cut (the standby killed, the link
+or the active gone), the temp file stays. The next
 request for that path carries the temp file's length N and the BLAKE3 of those N
 bytes; the active compares them with the first N bytes of its file and, when they
 match, sends only the rest (F_HEAD says from which offset). Anything else (a
@@ -25,6 +25,7 @@ import msgpack
 
 from hasync.errors import PathRefused
 from hasync.fsutil import DirFds, atomic_write, is_tmp_name
+from hasync.manifest import hash_into
 from hasync.replication.apply import FileWriter, Resume
 
 RESUME_MIN = 8 << 20  # smaller files are sent again whole: a resume would save too little
@@ -38,8 +39,6 @@ class Partial:
     dir: str
     rel: str
     tmp: str
-    size: int  # the active's size and mtime when the transfer began
-    mtime_ns: int
 
     @property
     def tmp_rel(self) -> str:
@@ -58,7 +57,7 @@ class Partials:
 
     def record(self, p: Partial) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        doc = [p.dir, p.rel, p.tmp, p.size, p.mtime_ns]
+        doc = [p.dir, p.rel, p.tmp]
         # Not fsynced: a record lost in a power cut only costs a whole transfer.
         atomic_write(self._path(p.dir, p.rel), msgpack.packb(doc, use_bin_type=True), durable=False)
 
@@ -85,14 +84,14 @@ class Partials:
     @staticmethod
     def _load(path: Path) -> Partial | None:
         try:
-            d, rel, tmp, size, mtime_ns = msgpack.unpackb(path.read_bytes(), raw=False)
-            p = Partial(str(d), str(rel), str(tmp), int(size), int(mtime_ns))
+            d, rel, tmp = msgpack.unpackb(path.read_bytes(), raw=False)
+            p = Partial(str(d), str(rel), str(tmp))
         except (OSError, ValueError, TypeError, msgpack.UnpackException):
             return None
         return p if is_tmp_name(p.tmp) and "/" not in p.tmp else None
 
 
-def prefix_hash(dir_fd: int, name: str, chunk: int = 1 << 20) -> tuple[int, blake3.blake3] | None:
+def prefix_hash(dir_fd: int, name: str) -> tuple[int, blake3.blake3] | None:
     """Length and BLAKE3 hasher of the temp file `name` in `dir_fd` (None when it cannot be read)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -100,13 +99,7 @@ def prefix_hash(dir_fd: int, name: str, chunk: int = 1 << 20) -> tuple[int, blak
         return None
     try:
         h = blake3.blake3()
-        n = 0
-        while True:
-            data = os.read(fd, chunk)
-            if not data:
-                return n, h
-            h.update(data)
-            n += len(data)
+        return hash_into(fd, h), h
     except OSError:
         return None
     finally:
@@ -168,7 +161,7 @@ class PartialTransfers:
     def started(self, dir_name: str, writer: FileWriter) -> None:
         """Record a new transfer of a big file, so that its temp file survives an interruption."""
         if writer.start == 0 and writer.meta.size >= RESUME_MIN:
-            p = Partial(dir_name, writer.rel, writer.tmp, writer.meta.size, writer.meta.mtime_ns)
+            p = Partial(dir_name, writer.rel, writer.tmp)
             try:
                 self.store.record(p)
             except OSError as exc:  # no resume then, nothing worse
