@@ -13,8 +13,9 @@ back to the full scan, which is always right.
 
 A signature only trusts what the hash cache trusts: a file whose digest the
 cache does not trust by inode (modified too recently, or unreadable) leaves its
-directory without a signature. The stat pass is shared between this process
-and one forked worker; the parent meanwhile asks the active for its roots.
+directory without a signature. The stat pass runs in forked workers (one per
+CPU, at most 4, each a share of the directories by entry count) while this
+process asks the active for its roots.
 """
 
 from __future__ import annotations

@@ -131,8 +131,8 @@ async def _standalone(cfg: Any, bar: _Bar, lock: Any, quick: Any) -> dict[str, A
 
 
 async def _quick(cfg: Any, side: Any, quick: Any) -> dict[str, Any] | None:
-    """The no-change fast path: the local copy is what its index says (the quick check, in two
-    processes) and the active's roots are the index's roots. None: take the full path."""
+    """The no-change fast path: the local copy is what its index says (the quick check, in its
+    forked workers) and the active's roots are the index's roots. None: take the full path."""
     import asyncio
 
     from hasync.errors import PeerError
