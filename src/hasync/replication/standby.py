@@ -616,7 +616,9 @@ class StandbySide(Side):
         writer: FileWriter | None = None
         skip = False
         last_progress = 0.0
-        offers = await asyncio.to_thread(self.resumes.offers, d.name, applier.fds.get, batch)
+        offers = (  # the common case, no partial transfer: no thread hop on the change feed's path
+            await asyncio.to_thread(self.resumes.offers, d.name, applier.fds.get, batch) if self.resumes.index else {}
+        )
         offered = [(enc_path(rel), r.offset, r.hasher.digest()) for rel, r in offers.items()]
         try:
             async for kind, payload in self.client.files(d.name, [enc_path(p) for p in batch], offered):
