@@ -7,10 +7,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hasync import clock
 from hasync.errors import Cause, PeerError
+from hasync.fsutil import atomic_write
 from hasync.halog import kv
 
 if TYPE_CHECKING:
@@ -189,6 +191,24 @@ class StandbyCheck:
         return Verdict(True, None, True, lag)
 
 
+PEER_HOSTNAME_FILE = "peer_hostname"  # in the state dir: the standby's hostname as it last reported it
+HOSTNAME_MAX = 255
+
+
+def valid_hostname(name: object) -> bool:
+    """A HostName a peer may report: 1..255 printable characters."""
+    return isinstance(name, str) and 0 < len(name) <= HOSTNAME_MAX and name.isprintable()
+
+
+def read_learned_hostname(path: Path) -> str | None:
+    """The standby hostname kept in `path`, or None (missing, unreadable or invalid: learned again)."""
+    try:
+        name = path.read_text(encoding="utf-8", errors="strict")[: HOSTNAME_MAX + 2].strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if valid_hostname(name) else None
+
+
 class ActiveCheck:
     """The active's verdict: its own unreadable files, and the standby's view of itself."""
 
@@ -197,9 +217,35 @@ class ActiveCheck:
         self.client = client
         self.interval_s = interval_s
         self.peer_since: int | None = None
-        self.peer_hostname: str | None = None
+        self._learned_path = side.cfg.node.state_dir / PEER_HOSTNAME_FILE
+        self.learned_hostname = read_learned_hostname(self._learned_path)
+        self._learn_failed = False
         self.last_peer_status: dict[str, Any] | None = None
         self.grace = _Grace()
+
+    @property
+    def peer_hostname(self) -> str | None:
+        """The standby's hostname (its alarm's HostName): `[peer] hostname`, else the one it reported
+        to this node (persisted, so that an active restarted while the standby is down knows it)."""
+        return self.side.cfg.peer.hostname or self.learned_hostname
+
+    def learn_hostname(self, name: object) -> None:
+        """Keep the hostname the standby reported; persist it when it changed (atomically)."""
+        if not valid_hostname(name) or name == self.learned_hostname:
+            return
+        assert isinstance(name, str)
+        log.info("standby hostname learned %s", kv(peer=self.side.cfg.peer.name, hostname=name))
+        self.learned_hostname = name
+        try:
+            atomic_write(self._learned_path, (name + "\n").encode(), mode=0o644)
+            self._learn_failed = False
+        except OSError as exc:
+            if not self._learn_failed:  # a transition, not a repetition
+                log.warning(
+                    "cannot keep the standby hostname %s",
+                    kv(path=self._learned_path, error=exc.strerror or exc),
+                )
+            self._learn_failed = True
 
     def lag(self) -> float | None:
         if self.peer_since is None:
@@ -234,7 +280,7 @@ class ActiveCheck:
                 f"the two configs disagree on [role] active"
             )
             return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR.value),))
-        self.peer_hostname = st.get("hostname") or self.peer_hostname
+        self.learn_hostname(st.get("hostname"))
         self.last_peer_status = st
         theirs = [OutOfSync(e["dir"], e["path"], e["reason"], e["cause"]) for e in st.get("errors", [])]
         seen = {(o.dir, o.path) for o in theirs}
