@@ -178,3 +178,233 @@ input(type="imtcp" address="127.0.0.1" port="{port}")
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Nagios:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def services(self) -> dict[str, dict[str, str]]:
+        """`servicestatus` blocks of status.dat by service_description."""
+        try:
+            text = (self.workdir / "status.dat").read_text(errors="replace")
+        except FileNotFoundError:
+            return {}
+        out: dict[str, dict[str, str]] = {}
+        for block in re.findall(r"^servicestatus \{\n(.*?)^\t\}", text, re.S | re.M):
+            fields = dict(line.strip().split("=", 1) for line in block.splitlines() if "=" in line)
+            out[fields["service_description"]] = fields
+        return out
+
+
+NAGIOS_TEMPLATES = """define timeperiod {
+    timeperiod_name always
+    alias always
+    sunday 00:00-24:00
+    monday 00:00-24:00
+    tuesday 00:00-24:00
+    wednesday 00:00-24:00
+    thursday 00:00-24:00
+    friday 00:00-24:00
+    saturday 00:00-24:00
+}
+define command {
+    command_name noop
+    command_line /bin/true
+}
+define contact {
+    contact_name nobody
+    host_notifications_enabled 0
+    service_notifications_enabled 0
+    host_notification_period always
+    service_notification_period always
+    host_notification_options n
+    service_notification_options n
+    host_notification_commands noop
+    service_notification_commands noop
+}
+define service {
+    name generic-service
+    register 0
+    max_check_attempts 1
+    check_interval 1
+    retry_interval 1
+    check_period always
+    notification_period always
+    contacts nobody
+}
+"""
+
+
+@contextmanager
+def nagios(workdir: Path, objects: str) -> Iterator[Nagios]:
+    """A real Nagios 4 with a private main config (interval_length 1: intervals in seconds), the
+    templates above and `objects`; status.dat rewritten every second."""
+    import grp
+    import os
+    import pwd
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "cr").mkdir(exist_ok=True)
+    (workdir / "objects.cfg").write_text(NAGIOS_TEMPLATES + objects)
+    w = workdir
+    (w / "nagios.cfg").write_text(
+        f"""log_file={w}/nagios.log
+cfg_file={w}/objects.cfg
+object_cache_file={w}/objects.cache
+precached_object_file={w}/objects.precache
+status_file={w}/status.dat
+status_update_interval=1
+nagios_user={pwd.getpwuid(os.geteuid()).pw_name}
+nagios_group={grp.getgrgid(os.getegid()).gr_name}
+check_external_commands=0
+lock_file={w}/nagios.lock
+temp_file={w}/nagios.tmp
+temp_path={w}
+check_result_path={w}/cr
+check_result_reaper_frequency=1
+retain_state_information=0
+state_retention_file={w}/retention.dat
+interval_length=1
+max_service_check_spread=1
+max_host_check_spread=1
+service_inter_check_delay_method=n
+host_inter_check_delay_method=n
+process_performance_data=1
+enable_notifications=0
+use_syslog=0
+"""
+    )
+    exe = program("nagios4")
+    verify = subprocess.run([exe, "-v", str(w / "nagios.cfg")], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout
+    with open(w / "stdout.log", "ab") as out:
+        proc = subprocess.Popen([exe, str(w / "nagios.cfg")], stdout=out, stderr=out, cwd=w)
+    try:
+        yield Nagios(w)
+    finally:
+        _stop(proc)
+
+
+class LineReceiver:
+    """Collects the lines sent to a TCP port (Icinga's GraphiteWriter)."""
+
+    def __init__(self) -> None:
+        import socketserver
+        import threading
+
+        self.lines: list[str] = []
+        recv = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for raw in self.rfile:
+                    recv.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ICINGA_PERFDATA_TEMPLATE = "\\t".join(
+    f"{k}::${v}$"
+    for k, v in (
+        ("SERVICEDESC", "service.name"),
+        ("SERVICESTATE", "service.state"),
+        ("SERVICEOUTPUT", "service.output"),
+        ("SERVICEPERFDATA", "service.perfdata"),
+    )
+)
+
+
+class Icinga:
+    def __init__(self, workdir: Path, graphite: LineReceiver) -> None:
+        self.workdir = workdir
+        self.graphite = graphite
+
+    def results(self) -> list[dict[str, str]]:
+        """What its PerfdataWriter wrote: one dict per service check result."""
+        lines = [
+            line
+            for f in sorted(self.workdir.glob("service-perfdata.[0-9]*"))
+            for line in f.read_text(errors="replace").splitlines()
+        ]
+        return [dict(field.split("::", 1) for field in line.split("\t") if "::" in field) for line in lines]
+
+    def log(self) -> str:
+        return (self.workdir / "icinga2.out").read_text(errors="replace")
+
+
+@contextmanager
+def icinga(workdir: Path, objects: str) -> Iterator[Icinga]:
+    """A real Icinga 2 daemon with private paths, running as this user: the checker, a
+    PerfdataWriter (output and perfdata of each result, rotated every second) and a GraphiteWriter
+    (it parses the perfdata with Icinga's parser) sending to a local LineReceiver."""
+    import grp
+    import os
+    import pwd
+
+    w = workdir
+    w.mkdir(parents=True, exist_ok=True)
+    graphite = LineReceiver()
+    (w / "icinga2.conf").write_text(
+        f"""object CheckerComponent "checker" {{ }}
+object PerfdataWriter "perfdata" {{
+  service_perfdata_path = "{w}/service-perfdata"
+  service_temp_path = "{w}/service-perfdata.tmp"
+  host_perfdata_path = "{w}/host-perfdata"
+  host_temp_path = "{w}/host-perfdata.tmp"
+  service_format_template = "{ICINGA_PERFDATA_TEMPLATE}"
+  rotation_interval = 1s
+}}
+object GraphiteWriter "graphite" {{
+  host = "127.0.0.1"
+  port = {graphite.port}
+}}
+object CheckCommand "noop" {{
+  command = [ "/bin/true" ]
+}}
+{objects}
+"""
+    )
+    defines = [
+        f"-DConfiguration.RunAsUser={pwd.getpwuid(os.geteuid()).pw_name}",
+        f"-DConfiguration.RunAsGroup={grp.getgrgid(os.getegid()).gr_name}",
+    ]
+    for key in ("CacheDir", "DataDir", "LogDir", "SpoolDir", "InitRunDir"):
+        (w / key).mkdir(exist_ok=True)
+        defines.append(f"-DConfiguration.{key}={w / key}")
+    for key, name in (
+        ("PidPath", "icinga2.pid"),
+        ("ObjectsPath", "icinga2.debug"),
+        ("VarsPath", "icinga2.vars"),
+        ("StatePath", "icinga2.state"),
+        ("ModAttrPath", "modified-attributes.conf"),
+    ):
+        defines.append(f"-DConfiguration.{key}={w / name}")
+    exe = program("icinga2")
+    args = [exe, "daemon", "-c", str(w / "icinga2.conf"), *defines]
+    check = subprocess.run([*args, "--validate"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with open(w / "icinga2.out", "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=out, cwd=w)
+    try:
+        yield Icinga(w, graphite)
+    finally:
+        _stop(proc)
+        graphite.close()

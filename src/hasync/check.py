@@ -79,18 +79,19 @@ class Verdict:
         }
 
     def nagios(self) -> tuple[str, int]:
-        """A Nagios plugin line and exit code: OK 0, CRITICAL 2, UNKNOWN 3."""
-        lag = "U" if self.lag_s is None else f"{self.lag_s:.3f}s"
-        perf = f"| out_of_sync={len(self.out_of_sync)} lag={lag}"
+        """A Nagios plugin line and exit code: OK 0, CRITICAL 2 (see `nagios_line`)."""
+        perf = {"out_of_sync": str(len(self.out_of_sync))}
+        if self.lag_s is not None:  # unknown: left out (Icinga 2 rejects the plugin guidelines' `U`)
+            perf["lag"] = f"{self.lag_s:.3f}s"
         if self.in_sync:
-            return f"HASYNC OK - standby in sync {perf}", 0
+            return nagios_line("OK", "standby in sync", perf)
         first = self.out_of_sync[0] if self.out_of_sync else None
         if first is not None and not first.dir and not first.path:
             text = f"{self.cause}: {first.reason}"
         else:
-            where = f"; first: {first.dir}/{first.path}" if first is not None else ""
+            where = f", first: {first.dir}/{first.path}" if first is not None else ""
             text = f"{self.cause}: {len(self.out_of_sync)} path(s) out of sync{where}"
-        return f"HASYNC CRITICAL - {text} {perf}", 2
+        return nagios_line("CRITICAL", text, perf)
 
     def additional_info(self) -> str:
         """The alarm's additional_info: the cause and the first out-of-sync paths."""
@@ -109,6 +110,29 @@ class Verdict:
             out_of_sync=tuple(OutOfSync(o["dir"], o["path"], o["reason"]) for o in doc.get("out_of_sync", [])),
             checked_at=datetime.fromisoformat(doc["checked_at"]),
         )
+
+
+NAGIOS_CODES = {"OK": 0, "CRITICAL": 2, "UNKNOWN": 3}
+NAGIOS_TEXT_MAX = 1000  # characters of text before the perfdata (Nagios 4 keeps 8 KiB of output)
+_PLUGIN_UNSAFE = frozenset("%|;") | {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def plugin_text(text: str) -> str:
+    """`text` made safe for the text part of a plugin line: `|` would start the perfdata, `;` is
+    rewritten by Nagios, a newline would start the long output. Those, `%` and every control
+    character are percent-escaped (`|` is `%7C`, `;` is `%3B`, `%` is `%25`): no information is
+    lost and the line stays one line. Cut at NAGIOS_TEXT_MAX characters."""
+    out = "".join(f"%{ord(c):02X}" if c in _PLUGIN_UNSAFE else c for c in text)
+    return out if len(out) <= NAGIOS_TEXT_MAX else out[: NAGIOS_TEXT_MAX - 3] + "..."
+
+
+def nagios_line(state: str, text: str, perf: dict[str, str] | None = None) -> tuple[str, int]:
+    """`HASYNC <state> - <text> | label=value ...` and the state's exit code. A figure that is not
+    known is left out of the perfdata; with none known there is no `|` at all."""
+    line = f"HASYNC {state} - {plugin_text(text)}"
+    if perf:
+        line += " | " + " ".join(f"{k}={v}" for k, v in perf.items())
+    return line, NAGIOS_CODES[state]
 
 
 def first_cause(causes: set[Cause]) -> Cause | None:
