@@ -283,6 +283,8 @@ class Agent:
             m = self.metrics
             m.in_sync.set(1 if v.in_sync else 0)
             m.lag.set(v.lag_s if v.lag_s is not None else float("nan"))
+            if v.in_sync:
+                m.last_sync.set(v.checked_at.timestamp())
             m.out_of_sync.set(len(v.out_of_sync))
             m.checks.labels(result="in_sync" if v.in_sync else "out_of_sync").inc()
             m.check_duration.observe(v.duration_s)
