@@ -135,49 +135,37 @@ def prometheus(workdir: Path, config: str) -> Iterator[Prometheus]:
 
 
 @contextmanager
-def rsyslog(workdir: Path, rules: str, port: int) -> Iterator[Path]:
-    """A private rsyslogd (own pid file, no system logs) receiving on UDP and TCP `port` and writing
-    what `rules` says; yields the work dir."""
+def rsyslog(workdir: Path, config: str, port: int) -> Iterator[Path]:
+    """A private rsyslogd (own config, work dir and pid file; no system logs) with `config`, which
+    listens on TCP `port` (and UDP); yields the work dir."""
+    import socket
+
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "rsyslog.conf"
-    conf.write_text(
-        f"""global(workDirectory="{workdir}")
-module(load="imudp")
-module(load="imtcp")
-input(type="imudp" address="127.0.0.1" port="{port}")
-input(type="imtcp" address="127.0.0.1" port="{port}")
-{rules}
-"""
-    )
-    check = subprocess.run([program("rsyslogd"), "-N1", "-f", str(conf)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
+    conf.write_text(f'global(workDirectory="{workdir}")\n{config}')
+    exe = program("rsyslogd")
+    check = subprocess.run([exe, "-N1", "-f", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
     log = workdir / "rsyslogd.log"
-    pidfile = workdir / "rsyslogd.pid"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [program("rsyslogd"), "-n", "-f", str(conf), "-i", str(pidfile)], stdout=out, stderr=out, cwd=workdir
+            [exe, "-n", "-f", str(conf), "-i", str(workdir / "rsyslogd.pid")], stdout=out, stderr=out, cwd=workdir
         )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"rsyslogd exited with {proc.returncode}: {log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
     try:
-        import socket
-
-        def listening() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"rsyslogd exited with {proc.returncode}: {log.read_text(errors='replace')}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
         wait_for(listening, 20, 0.05, what="rsyslogd listening")
         yield workdir
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
