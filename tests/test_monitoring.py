@@ -173,7 +173,10 @@ url = "{am.url}"
                 )
                 wait_for(lambda: "HasyncAlarm45641" not in prom.firing(), 20, what="alarm rule resolved")
 
-                # The standby's agent down and a change on the active: the active's lag grows.
+                # The standby's agent down and a change on the active: the active's lag grows. (The
+                # active measures it from the standby's last change-feed request: have one first.)
+                (env.src / "conf" / "b.yaml").write_text("b")
+                env.wait_in_sync()
                 env.b.stop()
                 (env.src / "conf" / "late.yaml").write_text("written while the standby is down")
                 wait_for(lambda: "HasyncLagHigh" in prom.firing(), 20, what="lag rule firing")
