@@ -62,12 +62,7 @@ def _running(args: list[str], log: Path, ready_url: str, what: str) -> Iterator[
         wait_for(lambda: _ready(ready_url, proc, log), 30, 0.05, what=f"{what} ready")
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 class Alertmanager:
