@@ -87,10 +87,11 @@ class AlarmKeeper:
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    def _pair(self, alarm: Alarm) -> bool:
-        """Whether `alarm` is about this pair (any HostName: the active's may have been a fallback)."""
+    def _pair(self, source: object, service_name: object, role_name: object) -> bool:
+        """Whether an alarm with these parameters is about this pair (any HostName: the active's may
+        have been a fallback)."""
         c = self.cfg.cluster
-        return (alarm.source, alarm.service_name, alarm.role_name) == (c.source, c.service_name, c.role_name)
+        return (source, service_name, role_name) == (c.source, c.service_name, c.role_name)
 
     async def mine(self) -> list[Alarm]:
         """The active alarms this node has to keep and clear: by the stored record, oldest first.
@@ -99,7 +100,7 @@ class AlarmKeeper:
         HostName from before the active learned the standby's); a shared store holds the pair's
         alarms of both nodes (and maybe other pairs': those are left alone)."""
         active: list[Alarm] = await self._call(self.store.active)
-        return [a for a in active if not self.shared or self._pair(a)]
+        return [a for a in active if not self.shared or self._pair(a.source, a.service_name, a.role_name)]
 
     async def on_verdict(self, v: Verdict, standby_hostname: str | None = None) -> Alarm | None:
         """Count the verdict; raise or clear as the rules say. Returns the active alarm, if any."""
@@ -184,12 +185,10 @@ class AlarmKeeper:
             theirs = await self.peer.json("GET", "/v1/alarms", timeout=5.0)
         except PeerError:
             return False
-        c = self.cfg.cluster
-        pair = (c.source, c.service_name, c.role_name)
         return any(
             isinstance(d, dict)
             and d.get("cleared_at") is None
-            and (d.get("source"), d.get("service_name"), d.get("role_name")) == pair
+            and self._pair(d.get("source"), d.get("service_name"), d.get("role_name"))
             for d in theirs
         )
 
