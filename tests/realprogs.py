@@ -109,6 +109,14 @@ class Prometheus:
     def firing(self) -> set[str]:
         return {a["labels"]["alertname"] for a in self.alerts() if a["state"] == "firing"}
 
+    def last_evaluation(self) -> float:
+        """Unix time the rule groups were last all evaluated (0 before)."""
+        from datetime import datetime
+
+        groups = get_json(f"{self.url}/api/v1/rules")["data"]["groups"]
+        stamps = [datetime.fromisoformat(g["lastEvaluation"].replace("Z", "+00:00")).timestamp() for g in groups]
+        return min(stamps, default=0.0)
+
     def targets(self) -> list[dict[str, Any]]:
         return list(get_json(f"{self.url}/api/v1/targets")["data"]["activeTargets"])
 
