@@ -6,8 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 . scripts/venv.sh "[test]"
-# rsync (benchmark smoke test), ping/ip/nft (network faults), PostgreSQL (alarm store).
-need_debs rsync iputils-ping iproute2 nftables postgresql
+# rsync (benchmark smoke test), ping/ip/nft (network faults), PostgreSQL (alarm store),
+# the monitoring programs the monitoring tests run for real (Prometheus with promtool, Alertmanager,
+# rsyslog, Nagios 4, Icinga 2).
+need_debs rsync iputils-ping iproute2 nftables postgresql \
+  prometheus prometheus-alertmanager rsyslog nagios4-core icinga2-bin
 
 if [ "$(id -u)" = 0 ]; then
   # Let the unprivileged test agents reach the interpreter and the sources.

@@ -7,10 +7,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hasync import clock
 from hasync.errors import Cause, PeerError
+from hasync.fsutil import atomic_write
 from hasync.halog import kv
 
 if TYPE_CHECKING:
@@ -77,18 +79,19 @@ class Verdict:
         }
 
     def nagios(self) -> tuple[str, int]:
-        """A Nagios plugin line and exit code: OK 0, CRITICAL 2, UNKNOWN 3."""
-        lag = "U" if self.lag_s is None else f"{self.lag_s:.3f}s"
-        perf = f"| out_of_sync={len(self.out_of_sync)} lag={lag}"
+        """A Nagios plugin line and exit code: OK 0, CRITICAL 2 (see `nagios_line`)."""
+        perf = {"out_of_sync": str(len(self.out_of_sync))}
+        if self.lag_s is not None:  # unknown: left out (Icinga 2 rejects the plugin guidelines' `U`)
+            perf["lag"] = f"{self.lag_s:.3f}s"
         if self.in_sync:
-            return f"HASYNC OK - standby in sync {perf}", 0
+            return nagios_line("OK", "standby in sync", perf)
         first = self.out_of_sync[0] if self.out_of_sync else None
         if first is not None and not first.dir and not first.path:
             text = f"{self.cause}: {first.reason}"
         else:
-            where = f"; first: {first.dir}/{first.path}" if first is not None else ""
+            where = f", first: {first.dir}/{first.path}" if first is not None else ""
             text = f"{self.cause}: {len(self.out_of_sync)} path(s) out of sync{where}"
-        return f"HASYNC CRITICAL - {text} {perf}", 2
+        return nagios_line("CRITICAL", text, perf)
 
     def additional_info(self) -> str:
         """The alarm's additional_info: the cause and the first out-of-sync paths."""
@@ -107,6 +110,29 @@ class Verdict:
             out_of_sync=tuple(OutOfSync(o["dir"], o["path"], o["reason"]) for o in doc.get("out_of_sync", [])),
             checked_at=datetime.fromisoformat(doc["checked_at"]),
         )
+
+
+NAGIOS_CODES = {"OK": 0, "CRITICAL": 2, "UNKNOWN": 3}
+NAGIOS_TEXT_MAX = 1000  # characters of text before the perfdata (Nagios 4 keeps 8 KiB of output)
+_PLUGIN_UNSAFE = frozenset("%|;") | {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def plugin_text(text: str) -> str:
+    """`text` made safe for the text part of a plugin line: `|` would start the perfdata, `;` is
+    rewritten by Nagios, a newline would start the long output. Those, `%` and every control
+    character are percent-escaped (`|` is `%7C`, `;` is `%3B`, `%` is `%25`): no information is
+    lost and the line stays one line. Cut at NAGIOS_TEXT_MAX characters."""
+    out = "".join(f"%{ord(c):02X}" if c in _PLUGIN_UNSAFE else c for c in text)
+    return out if len(out) <= NAGIOS_TEXT_MAX else out[: NAGIOS_TEXT_MAX - 3] + "..."
+
+
+def nagios_line(state: str, text: str, perf: dict[str, str] | None = None) -> tuple[str, int]:
+    """`HASYNC <state> - <text> | label=value ...` and the state's exit code. A figure that is not
+    known is left out of the perfdata; with none known there is no `|` at all."""
+    line = f"HASYNC {state} - {plugin_text(text)}"
+    if perf:
+        line += " | " + " ".join(f"{k}={v}" for k, v in perf.items())
+    return line, NAGIOS_CODES[state]
 
 
 def first_cause(causes: set[Cause]) -> Cause | None:
@@ -189,6 +215,24 @@ class StandbyCheck:
         return Verdict(True, None, True, lag)
 
 
+PEER_HOSTNAME_FILE = "peer_hostname"  # in the state dir: the standby's hostname as it last reported it
+HOSTNAME_MAX = 255
+
+
+def valid_hostname(name: object) -> bool:
+    """A HostName a peer may report: 1..255 printable characters."""
+    return isinstance(name, str) and 0 < len(name) <= HOSTNAME_MAX and name.isprintable()
+
+
+def read_learned_hostname(path: Path) -> str | None:
+    """The standby hostname kept in `path`, or None (missing, unreadable or invalid: learned again)."""
+    try:
+        name = path.read_text(encoding="utf-8", errors="strict")[: HOSTNAME_MAX + 2].strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if valid_hostname(name) else None
+
+
 class ActiveCheck:
     """The active's verdict: its own unreadable files, and the standby's view of itself."""
 
@@ -197,9 +241,35 @@ class ActiveCheck:
         self.client = client
         self.interval_s = interval_s
         self.peer_since: int | None = None
-        self.peer_hostname: str | None = None
+        self._learned_path = side.cfg.node.state_dir / PEER_HOSTNAME_FILE
+        self.learned_hostname = read_learned_hostname(self._learned_path)
+        self._learn_failed = False
         self.last_peer_status: dict[str, Any] | None = None
         self.grace = _Grace()
+
+    @property
+    def peer_hostname(self) -> str | None:
+        """The standby's hostname (its alarm's HostName): `[peer] hostname`, else the one it reported
+        to this node (persisted, so that an active restarted while the standby is down knows it)."""
+        return self.side.cfg.peer.hostname or self.learned_hostname
+
+    def learn_hostname(self, name: object) -> None:
+        """Keep the hostname the standby reported; persist it when it changed (atomically)."""
+        if not valid_hostname(name) or name == self.learned_hostname:
+            return
+        assert isinstance(name, str)
+        log.info("standby hostname learned %s", kv(peer=self.side.cfg.peer.name, hostname=name))
+        self.learned_hostname = name
+        try:
+            atomic_write(self._learned_path, (name + "\n").encode(), mode=0o644)
+            self._learn_failed = False
+        except OSError as exc:
+            if not self._learn_failed:  # a transition, not a repetition
+                log.warning(
+                    "cannot keep the standby hostname %s",
+                    kv(path=self._learned_path, error=exc.strerror or exc),
+                )
+            self._learn_failed = True
 
     def lag(self) -> float | None:
         if self.peer_since is None:
@@ -234,7 +304,7 @@ class ActiveCheck:
                 f"the two configs disagree on [role] active"
             )
             return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR.value),))
-        self.peer_hostname = st.get("hostname") or self.peer_hostname
+        self.learn_hostname(st.get("hostname"))
         self.last_peer_status = st
         theirs = [OutOfSync(e["dir"], e["path"], e["reason"], e["cause"]) for e in st.get("errors", [])]
         seen = {(o.dir, o.path) for o in theirs}

@@ -12,6 +12,11 @@ Who notifies (so that a fault both nodes see is one alarm downstream):
   active's alarm is still active, it does not raise one of its own: it leaves
   the alarm to the active, which clears it (and notifies) once the standby
   reports in sync again, and keeps its cause and paths current meanwhile.
+- A node finds the alarm it raised by the stored record (the pair's active
+  alarms in its store), never by recomputing an identity: the active's idea of
+  the standby's hostname may change while its alarm is active (it learns it
+  when the standby answers), and a verdict never changes an alarm's identity
+  mid-life. The identity is computed only for a new raise.
 - With a shared PostgreSQL store both agents see one row (one active alarm per
   fingerprint is enforced by the database), so only the node that inserted it
   notified the raise, and only the node that cleared it notifies the clear.
@@ -82,26 +87,42 @@ class AlarmKeeper:
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    def _pair(self, source: object, service_name: object, role_name: object) -> bool:
+        """Whether an alarm with these parameters is about this pair (any HostName: the active's may
+        have been a fallback)."""
+        c = self.cfg.cluster
+        return (source, service_name, role_name) == (c.source, c.service_name, c.role_name)
+
+    async def mine(self) -> list[Alarm]:
+        """The active alarms this node has to keep and clear: by the stored record, oldest first.
+
+        A local store holds only what this node raised (whatever identity it had then, e.g. a
+        HostName from before the active learned the standby's); a shared store holds the pair's
+        alarms of both nodes (and maybe other pairs': those are left alone)."""
+        active: list[Alarm] = await self._call(self.store.active)
+        return [a for a in active if not self.shared or self._pair(a.source, a.service_name, a.role_name)]
+
     async def on_verdict(self, v: Verdict, standby_hostname: str | None = None) -> Alarm | None:
         """Count the verdict; raise or clear as the rules say. Returns the active alarm, if any."""
         if v.in_sync:
             self.good, self.bad = self.good + 1, 0
         else:
             self.good, self.bad = 0, self.bad + 1
-        ident = self.identity(standby_hostname)
-        fp = ident.fingerprint
-        active: list[Alarm] = await self._call(self.store.active, fp)
-        current = active[0] if active else None
+        mine = await self.mine()
+        current = mine[0] if mine else None
         at = v.checked_at
         if not v.in_sync:
             if current is not None:
-                # Still out of sync: keep cause and paths current (no new notification). A difference
-                # without a cause (`unknown`) left by a known fault (changes made during a partition,
-                # being caught up) keeps that fault's cause and paths.
+                # Still out of sync: keep cause and paths current (no new notification), under the
+                # identity the alarm was raised with. A difference without a cause (`unknown`) left by a
+                # known fault (changes made during a partition, being caught up) keeps that fault's cause
+                # and paths.
                 if v.cause is Cause.UNKNOWN and current.cause != Cause.UNKNOWN.value:
                     return current
                 if current.cause != str(v.cause) or current.additional_info != v.additional_info():
-                    current, _ = await self._call(self.store.raise_alarm, ident, str(v.cause), v.additional_info(), at)
+                    current, _ = await self._call(
+                        self.store.raise_alarm, current.identity, str(v.cause), v.additional_info(), at
+                    )
                 return current
             if self.bad < self.cfg.check.raise_after:
                 return None
@@ -111,22 +132,23 @@ class AlarmKeeper:
                 and self.bad >= max(self.cfg.check.raise_after, self.cfg.check.takeover_after)
             ):
                 return None
-            if self.role == "standby" and v.peer_reachable and not self.shared and await self._peer_owns(ident):
+            if self.role == "standby" and v.peer_reachable and not self.shared and await self._peer_owns():
                 return None  # the active raised it while we were away: it clears it too
-            return await self._raise(ident, v, at)
+            return await self._raise(self.identity(standby_hostname), v, at)
         if current is not None and self.good >= self.cfg.check.clear_after:
-            cleared = await self._call(self.store.clear, fp, at, notify=self.notify)
-            if cleared is not None:
-                log.info(
-                    "alarm cleared %s",
-                    kv(
-                        alarm_id=45641,
-                        fingerprint=fp,
-                        host=ident.host_name,
-                        raised_at=cleared.raised_at.isoformat(timespec="seconds"),
-                    ),
-                )
-                self._wake()
+            for alarm in mine:
+                cleared = await self._call(self.store.clear, alarm.fingerprint, at, notify=self.notify)
+                if cleared is not None:
+                    log.info(
+                        "alarm cleared %s",
+                        kv(
+                            alarm_id=45641,
+                            fingerprint=cleared.fingerprint,
+                            host=cleared.host_name,
+                            raised_at=cleared.raised_at.isoformat(timespec="seconds"),
+                        ),
+                    )
+                    self._wake()
             return None
         return current
 
@@ -154,15 +176,21 @@ class AlarmKeeper:
                 task.add_done_callback(self._tasks.discard)
         return alarm
 
-    async def _peer_owns(self, ident: Identity) -> bool:
-        """Whether the active has this alarm active (it took over while the standby was unreachable)."""
+    async def _peer_owns(self) -> bool:
+        """Whether the active has an alarm of this pair active (it took over while the standby was
+        unreachable), whatever HostName it gave it."""
         if self.peer is None:
             return False
         try:
             theirs = await self.peer.json("GET", "/v1/alarms", timeout=5.0)
         except PeerError:
             return False
-        return any(d.get("fingerprint") == ident.fingerprint and d.get("cleared_at") is None for d in theirs)
+        return any(
+            isinstance(d, dict)
+            and d.get("cleared_at") is None
+            and self._pair(d.get("source"), d.get("service_name"), d.get("role_name"))
+            for d in theirs
+        )
 
     def _wake(self) -> None:
         if self.dispatcher is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -33,6 +33,25 @@ class _Transfers(Collector):
         yield data
 
 
+class _LastSync(Collector):
+    """`hasync_last_sync_timestamp_seconds`: when a check last found the pair in sync (Unix time).
+    Left out until one has since the agent started: 0 would claim a sync in 1970."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def set(self, ts: float) -> None:
+        self.value = ts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.value is not None:
+            yield GaugeMetricFamily(
+                "hasync_last_sync_timestamp_seconds",
+                "Unix time of the last check that found the pair in sync",
+                value=self.value,
+            )
+
+
 class Metrics:
     def __init__(self, side: Side) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -51,6 +70,12 @@ class Metrics:
         self.check_cpu = Gauge("hasync_check_cpu_seconds", "CPU time of the last sync check", registry=r)
         self.alarm_active.labels(alarm_id="45641").set(0)
         r.register(_Transfers(side))
+        # Through outages too: the last in-sync time keeps ageing while the lag is unknown (NaN), and
+        # which node is active (one series per agent, value 1) lets rules and dashboards join on it.
+        self.last_sync = _LastSync()
+        r.register(self.last_sync)
+        role = Gauge("hasync_role", "This agent's node and role (always 1)", ["node", "role"], registry=r)
+        role.labels(node=side.cfg.node.name, role=side.role).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

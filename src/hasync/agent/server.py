@@ -8,7 +8,9 @@ import hmac
 import json
 import logging
 import os
+import re
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -283,6 +285,8 @@ class Agent:
             m = self.metrics
             m.in_sync.set(1 if v.in_sync else 0)
             m.lag.set(v.lag_s if v.lag_s is not None else float("nan"))
+            if v.in_sync:
+                m.last_sync.set(v.checked_at.timestamp())
             m.out_of_sync.set(len(v.out_of_sync))
             m.checks.labels(result="in_sync" if v.in_sync else "out_of_sync").inc()
             m.check_duration.observe(v.duration_s)
@@ -292,6 +296,18 @@ class Agent:
                 alarm = await self.keeper.on_verdict(v, host)
                 m.alarm_active.labels(alarm_id="45641").set(1 if alarm is not None else 0)
             return v
+
+    def status_url(self) -> str:
+        """This agent's status page as others reach it (Alertmanager's generatorURL): the listen
+        address, or this node's hostname when it listens on every address."""
+        host, port = self.cfg.listen_host_port()
+        if host in ("0.0.0.0", "::", ""):
+            name = self.cfg.node.hostname
+            host = name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", name) else socket.gethostname()
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.cfg.security.tls_cert else "http"
+        return f"{scheme}://{host}:{port}{API}/status"
 
     async def check_now(self, request: web.Request) -> web.Response:
         return web.json_response((await self.run_check()).to_json())
@@ -416,6 +432,7 @@ class Agent:
             config_path=str(self.cfg.path),
             resend_s=self.cfg.alarms.resend_s,
             resolved_retention_s=self.cfg.alarms.resolved_retention_s,
+            generator_url=self.status_url(),
         )
         self.dispatcher = Dispatcher(self.store, notifiers)
         shared = is_postgres_url(self.cfg.alarms.store)

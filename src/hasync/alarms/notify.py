@@ -16,6 +16,7 @@ the first firing to the last resolved message:
 ``alertname="hasync_45641"`` (a stable identifier for routing rules; the
 human-readable alarm name is the ``summary`` annotation), ``alarm_id``,
 ``severity``, ``source``, ``service_name``, ``role_name``, ``host_name``.
+``generatorURL`` is the sending agent's status page (``Agent.status_url``).
 """
 
 from __future__ import annotations
@@ -271,8 +272,10 @@ def build_notifiers(
     resend_s: float = DEFAULT_RESEND_S,
     resolved_retention_s: float = DEFAULT_RESOLVED_RETENTION_S,
     config_path: str | None = None,
+    generator_url: str | None = None,
 ) -> list[Notifier]:
-    """The notifiers of ``[[alarms.notify]]``; a bad URL is a ConfigError naming its key (password masked)."""
+    """The notifiers of ``[[alarms.notify]]``; a bad URL is a ConfigError naming its key (password masked).
+    `generator_url` is the ``generatorURL`` of Alertmanager alerts (where to look at the alarm)."""
     out: list[Notifier] = []
     seen: set[str] = set()
     prefix = f"{config_path}: " if config_path else ""
@@ -282,7 +285,11 @@ def build_notifiers(
         try:
             if section.kind == "alertmanager":
                 notifier = AlertmanagerNotifier(
-                    section.url, timeout_s=timeout_s, resend_s=resend_s, resolved_retention_s=resolved_retention_s
+                    section.url,
+                    timeout_s=timeout_s,
+                    resend_s=resend_s,
+                    resolved_retention_s=resolved_retention_s,
+                    generator_url=generator_url,
                 )
             elif section.kind == "webhook":
                 notifier = WebhookNotifier(section.url, timeout_s=timeout_s)

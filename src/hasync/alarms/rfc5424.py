@@ -104,9 +104,10 @@ def format_event(
     sd = "[" + SD_ID + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
     verb = "cleared" if clear else "raised"
     info = " ".join(str(alarm.get("additional_info") or "").splitlines())
-    text = f"ALM-{alarm.get('alarm_id')} {verb}: {alarm.get('name')}; cause={alarm.get('cause')}"
-    if info:
-        text += f"; {info}"
+    cause = f"cause={alarm.get('cause')}"
+    text = f"ALM-{alarm.get('alarm_id')} {verb}: {alarm.get('name')}"
+    # additional_info starts with the cause (SPEC §6): say it once.
+    text += f"; {info}" if info.startswith(cause) else f"; {cause}" + (f"; {info}" if info else "")
     head = (header + sd + " ").encode("utf-8")
     body = BOM + text.encode("utf-8")
     if max_bytes is not None and len(head) + len(body) > max_bytes:

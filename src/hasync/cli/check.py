@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -11,13 +11,28 @@ from hasync.cli import main
 from hasync.cli.common import config_option, handle_errors, print_json
 
 
-@main.command()
+class _PluginCommand(click.Command):
+    """`check`: with `--nagios` an option error is a plugin answer too (UNKNOWN, exit 3), not a usage
+    message on stderr and exit 2, which Nagios shows as CRITICAL "(No output on stdout)"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        nagios = "--nagios" in args
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as exc:
+            if not nagios:
+                raise
+            _plugin_exit("UNKNOWN", exc.format_message())
+
+
+@main.command(cls=_PluginCommand)
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as one JSON document")
 @click.option("--nagios", is_flag=True, help="Nagios plugin output and exit codes (0 OK, 2 CRITICAL, 3 UNKNOWN)")
 def check(config_path: str, as_json: bool, nagios: bool) -> None:
     """Check the pair now: exit 0 in sync, 1 out of sync. It raises and clears alarm 45641 like the
-    periodic check. With the node's agent running the agent checks; otherwise this process does."""
+    periodic check. With the node's agent running the agent checks; otherwise this process does
+    (with --nagios: CRITICAL, this node's agent is not running)."""
     if nagios:
         _nagios(config_path)
         return
@@ -39,26 +54,55 @@ def _plain(config_path: str, as_json: bool) -> None:
     sys.exit(0 if doc["in_sync"] else 1)
 
 
-def _nagios(config_path: str) -> None:
-    import asyncio
+def _plugin_exit(state: str, text: str) -> NoReturn:
+    """Print the plugin line of an answer without a verdict and exit with its code."""
+    from hasync.check import nagios_line
 
-    from hasync.check import Verdict
-    from hasync.config import load
-    from hasync.errors import HasyncError
-
-    try:
-        cfg = load(config_path)
-        doc = asyncio.run(check_once(cfg))
-    except HasyncError as exc:
-        click.echo(f"HASYNC UNKNOWN - {exc.message} | out_of_sync=U lag=U")
-        sys.exit(3)
-    text, code = Verdict.from_json(doc).nagios()
-    click.echo(text)
+    line, code = nagios_line(state, text)
+    click.echo(line)
     sys.exit(code)
 
 
-async def check_once(cfg: Any) -> dict[str, Any]:
-    """Ask the local agent to check, or check in this process when no agent runs."""
+def _nagios(config_path: str) -> None:
+    """The plugin: every outcome is one line on stdout and exit 0, 2 or 3 (never 1, never 2 for usage)."""
+    import asyncio
+
+    from hasync.errors import HasyncError
+
+    try:
+        line, code = asyncio.run(_nagios_answer(config_path))
+    except HasyncError as exc:
+        _plugin_exit("UNKNOWN", exc.message)
+    except KeyboardInterrupt:
+        _plugin_exit("UNKNOWN", "interrupted")
+    except Exception as exc:  # a plugin answers whatever happens: a bug is UNKNOWN with its message
+        _plugin_exit("UNKNOWN", f"internal error: {type(exc).__name__}: {exc}")
+    click.echo(line)
+    sys.exit(code)
+
+
+async def _nagios_answer(config_path: str) -> tuple[str, int]:
+    from hasync.check import Verdict, nagios_line
+    from hasync.config import load
+    from hasync.errors import PeerAgentDown
+
+    cfg = load(config_path)
+    try:
+        doc = await check_once(cfg, fallback=False)
+    except PeerAgentDown as exc:
+        # No agent, no replication: whatever a check run here would find, the pair is not being kept
+        # in sync. The peer's check reports this node with the same cause.
+        return nagios_line(
+            "CRITICAL",
+            f"peer_agent_down: the hasync agent of this node ({cfg.node.name}) is not running, "
+            f"nothing is replicated ({exc.message})",
+        )
+    return Verdict.from_json(doc).nagios()
+
+
+async def check_once(cfg: Any, fallback: bool = True) -> dict[str, Any]:
+    """Ask the local agent to check, or check in this process when no agent runs (PeerAgentDown
+    without `fallback`)."""
     from hasync.agent.client import AgentClient
     from hasync.errors import PeerAgentDown
     from hasync.protocol import API
@@ -68,7 +112,8 @@ async def check_once(cfg: Any) -> dict[str, Any]:
             doc: dict[str, Any] = await local.json("POST", f"{API}/check", timeout=max(30.0, cfg.check.interval_s))
             return doc
         except PeerAgentDown:
-            pass
+            if not fallback:
+                raise
     return await _standalone(cfg)
 
 
