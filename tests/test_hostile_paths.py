@@ -91,53 +91,38 @@ def _outside_state(base: Path) -> dict[str, Any]:
     }
 
 
-def test_diag_refuses_hostile_paths_and_deletes_nothing(make_pair, base: Path) -> None:  # type: ignore[no-untyped-def]
+def _diag_pair(make_pair, base: Path) -> tuple[PairEnv, Path]:  # type: ignore[no-untyped-def]
+    """A pair in sync; junk files beside the sync dirs (what `..` reaches) and outside, behind a link `lnk`."""
     env: PairEnv = make_pair()
-    for root in (env.src, env.dst):
-        (root / "conf" / "keep.yaml").write_text("keep")
-    # A junk file outside the sync dir, reachable through a symlinked parent inside it.
     outside = base / "outside"
     outside.mkdir()
     (outside / "sedOUT").touch()
     (outside / "sedOUT").chmod(0)
     (outside / "secret").write_text("s" * 1234)
     (outside / "secret").chmod(0o640)
-    (env.dst / "conf" / "lnk").symlink_to(outside)
-    (env.src / "conf" / "lnk").symlink_to(outside)
-    # A junk file beside the sync dirs, one level up: what `..` would reach.
     for root in (env.src, env.dst):
+        (root / "conf" / "keep.yaml").write_text("keep")
+        (root / "conf" / "lnk").symlink_to(outside)
         (root / "sedUP").touch()
         (root / "sedUP").chmod(0)
     env.a.start()
     env.b.start()
     env.wait_in_sync()
+    return env, outside
+
+
+def test_diag_refuses_hostile_paths_and_deletes_nothing(make_pair, base: Path) -> None:  # type: ignore[no-untyped-def]
+    env, outside = _diag_pair(make_pair, base)
     before = _outside_state(base)
-    tried = 0
+    answers: list[tuple[Any, ...]] = []
     for port in (env.pair.port_a, env.pair.port_b):
         for op in ("delete_junk", "stat"):
-            for bad in BAD_PATHS:
-                status, doc = _diag(env, port, op, [["conf", bad]])
-                tried += 1
-                assert status == 400, (port, op, bad, doc)
-                assert doc["error"]["code"] == "path_refused" and doc["error"]["message"], doc
-                assert "\n" not in doc["error"]["message"]
+            answers.extend((port, op, bad, *_diag(env, port, op, [["conf", bad]])) for bad in BAD_PATHS)
             # One bad path among good ones refuses the whole request: nothing is done.
-            status, doc = _diag(env, port, op, [["conf", "keep.yaml"], ["conf", ".."]])
-            tried += 1
-            assert status == 400, doc
-            # Not a list of pairs.
-            for shape in ("..", [[".."]], [["conf", "x", "y"]], {"conf": ".."}, [[1, "x"]]):
-                status, doc = _diag(env, port, op, shape)
-                tried += 1
-                assert status == 400 and doc["error"]["code"] == "path_refused", (shape, doc)
-        # Through a symlinked parent: delete_junk refuses, stat sees nothing (it never follows the link).
-        status, doc = _diag(env, port, "delete_junk", [["conf", "lnk/sedOUT"]])
-        tried += 1
-        assert status == 400 and doc["error"]["code"] == "path_refused", doc
-        status, doc = _diag(env, port, "stat", [["conf", "lnk/secret"], ["conf", "lnk/sedOUT"], ["conf", "keep.yaml"]])
-        tried += 2
-        assert status == 200 and doc[:2] == [None, None], doc
-        assert doc[2] is not None and doc[2]["size"] == 4
+            answers.append((port, op, "..", *_diag(env, port, op, [["conf", "keep.yaml"], ["conf", ".."]])))
+            # Not a list of [dir, path] pairs of strings.
+            shapes = ("..", [[".."]], [["conf", "x", "y"]], {"conf": ".."}, [[1, "x"]])
+            answers.extend((port, op, shape, *_diag(env, port, op, shape)) for shape in shapes)
     # Nothing was deleted anywhere, now or by the next reconcile, and no `..` got into the active's tree.
     assert env.hasync("sync", "--once").returncode == 0
     env.wait_in_sync()
@@ -147,9 +132,28 @@ def test_diag_refuses_hostile_paths_and_deletes_nothing(make_pair, base: Path) -
     assert status == 200
     names = {os.fsdecode(n) for _, _, rows in unpack(body) for n, _ in rows}
     assert names == {"keep.yaml", "lnk"}, names
+    # Each request was refused with 400 path_refused and a one-line message.
+    for port, op, bad, status, doc in answers:
+        assert status == 400, (port, op, bad, doc)
+        msg = doc["error"]["message"]
+        assert doc["error"]["code"] == "path_refused" and msg and "\n" not in msg, doc
     for agent in (env.a, env.b):
         assert "Traceback" not in agent.output()
-    HOSTILE_TRIED["diag"] = tried
+    HOSTILE_TRIED["diag"] = len(answers)
+
+
+def test_diag_never_looks_through_a_symlinked_parent(make_pair, base: Path) -> None:  # type: ignore[no-untyped-def]
+    env, outside = _diag_pair(make_pair, base)
+    for port in (env.pair.port_a, env.pair.port_b):
+        # stat answers nothing about what lies behind the link (mode, owner, size of a file outside).
+        status, doc = _diag(env, port, "stat", [["conf", "lnk/secret"], ["conf", "lnk/sedOUT"], ["conf", "keep.yaml"]])
+        assert status == 200 and doc[:2] == [None, None], doc
+        assert doc[2] is not None and doc[2]["size"] == 4
+        # delete_junk refuses, and the junk file outside stays.
+        status, doc = _diag(env, port, "delete_junk", [["conf", "lnk/sedOUT"]])
+        assert status == 400 and doc["error"]["code"] == "path_refused", doc
+        assert (outside / "sedOUT").exists()
+    HOSTILE_TRIED["diag_symlinked_parent"] = 6
 
 
 def _active_side(env: PairEnv) -> ActiveSide:
