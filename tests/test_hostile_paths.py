@@ -21,6 +21,8 @@ from typing import Any
 import blake3
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hasync import config as hconfig
 from hasync.backup import BackupSets
@@ -387,6 +389,59 @@ def test_entries_with_out_of_range_numbers_are_refused() -> None:
         with pytest.raises(ValueError):
             dec_head(pack(shape))
     HOSTILE_TRIED["decoders"] = len(BAD_ROWS) + len(heads) + 3
+
+
+_WIRE_INT = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),  # everything msgpack can carry
+    st.sampled_from(
+        [0, 1, -1, 2**31, 2**32 - 2, 2**32 - 1, 2**32, 2**40, 2**63 - 1, 2**63, 2**64 - 1, 0o7777, 0o10000]
+    ),
+)
+_WIRE_ANY = st.one_of(_WIRE_INT, st.binary(max_size=40), st.text(max_size=20), st.none(), st.booleans(), st.floats())
+
+
+_GOOD_ROWS: dict[str, list[Any]] = {
+    "f": ["f", 0o644, 4, 0, bytes(32), b"", 0, 0, ""],
+    "d": ["d", 0o755, 0, 0, b"", b"", 0, 0, "", bytes(16)],
+    "l": ["l", 0o777, 6, 0, b"", b"target", 0, 0, ""],
+    "e": ["e", 0o000, 0, 0, b"", b"", 0, 0, "permission_denied: no"],
+}
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(_GOOD_ROWS)),
+    st.lists(st.tuples(st.integers(0, 9), st.one_of(_WIRE_INT, _WIRE_ANY)), min_size=1, max_size=3),
+)
+def test_fuzzed_entries_decode_in_range_or_are_refused(kind: str, changes: list[tuple[int, Any]]) -> None:
+    """A good entry with 1 to 3 fields replaced by anything msgpack can carry: decoded within the ranges
+    the system calls take, or refused with ValueError/TypeError (never OverflowError, never a crash)."""
+    row = list(_GOOD_ROWS[kind])
+    for i, value in changes:
+        if i < len(row):
+            row[i] = value
+    try:
+        e, dir_hash = dec_entry(row)
+    except (ValueError, TypeError):
+        HOSTILE_TRIED["fuzzed_entries_refused"] = HOSTILE_TRIED.get("fuzzed_entries_refused", 0) + 1
+        return
+    assert 0 <= e.mode <= 0o7777 and 0 <= e.size < 2**63 and -(2**63) <= e.mtime_ns < 2**63
+    assert 0 <= e.uid <= 2**32 - 2 and 0 <= e.gid <= 2**32 - 2 and "\0" not in e.link
+    assert len(e.digest) in (0, 32) and (dir_hash is None or len(dir_hash) == 16)
+    assert e.kind != "e" or e.cause is not None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_WIRE_INT, _WIRE_ANY), min_size=0, max_size=9))
+def test_fuzzed_file_headers_decode_in_range_or_are_refused(fields: list[Any]) -> None:
+    try:
+        _, meta, offset = dec_head(pack([b"f", "f", *fields]))
+    except (ValueError, TypeError):
+        return
+    if isinstance(meta, Entry):
+        assert 0 <= meta.mode <= 0o7777 and 0 <= offset <= meta.size and 0 <= meta.uid <= 2**32 - 2
+    else:
+        HOSTILE_TRIED["fuzzed_heads"] = HOSTILE_TRIED.get("fuzzed_heads", 0) + 1
 
 
 class NumbersActive:
