@@ -491,8 +491,11 @@ class NumbersActive:
 
     async def tree(self, request: web.Request) -> web.Response:
         req = unpack(await request.read())
-        rows = [[name, row] for name, row in self.rows.items()]
+        rows: list[Any] = [[name, row] for name, row in self.rows.items()]
+        rows += [[b"not-a-pair"], "junk", [b"bad-name\0", list(GOOD_ROW)]]
         out = [[d, b"\x03" * 16, rows if d == b"" and req["dir"] == "conf" else []] for d in req["dirs"]]
+        # Listings of the wrong shape, or of a directory that was not asked for.
+        out += [[b"../evil", b"\x03" * 16, [[b"x", list(GOOD_ROW)]]], [b"", b"\x04" * 16, "rows"], "junk"]
         return web.Response(body=pack(out), content_type=MSGPACK)
 
     async def files(self, request: web.Request) -> web.StreamResponse:
@@ -556,10 +559,10 @@ def test_out_of_range_numbers_from_the_peer_refuse_that_path_only(numbers: tuple
         return {e["path"]: e["cause"] for e in st["errors"] if e["dir"] == "conf"}
 
     try:
-        found = wait_for(lambda: (e := errors()).keys() >= bad and e, 30, what=f"{sorted(bad)} reported")
+        found = wait_for(lambda: (e := errors()).keys() >= bad | {"../evil"} and e, 30, what=f"{sorted(bad)} reported")
     except AssertionError:
         raise AssertionError(f"{errors()}\n{env.b.output()}") from None
-    assert {found[p] for p in bad} == {"sync_error"}, found
+    assert {found[p] for p in bad | {"../evil"}} == {"sync_error"}, found
     for good in ("good-1.txt", "good-2.txt"):
         assert (env.dst / "conf" / good).read_bytes() == fake.BODY
     assert (env.dst / "conf" / "bad-uid.txt").read_text() == "mine"
@@ -572,4 +575,5 @@ def test_out_of_range_numbers_from_the_peer_refuse_that_path_only(numbers: tuple
     assert bad <= reasons.keys() and "out of range" in reasons["bad-uid.txt"], reasons
     out = env.b.output()
     assert "Traceback" not in out and "OverflowError" not in out, out[-2000:]
-    HOSTILE_TRIED["peer_numbers"] = len(bad)
+    assert not (env.dst / "evil").exists() and not (env.dst / "conf" / "x").exists()
+    HOSTILE_TRIED["peer_numbers"] = len(bad) + 6

@@ -381,13 +381,27 @@ class StandbySide(Side):
             for i in range(0, len(level), TREE_BATCH):
                 chunk = level[i : i + TREE_BATCH]
                 listings = await self.client.tree(d.name, [enc_path(p) for p in chunk])
-                for raw_dir, dir_hash, rows in listings:
-                    reldir = dec_path(raw_dir, allow_root=True)
+                for listing in listings:
+                    try:  # a malformed listing is refused on its own: the others are still applied
+                        raw_dir, dir_hash, rows = listing
+                        reldir = dec_path(raw_dir, allow_root=True)
+                        if reldir not in chunk:
+                            raise PathRefused(f"the active listed {reldir!r}, which was not asked for")
+                        if dir_hash is not None and not isinstance(rows, list):
+                            raise ValueError(f"the listing of {reldir!r} is not an array")
+                    except (PathRefused, ValueError, TypeError) as exc:
+                        self._refused(errors, d, "", listing[0] if isinstance(listing, list) and listing else "", exc)
+                        continue
                     if dir_hash is None or (reldir in local.dirs and local.dir_hash(reldir) == dir_hash):
                         continue
                     want: dict[str, tuple[Entry, bytes | None]] = {}
                     refused: set[str] = set()
-                    for raw_name, row in rows:
+                    for item in rows:
+                        try:
+                            raw_name, row = item
+                        except (ValueError, TypeError) as exc:
+                            self._refused(errors, d, reldir, repr(item)[:40], exc)
+                            continue
                         try:
                             name = dec_path(raw_name)
                             if "/" in name:
