@@ -390,7 +390,9 @@ class StandbySide(Side):
                         if dir_hash is not None and not isinstance(rows, list):
                             raise ValueError(f"the listing of {reldir!r} is not an array")
                     except (PathRefused, ValueError, TypeError) as exc:
-                        self._refused(errors, d, "", listing[0] if isinstance(listing, list) and listing else "", exc)
+                        self._refused(
+                            errors, d, "", listing[0] if isinstance(listing, list) and listing else listing, exc
+                        )
                         continue
                     if dir_hash is None or (reldir in local.dirs and local.dir_hash(reldir) == dir_hash):
                         continue
@@ -400,7 +402,7 @@ class StandbySide(Side):
                         try:
                             raw_name, row = item
                         except (ValueError, TypeError) as exc:
-                            self._refused(errors, d, reldir, repr(item)[:40], exc)
+                            self._refused(errors, d, reldir, item, exc)
                             continue
                         try:
                             name = dec_path(raw_name)
@@ -757,7 +759,7 @@ class StandbySide(Side):
         self, errors: dict[tuple[str, str], FileError], d: SyncDir, reldir: str, raw: object, exc: Exception
     ) -> None:
         what = exc.message if isinstance(exc, HasyncError) else f"malformed entry: {exc}"
-        name = os.fsdecode(raw) if isinstance(raw, bytes) else repr(raw)
+        name = os.fsdecode(raw) if isinstance(raw, bytes) else repr(raw)[:80]
         key = f"{reldir}/{name}".lstrip("/").replace("\0", "\\0")
         known = self.errors.get((d.name, key))
         if known is None or known.message != f"refused: {what}":  # a new refusal, not its repetition
