@@ -26,10 +26,12 @@ from hypothesis import strategies as st
 
 from hasync import config as hconfig
 from hasync.backup import BackupSets
+from hasync.fsutil import tmp_name
 from hasync.manifest import FILE, Entry, Tree
 from hasync.protocol import F_DATA, F_DONE, F_END, F_HEAD, MSGPACK, dec_entry, dec_head, frame, pack, unpack
 from hasync.replication.active import ActiveSide
 from hasync.replication.apply import Applier
+from hasync.replication.partials import Partial, Partials
 from pairlib import PairEnv, snapshot, wait_for
 
 HOSTILE_TRIED: dict[str, int] = {}  # test name -> hostile inputs tried (reported in the closing note)
@@ -317,6 +319,17 @@ def test_chmod_never_follows_a_symlink_swapped_in(tmp_path: Path) -> None:
         flipper.join(5)
     assert tries > 100
     HOSTILE_TRIED["chmod_race"] = tries
+
+
+def test_partial_transfer_records_with_unsafe_paths_are_dropped(tmp_path: Path) -> None:
+    """A record of a partial transfer is read from the state dir (the local disk): its path obeys the
+    path rules too, so a damaged or planted record never names a directory outside the sync dir."""
+    store = Partials(tmp_path)
+    bad = ["..", "../x", "a/../../x", "/etc/x", "", "a//b", "nul\0", ".hasync-tmp-0123456789abcdef/x"]
+    for rel in [*bad, "ok/file.bin"]:
+        store.record(Partial("conf", rel, tmp_name()))
+    assert [p.rel for p in store.all()] == ["ok/file.bin"]
+    HOSTILE_TRIED["partial_records"] = len(bad)
 
 
 # -- numbers from the peer ---------------------------------------------------------------------------------
