@@ -195,19 +195,18 @@ def lstat_at(root: Path, relpath: str) -> os.stat_result:
         return fds.lstat(relpath)
 
 
-def set_meta_at(
-    dir_fd: int, name: str, mode: int, owner: tuple[int, int] | None = None, allow_dir: bool = False
-) -> os.stat_result:
+def set_meta_at(dir_fd: int, name: str, mode: int, owner: tuple[int, int] | None = None) -> os.stat_result:
     """chown (when `owner` is given) and chmod `name` in `dir_fd`, never following a symlink.
 
     Linux has no lchmod: the name is opened with O_PATH|O_NOFOLLOW, its type checked on that fd,
     and the change made through /proc/self/fd on that very inode (what glibc's fchmodat with
-    AT_SYMLINK_NOFOLLOW does). A symlink, fifo, socket or device there is refused with ELOOP.
+    AT_SYMLINK_NOFOLLOW does). Anything but a regular file there (a symlink swapped in) is refused
+    with ELOOP; directories get their modes through DirFds.
     Returns the stat after the change."""
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) or (allow_dir and stat.S_ISDIR(st.st_mode))):
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.ELOOP, "not a regular file (never followed)", name)
         proc = f"/proc/self/fd/{fd}"
         if owner is not None:
