@@ -11,6 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hasync.errors import PathRefused
+from hasync.fsutil import DirFds, validate_relpath
+
 STAMP = "%Y%m%d%H%M%S"
 
 
@@ -76,34 +79,76 @@ class BackupSets:
         `move` renames it there (a deletion); otherwise it is hard-linked (an
         overwrite: the new file is renamed over the name afterwards). Across
         file systems it is copied.
+
+        Everything inside the set goes through no-follow directory fds (fsutil.DirFds), like the
+        standby's writes: an older version kept in the set that is a symlink can never redirect a
+        later backup outside. When a parent in the current set is not a real directory (it holds
+        the older version of a path that was a link or a file), a new set is started for this one.
         """
-        dst = self.current() / dir_name / relpath
-        if os.path.lexists(dst):
-            if move:
-                _remove_at(src_dir_fd, name)
-            return
-        dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = f"{validate_relpath(dir_name)}/{validate_relpath(relpath)}"
+        for fresh in (False, True):
+            with DirFds(self.current()) as fds:
+                try:
+                    dfd, dname = fds.parent(target, create=True)
+                except (PathRefused, FileExistsError):
+                    if fresh:
+                        raise
+                    self._current = None  # current() starts the next set ("-1", "-2", ... suffix)
+                    continue
+                _keep_at(src_dir_fd, name, dfd, dname, move)
+                return
+
+
+def _keep_at(src_dir_fd: int, name: str, dst_dir_fd: int, dst_name: str, move: bool) -> None:
+    try:
+        os.stat(dst_name, dir_fd=dst_dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    else:  # already in this set: its first (oldest) version stays
+        if move:
+            _remove_at(src_dir_fd, name)
+        return
+    try:
+        if move:
+            os.rename(name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        else:
+            os.link(name, dst_name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        _copy_at(src_dir_fd, name, dst_dir_fd, dst_name)
+        if move:
+            _remove_at(src_dir_fd, name)
+
+
+_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _copy_at(src_dir_fd: int, name: str, dst_dir_fd: int, dst_name: str) -> None:
+    """Copy `name` (a link, a dir tree or a regular file) into `dst_dir_fd`, never following a link."""
+    st = os.stat(name, dir_fd=src_dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(name, dir_fd=src_dir_fd), dst_name, dir_fd=dst_dir_fd)
+    elif stat.S_ISDIR(st.st_mode):
+        fd = os.open(name, _NOFOLLOW | os.O_DIRECTORY, dir_fd=src_dir_fd)
+        try:  # /proc/self/fd/N names exactly the directories opened above, whatever their paths become
+            shutil.copytree(f"/proc/self/fd/{fd}", f"/proc/self/fd/{dst_dir_fd}/{dst_name}", symlinks=True)
+        finally:
+            os.close(fd)
+    elif stat.S_ISREG(st.st_mode):
+        src = os.open(name, _NOFOLLOW | os.O_NONBLOCK, dir_fd=src_dir_fd)
         try:
-            if move:
-                os.rename(name, dst, src_dir_fd=src_dir_fd)
-            else:
-                os.link(name, dst, src_dir_fd=src_dir_fd, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                raise
-            _copy_at(src_dir_fd, name, dst)
-            if move:
-                _remove_at(src_dir_fd, name)
-
-
-def _copy_at(dir_fd: int, name: str, dst: Path) -> None:
-    src = f"/proc/self/fd/{dir_fd}/{name}"
-    if os.path.islink(src):
-        os.symlink(os.readlink(src), dst)
-    elif os.path.isdir(src):
-        shutil.copytree(src, dst, symlinks=True)
-    else:
-        shutil.copy2(src, dst, follow_symlinks=False)
+            dst = os.open(
+                dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir_fd
+            )
+            with open(src, "rb", closefd=False) as fi, open(dst, "wb") as fo:
+                shutil.copyfileobj(fi, fo, 1 << 20)
+                fo.flush()
+                os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(src)
+    # fifos, sockets and devices are never synchronized: nothing to keep
 
 
 def _remove_at(dir_fd: int, name: str) -> None:

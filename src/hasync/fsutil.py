@@ -149,7 +149,8 @@ class DirFds:
             os.close(self._fds.pop(key))
 
     def get(self, reldir: str, create: bool = False) -> int:
-        """The fd of directory `reldir` ('' for the root), creating missing parts if asked."""
+        """The fd of directory `reldir` ('' for the root), creating missing parts if asked.
+        `reldir` is validated (validate_relpath): ``..`` can never climb out of the root."""
         fd = self._fds.get(reldir)
         if fd is not None:
             return fd
@@ -157,6 +158,7 @@ class DirFds:
             fd = os.open(self.root, self._FLAGS)
         else:
             parent, _, name = reldir.rpartition("/")
+            validate_relpath(reldir)
             pfd = self.get(parent, create)
             try:
                 fd = os.open(name, self._FLAGS, dir_fd=pfd)
@@ -174,6 +176,45 @@ class DirFds:
 
     def fds(self) -> Iterator[int]:
         return iter(self._fds.values())
+
+    def parent(self, relpath: str, create: bool = False) -> tuple[int, str]:
+        """Validate `relpath` and return (no-follow fd of its parent directory, its last component)."""
+        parent, _, name = validate_relpath(relpath).rpartition("/")
+        return self.get(parent, create), name
+
+    def lstat(self, relpath: str) -> os.stat_result:
+        """lstat of `relpath` through no-follow directory fds (FileNotFoundError when absent)."""
+        pfd, name = self.parent(relpath)
+        return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+
+
+def lstat_at(root: Path, relpath: str) -> os.stat_result:
+    """lstat of `relpath` (validated) inside `root`, never through a symlinked parent.
+    Raises PathRefused (unsafe path, or a parent that is not a real directory) or OSError."""
+    with DirFds(root) as fds:
+        return fds.lstat(relpath)
+
+
+def set_meta_at(dir_fd: int, name: str, mode: int, owner: tuple[int, int] | None = None) -> os.stat_result:
+    """chown (when `owner` is given) and chmod `name` in `dir_fd`, never following a symlink.
+
+    Linux has no lchmod: the name is opened with O_PATH|O_NOFOLLOW, its type checked on that fd,
+    and the change made through /proc/self/fd on that very inode (what glibc's fchmodat with
+    AT_SYMLINK_NOFOLLOW does). Anything but a regular file there (a symlink swapped in) is refused
+    with ELOOP; directories get their modes through DirFds.
+    Returns the stat after the change."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.ELOOP, "not a regular file (never followed)", name)
+        proc = f"/proc/self/fd/{fd}"
+        if owner is not None:
+            os.chown(proc, *owner)
+        os.chmod(proc, mode)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def split(relpath: str) -> tuple[str, str]:

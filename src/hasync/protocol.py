@@ -62,11 +62,70 @@ def enc_entry(e: Entry, dir_hash: bytes | None = None) -> list[Any]:
     return row
 
 
-def dec_entry(row: list[Any]) -> tuple[Entry, bytes | None]:
-    kind, mode, size, mtime_ns, digest, link, uid, gid, error = row[:9]
-    if kind not in ("f", "d", "l", "e") or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
-        raise ValueError(f"bad entry {row[:3]!r}")
-    entry = Entry(
-        kind, mode, int(size), int(mtime_ns), bytes(digest), os.fsdecode(link), int(uid), int(gid), 0, str(error)
+# Numeric ranges a receiver accepts (docs/protocol.md §5): what the system calls take, so that a
+# hostile or broken peer gets the entry refused, never an OverflowError deep in the apply.
+MAX_ID = 2**32 - 2  # uid_t/gid_t; 2**32 - 1 is (uid_t)-1, "leave unchanged" to chown
+MAX_MODE = 0o7777  # permission bits only: the type is the entry's kind
+MAX_SIZE = 2**63 - 1  # off_t
+MIN_NS, MAX_NS = -(2**63), 2**63 - 1  # a signed 64-bit ns count (years 1677 to 2262)
+MAX_LINK = 4095  # PATH_MAX - 1: the longest target symlink(2) takes
+MAX_ERROR = 4096
+DIGEST_LEN = 32  # BLAKE3
+DIR_HASH_LEN = 16
+
+
+def _int(value: Any, lo: int, hi: int, what: str) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"{what} {value!r:.40} out of range {lo}..{hi}")
+    return value
+
+
+def dec_meta(mode: Any, size: Any, mtime_ns: Any, uid: Any, gid: Any) -> tuple[int, int, int, int, int]:
+    """The numbers of an entry or a file header, checked against what the system calls take."""
+    return (
+        _int(mode, 0, MAX_MODE, "mode"),
+        _int(size, 0, MAX_SIZE, "size"),
+        _int(mtime_ns, MIN_NS, MAX_NS, "mtime_ns"),
+        _int(uid, 0, MAX_ID, "uid"),
+        _int(gid, 0, MAX_ID, "gid"),
     )
-    return entry, (row[9] if kind == DIR and len(row) > 9 else None)
+
+
+def dec_entry(row: list[Any]) -> tuple[Entry, bytes | None]:
+    """An entry from the wire (section 5), every field checked: raises ValueError or TypeError."""
+    if not isinstance(row, list) or len(row) < 9:
+        raise ValueError(f"entry {row!r:.60} is not an array of 9 or 10 fields")
+    kind, mode, size, mtime_ns, digest, link, uid, gid, error = row[:9]
+    if kind not in ("f", "d", "l", "e"):
+        raise ValueError(f"bad entry kind {kind!r:.20}")
+    mode, size, mtime_ns, uid, gid = dec_meta(mode, size, mtime_ns, uid, gid)
+    if not isinstance(digest, bytes) or len(digest) not in (0, DIGEST_LEN):
+        raise ValueError(f"digest {digest!r:.40} is not {DIGEST_LEN} bytes")
+    if not isinstance(link, bytes) or len(link) > MAX_LINK or b"\0" in link or (kind == "l" and not link):
+        raise ValueError(f"link target {link!r:.40} is not 1..{MAX_LINK} bytes without NUL")
+    if not isinstance(error, str) or len(error) > MAX_ERROR:
+        raise ValueError(f"error {error!r:.40} is not a string of at most {MAX_ERROR} characters")
+    entry = Entry(kind, mode, size, mtime_ns, digest, os.fsdecode(link), uid, gid, 0, error)
+    if kind == "e":
+        entry.cause  # noqa: B018 -- raises ValueError unless it names a cause of SPEC §3
+    dir_hash = row[9] if kind == DIR and len(row) > 9 else None
+    if dir_hash is not None and (not isinstance(dir_hash, bytes) or len(dir_hash) != DIR_HASH_LEN):
+        raise ValueError(f"dir hash {dir_hash!r:.40} is not {DIR_HASH_LEN} bytes")
+    return entry, dir_hash
+
+
+def dec_head(payload: bytes) -> tuple[bytes, Entry | ValueError, int]:
+    """A file header (F_HEAD, section 8): (raw path, its metadata or why it is refused, resume offset).
+    The path is decoded by the caller (dec_path), so that a bad number refuses that file only."""
+    head = unpack(payload)
+    if not isinstance(head, list) or not 7 <= len(head) <= 8:
+        raise ValueError(f"file header {head!r:.60} is not an array of 7 or 8 fields")
+    raw, kind, mode, size, mtime_ns, uid, gid, *more = head
+    try:
+        if kind != "f":
+            raise ValueError(f"file header kind {kind!r:.20} is not 'f'")
+        mode, size, mtime_ns, uid, gid = dec_meta(mode, size, mtime_ns, uid, gid)
+        offset = _int(more[0], 0, size, "resume offset") if more else 0
+    except ValueError as exc:
+        return raw, exc, 0
+    return raw, Entry("f", mode, size, mtime_ns, uid=uid, gid=gid), offset

@@ -330,14 +330,18 @@ class Agent:
         return web.json_response(await self.alarm_docs(include_cleared, with_peer=request.query.get("pair") == "1"))
 
     async def diag(self, request: web.Request) -> web.Response:
-        from hasync.diagnose.nodes import run_op
+        from hasync.diagnose.nodes import path_args, run_op
 
         body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
         op = str(body.pop("op"))
+        paths = path_args(self.cfg, body["paths"]) if op in ("stat", "delete_junk") else []  # PathRefused: 400
         result = await asyncio.to_thread(run_op, self.cfg, op, body)
         if op == "delete_junk":
             # Know about the deletions now, not when their events arrive: a recheck follows at once.
-            await self.side.refresh(self.cfg.sync_dir(d).path / p for d, p in body["paths"])
+            known = {d.name: d.path for d in self.cfg.sync.dirs}
+            await self.side.refresh(known[d] / p for d, p in paths if d in known)
         return web.json_response(result)
 
     async def run_diagnosis(self, fix: bool, alarm: dict[str, Any] | None) -> dict[str, Any]:

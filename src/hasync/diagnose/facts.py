@@ -20,7 +20,7 @@ from typing import Any
 from hasync.backup import BackupSets
 from hasync.config import Config
 from hasync.errors import PathRefused, is_junk
-from hasync.fsutil import DirFds, free_bytes, is_tmp_name, validate_relpath
+from hasync.fsutil import DirFds, free_bytes, is_tmp_name, lstat_at
 from hasync.halog import kv
 from hasync.manifest import Excluder
 
@@ -110,18 +110,18 @@ def file_facts(cfg: Config) -> dict[str, Any]:
         if not d.path.is_dir():
             missing.append({"dir": d.name, "path": str(d.path)})
             continue
-        for dirpath, dirnames, filenames in os.walk(d.path, onerror=None):
+        # fwalk: every directory is opened without following links, every name looked at through its fd.
+        for dirpath, dirnames, filenames, dfd in os.fwalk(d.path, onerror=None, follow_symlinks=False):
             rel_dir = os.path.relpath(dirpath, d.path)
             rel_dir = "" if rel_dir == "." else rel_dir
             for name in [*dirnames, *filenames]:
                 if is_tmp_name(name):
                     continue
-                full = os.path.join(dirpath, name)
                 rel = f"{rel_dir}/{name}" if rel_dir else name
                 if excluded(rel, name):
                     continue
                 try:
-                    st = os.lstat(full)
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 except OSError:
                     continue
                 if stat.S_ISLNK(st.st_mode):
@@ -133,26 +133,29 @@ def file_facts(cfg: Config) -> dict[str, Any]:
                     continue
                 want = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
                 # As root everything is readable; then only a mode without any read bit counts.
-                blocked = (st.st_mode & 0o444) == 0 if is_root else not os.access(full, want, follow_symlinks=False)
+                blocked = (
+                    (st.st_mode & 0o444) == 0
+                    if is_root
+                    else not os.access(name, want, dir_fd=dfd, follow_symlinks=False)
+                )
                 if blocked and len(unreadable) < MAX_FINDINGS:
                     unreadable.append(info)
             dirnames[:] = [
                 n
                 for n in dirnames
-                if os.access(os.path.join(dirpath, n), os.R_OK | os.X_OK)
+                if os.access(n, os.R_OK | os.X_OK, dir_fd=dfd, follow_symlinks=False)
                 and not excluded(f"{rel_dir}/{n}" if rel_dir else n, n)
             ]
     return {"junk": junk, "unreadable": unreadable, "missing": missing, "uid": os.geteuid()}
 
 
 def stat_paths(cfg: Config, paths: list[tuple[str, str]]) -> list[dict[str, Any] | None]:
-    """Mode and owner of the given (dir, path) on this node, None where absent."""
+    """Mode and owner of the given (dir, path) on this node, None where absent, refused, or reached only
+    through a symlinked parent (looked at through no-follow directory fds)."""
     out: list[dict[str, Any] | None] = []
     for dir_name, rel in paths:
         try:
-            root = cfg.sync_dir(dir_name).path
-            st = os.lstat(root / validate_relpath(rel))
-            out.append(describe(st))
+            out.append(describe(lstat_at(cfg.sync_dir(dir_name).path, rel)))
         except (KeyError, OSError, PathRefused):
             out.append(None)
     return out
@@ -188,20 +191,18 @@ def delete_junk(cfg: Config, paths: list[tuple[str, str]]) -> list[str]:
     for dir_name, rel in paths:
         try:
             root = cfg.sync_dir(dir_name).path
-            validate_relpath(rel)
-        except (KeyError, PathRefused):
+        except KeyError:
             continue
-        parent, _, name = rel.rpartition("/")
         with DirFds(root) as fds:
             try:
-                pfd = fds.get(parent)
+                pfd, name = fds.parent(rel)
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                 if not (stat.S_ISREG(st.st_mode) and is_junk(name, st.st_size, st.st_mode)):
                     continue
                 os.unlink(name, dir_fd=pfd)
                 os.fsync(pfd)
-            except (OSError, PathRefused) as exc:
-                if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
                     continue
                 raise
         done.append(f"deleted junk file {root / rel} (size 0, mode 0000)")

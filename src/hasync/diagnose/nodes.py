@@ -6,6 +6,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hasync.diagnose import facts
+from hasync.errors import PathRefused
+from hasync.fsutil import validate_relpath
 
 if TYPE_CHECKING:
     from hasync.agent.client import AgentClient
@@ -22,6 +24,29 @@ class Node(Protocol):
         ...
 
 
+MAX_PATHS = 10_000  # per request: the diagnosis sends at most 2 x 200 findings
+
+
+def path_args(cfg: Config, raw: Any) -> list[tuple[str, str]]:
+    """The ``paths`` argument of `stat` and `delete_junk`: ``[[dir, path], ...]``, each path checked by
+    the rules every path from a peer obeys (fsutil.validate_relpath, docs/protocol.md §9). One bad
+    path refuses the whole request (PathRefused: 400 path_refused) before anything is done. A dir
+    name this node does not know is kept (its path is then absent here: null, or not deleted)."""
+    if not isinstance(raw, list) or len(raw) > MAX_PATHS:
+        raise PathRefused(f"paths must be a list of at most {MAX_PATHS} [dir, path] pairs")
+    out: list[tuple[str, str]] = []
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise PathRefused(f"{pair!r:.80} is not a [dir, path] pair of strings")
+        dir_name, rel = pair
+        try:
+            validate_relpath(rel)
+        except PathRefused as exc:
+            raise PathRefused(f"dir {dir_name!r:.40}: {exc.message}") from None
+        out.append((dir_name, rel))
+    return out
+
+
 def run_op(cfg: Config, op: str, args: dict[str, Any]) -> Any:
     """One diagnosis operation on this node (what POST /v1/diag runs in the agent)."""
     if op == "storage":
@@ -29,11 +54,11 @@ def run_op(cfg: Config, op: str, args: dict[str, Any]) -> Any:
     if op == "files":
         return facts.file_facts(cfg)
     if op == "stat":
-        return facts.stat_paths(cfg, [(str(d), str(p)) for d, p in args["paths"]])
+        return facts.stat_paths(cfg, path_args(cfg, args["paths"]))
     if op == "prune_backups":
         return facts.prune_backups(cfg, int(args.get("need_free", 0)))
     if op == "delete_junk":
-        return facts.delete_junk(cfg, [(str(d), str(p)) for d, p in args["paths"]])
+        return facts.delete_junk(cfg, path_args(cfg, args["paths"]))
     if op == "log_summary":
         from datetime import datetime
 

@@ -14,7 +14,7 @@ import blake3
 
 from hasync.backup import BackupSets
 from hasync.config import SyncDir
-from hasync.fsutil import DirFds, fsync_fd, syncfs, tmp_name
+from hasync.fsutil import DirFds, fsync_fd, set_meta_at, syncfs, tmp_name
 from hasync.manifest import DIR, FILE, LINK, Entry, Tree
 
 
@@ -298,20 +298,17 @@ class Applier:
             return
         parent, _, name = rel.rpartition("/")
         pfd = self.parent_fd(parent)
-        st = self._lstat(rel)
         have = self.tree.get(rel)
-        if st is None or not stat.S_ISREG(st.st_mode) or have is None:
+        if have is None:
             raise FileNotFoundError(errno.ENOENT, "changed on the standby during the sync", rel)
-        # The lstat above shows a regular file: chmod by name does not follow a link.
-        if self.as_root:
-            os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
-        os.chmod(name, e.mode, dir_fd=pfd)
-        self.tree.put(
-            rel,
-            have._replace(
-                mode=e.mode, uid=e.uid if self.as_root else st.st_uid, gid=e.gid if self.as_root else st.st_gid
-            ),
-        )
+        try:
+            # Through an O_PATH|O_NOFOLLOW fd: a symlink swapped in since the scan is never followed.
+            st = set_meta_at(pfd, name, e.mode, (e.uid, e.gid) if self.as_root else None)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                raise FileNotFoundError(errno.ENOENT, "changed on the standby during the sync", rel) from exc
+            raise
+        self.tree.put(rel, have._replace(mode=e.mode, uid=st.st_uid, gid=st.st_gid))
 
     def begin(self, rel: str, meta: Entry, resume: Resume | None = None) -> FileWriter:
         return FileWriter(self, rel, meta, resume)

@@ -13,7 +13,8 @@ from pathlib import Path
 import watchfiles
 
 from hasync.config import Config, SyncDir
-from hasync.fsutil import is_tmp_name
+from hasync.errors import PathRefused
+from hasync.fsutil import DirFds, is_tmp_name, validate_relpath
 from hasync.halog import kv
 from hasync.manifest import (
     DIR,
@@ -174,32 +175,40 @@ class Side:
             await self._refresh_one(d, tree, rel)
 
     async def _refresh_one(self, d: SyncDir, tree: Tree, rel: str) -> None:
+        try:
+            validate_relpath(rel)  # never `..`, `.`, empty parts or NUL, whoever names the path
+        except PathRefused as exc:
+            log.error("path refused %s", kv(dir=d.name, error=exc.message))
+            return
         parent = tree.get(rel.rpartition("/")[0]) if "/" in rel else None
         if "/" in rel and (parent is None or parent.kind != DIR):
             return  # its parent is unknown: the parent's own event brings it in
-        full = d.path / rel
+        with DirFds(d.path) as fds:  # looked at through no-follow dir fds, never through a symlinked parent
+            await self._refresh_at(d, tree, rel, fds)
+
+    async def _refresh_at(self, d: SyncDir, tree: Tree, rel: str, fds: DirFds) -> None:
         old = tree.get(rel)
         try:
-            st = os.lstat(full)
-        except FileNotFoundError:
+            pfd, name = fds.parent(rel)
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except (FileNotFoundError, PathRefused):  # gone, or a parent is no longer a real directory
             if tree.remove(rel) is not None:
                 self._changed(d.name, rel)
             return
         except OSError as exc:
             log.warning("cannot stat %s", kv(dir=d.name, path=rel, error=exc.strerror))
             return
-        name = rel.rpartition("/")[2]
         if stat.S_ISDIR(st.st_mode) and (old is None or old.kind != DIR):
             sub = await asyncio.to_thread(self._scan_subtree, d, rel)
             if sub is not None:
                 self._merge(d.name, tree, rel, st, sub)
             return
-        read = lambda: read_file_entry(None, str(full))
+        read = lambda: read_file_entry(pfd, name)
         try:
             if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE and not self._cached(old, st):
                 new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", old, time.time_ns())
             else:
-                new = stat_entry(name, st, read, lambda: os.readlink(full), old, time.time_ns())
+                new = stat_entry(name, st, read, lambda: os.readlink(name, dir_fd=pfd), old, time.time_ns())
         except FileNotFoundError:
             if tree.remove(rel) is not None:
                 self._changed(d.name, rel)

@@ -24,7 +24,7 @@ import blake3
 import msgpack
 
 from hasync.errors import PathRefused
-from hasync.fsutil import DirFds, atomic_write, is_tmp_name
+from hasync.fsutil import DirFds, atomic_write, is_tmp_name, validate_relpath
 from hasync.manifest import hash_into
 from hasync.replication.apply import FileWriter, Resume
 
@@ -87,6 +87,10 @@ class Partials:
             d, rel, tmp = msgpack.unpackb(path.read_bytes(), raw=False)
             p = Partial(str(d), str(rel), str(tmp))
         except (OSError, ValueError, TypeError, msgpack.UnpackException):
+            return None
+        try:
+            validate_relpath(p.rel)  # a record is read from disk: its path obeys the same rules as the peer's
+        except PathRefused:
             return None
         return p if is_tmp_name(p.tmp) and "/" not in p.tmp else None
 

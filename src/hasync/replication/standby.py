@@ -28,7 +28,7 @@ from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_o
 from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
 from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
-from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec_path, enc_path, unpack
+from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec_head, dec_path, enc_path, unpack
 from hasync.quickcheck import QuickIndex, index_path
 from hasync.replication.apply import Applier, FileWriter, WritePipe
 from hasync.replication.base import Side
@@ -381,21 +381,43 @@ class StandbySide(Side):
             for i in range(0, len(level), TREE_BATCH):
                 chunk = level[i : i + TREE_BATCH]
                 listings = await self.client.tree(d.name, [enc_path(p) for p in chunk])
-                for raw_dir, dir_hash, rows in listings:
-                    reldir = dec_path(raw_dir, allow_root=True)
+                for listing in listings:
+                    try:  # a malformed listing is refused on its own: the others are still applied
+                        raw_dir, dir_hash, rows = listing
+                        reldir = dec_path(raw_dir, allow_root=True)
+                        if reldir not in chunk:
+                            raise PathRefused(f"the active listed {reldir!r}, which was not asked for")
+                        if dir_hash is not None and not isinstance(rows, list):
+                            raise ValueError(f"the listing of {reldir!r} is not an array")
+                    except (PathRefused, ValueError, TypeError) as exc:
+                        self._refused(
+                            errors, d, "", listing[0] if isinstance(listing, list) and listing else listing, exc
+                        )
+                        continue
                     if dir_hash is None or (reldir in local.dirs and local.dir_hash(reldir) == dir_hash):
                         continue
                     want: dict[str, tuple[Entry, bytes | None]] = {}
-                    for raw_name, row in rows:
+                    refused: set[str] = set()
+                    for item in rows:
+                        try:
+                            raw_name, row = item
+                        except (ValueError, TypeError) as exc:
+                            self._refused(errors, d, reldir, item, exc)
+                            continue
                         try:
                             name = dec_path(raw_name)
                             if "/" in name:
                                 raise PathRefused(f"listing of {reldir!r} names {name!r}")
-                            want[name] = dec_entry(row)
                         except (PathRefused, ValueError, TypeError) as exc:
                             self._refused(errors, d, reldir, raw_name, exc)
+                            continue
+                        try:
+                            want[name] = dec_entry(row)
+                        except (ValueError, TypeError) as exc:
+                            self._refused(errors, d, reldir, raw_name, exc)
+                            refused.add(name)  # a bad entry of a good name: our copy is left alone
                     have = local.children(reldir)
-                    for name in sorted(want.keys() | have.keys()):
+                    for name in sorted((want.keys() | have.keys()) - refused):
                         rel = f"{reldir}/{name}" if reldir else name
                         w = want.get(name)
                         went = w[0] if w else None
@@ -630,19 +652,23 @@ class StandbySide(Side):
                         last_progress = time.monotonic()
                         progress(dict(tally, event="progress"))
                 elif kind == F_HEAD:
-                    raw, _kind, mode, size, mtime_ns, uid, gid, *more = unpack(payload)
+                    raw, meta_or_bad, offset = dec_head(payload)
                     rel = dec_path(raw)
                     if rel not in wanted:
                         raise PathRefused(f"the active sent {rel!r}, which was not asked for")
-                    offset = more[0] if more else 0
+                    writer = None
+                    if isinstance(meta_or_bad, ValueError):  # bad numbers: this file is refused, not the stream
+                        self._refused(errors, d, "", raw, meta_or_bad)
+                        skip = True
+                        continue
                     offer = offers.pop(rel, None)
                     if offset and (offer is None or offset != offer.offset):
                         raise PathRefused(f"the active resumes {rel!r} at byte {offset!r}, which was not offered")
                     if offer is not None and not offset:
                         self.resumes.discard(d.name, rel, applier.fds.get)  # its file is not what we hold
-                    meta = Entry(FILE, mode, size, mtime_ns, uid=uid, gid=gid)
+                    meta = meta_or_bad
+                    size = meta.size
                     skip = False
-                    writer = None
                     try:
                         writer = applier.begin(rel, meta, offer if offset else None)
                         self.resumes.started(d.name, writer)
@@ -733,11 +759,14 @@ class StandbySide(Side):
         self, errors: dict[tuple[str, str], FileError], d: SyncDir, reldir: str, raw: object, exc: Exception
     ) -> None:
         what = exc.message if isinstance(exc, HasyncError) else f"malformed entry: {exc}"
-        log.error(
-            "refused data from the active %s", kv(dir=d.name, where=reldir or "/", entry=repr(raw)[:80], error=what)
-        )
-        key = f"{reldir}/{os.fsdecode(raw) if isinstance(raw, bytes) else raw!r}".lstrip("/")
-        self._fail(errors, d, key.replace("\0", "\\0"), Cause.SYNC_ERROR, f"refused: {what}")
+        name = os.fsdecode(raw) if isinstance(raw, bytes) else repr(raw)[:80]
+        key = f"{reldir}/{name}".lstrip("/").replace("\0", "\\0")
+        known = self.errors.get((d.name, key))
+        if known is None or known.message != f"refused: {what}":  # a new refusal, not its repetition
+            log.error(
+                "refused data from the active %s", kv(dir=d.name, where=reldir or "/", entry=repr(raw)[:80], error=what)
+            )
+        self._fail(errors, d, key, Cause.SYNC_ERROR, f"refused: {what}")
 
     def _flush(self, applier: Applier, d: SyncDir, errors: dict[tuple[str, str], FileError]) -> None:
         """Make the written batch durable (syncfs in a worker thread) and rename it into place, while
