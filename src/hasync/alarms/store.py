@@ -183,6 +183,21 @@ def is_postgres_url(store: str) -> bool:
     return store.split(":", 1)[0].lower() in PG_SCHEMES and "://" in store
 
 
+def check_store(store: str) -> None:
+    """ValueError (password masked) unless `store` is ``"sqlite"`` or a postgresql:// URL that can be split."""
+    if store == "sqlite":
+        return
+    if not is_postgres_url(store):
+        raise ValueError(f'{mask_url(store)!r}: unknown store, expected "sqlite" or a postgresql:// URL')
+    if any(ch.isspace() or ord(ch) < 32 for ch in store):
+        raise ValueError(f"{mask_url(store)!r}: a URL must not contain spaces or control characters")
+    try:
+        parts = urlsplit(store)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise ValueError(f"{mask_url(store)!r}: not a valid URL ({exc})") from None
+
+
 def open_store(store: str, state_dir: Path, **options: Any) -> AlarmStore:
     """Open (creating and migrating as needed) the store `[alarms].store` names.
 
@@ -193,8 +208,10 @@ def open_store(store: str, state_dir: Path, **options: Any) -> AlarmStore:
         from hasync.alarms.sqlite_store import SqliteStore
 
         return SqliteStore(Path(state_dir) / SQLITE_FILE, **options)
-    if is_postgres_url(store):
-        from hasync.alarms.pg_store import PgStore
+    try:
+        check_store(store)
+    except ValueError as exc:
+        raise StoreError(f"alarm store {exc}") from None
+    from hasync.alarms.pg_store import PgStore
 
-        return PgStore(store, **options)
-    raise StoreError(f'alarm store {mask_url(store)!r}: unknown store, expected "sqlite" or a postgresql:// URL')
+    return PgStore(store, **options)
