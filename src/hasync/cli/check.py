@@ -87,7 +87,7 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
     lock.acquire("check")  # it may remove leftover temp files: never beside another writer
     agent = Agent(cfg)
     try:
-        await agent.open_alarms(run_dispatcher=False)
+        await agent.open_alarms(run_dispatcher=False, guarded=False)
         await agent.side.prepare()
         if isinstance(agent.checker, StandbyCheck):
             agent.checker.grace_s = 0.0
