@@ -186,7 +186,7 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("peer-hostname-empty", put("peer", 'hostname = ""'), "peer.hostname"),
     ("listen-port-range", sub('listen = "127.0.0.1:', 'listen = "127.0.0.1:9'), "node.listen"),
     ("listen-no-port", sub('listen = "127.0.0.1:', 'listen = "127.0.0.1#'), "node.listen"),
-    ("listen-not-string", sub('listen = "127.0.0.1:', 'listen = 8080 #'), "node.listen"),
+    ("listen-not-string", sub('listen = "127.0.0.1:', "listen = 8080 #"), "node.listen"),
     ("peer-port-zero", sub('address = "127.0.0.1:', 'address = "127.0.0.1:0#'), "peer.address"),
     ("peer-same-name", sub('[peer]\nname = "node-b"', '[peer]\nname = "node-a"'), "peer.name"),
     ("role-mode", sub('mode = "static"', 'mode = "raft"'), "role.mode"),

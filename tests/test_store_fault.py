@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import threading
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from hasync.alarms.guard import GuardedStore
+from hasync.alarms.model import Identity
 from hasync.alarms.pg_store import PgStore
-from hasync.alarms.store import StoreError, mask_url, url_secrets
+from hasync.alarms.sqlite_store import SqliteStore
+from hasync.alarms.store import AlarmStore, StoreError, StoreUnavailable, mask_url, url_secrets
 from pairlib import PairEnv, wait_for
 from receivers import free_port_both
 
@@ -104,6 +109,7 @@ def test_sqlite_store_that_cannot_open_is_reported_and_caught_up(make_pair) -> N
     assert store["location"] == f"sqlite:{db}"
     datetime.fromisoformat(store["since"])
     assert metric(env, "hasync_alarm_store_up") == 0
+    assert "alarm store DOWN since" in env.hasync("status").stdout
 
     # The verdicts go on while the store is down: raised, then cleared, kept in memory.
     env.a.stop()
@@ -241,3 +247,97 @@ def test_store_url_password_masked_even_when_the_url_does_not_parse(url: str) ->
     with pytest.raises(StoreError) as err:
         PgStore(url, connect_timeout_s=1)
     assert secret not in str(err.value) and "Pw-S3cret-43" not in str(err.value), err.value
+
+
+# -- GuardedStore on a real SQLite file, in process -------------------------------------------------------------
+
+IDENT = Identity("c1", "Flink", "FlinkServer", "node-b")
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def guarded(path: Path, **options: Any) -> GuardedStore:
+    return GuardedStore(lambda: SqliteStore(path, **options), f"sqlite:{path}", retry_initial_s=0.05)
+
+
+def test_guard_keeps_raise_and_clear_while_down_and_records_both(tmp_path: Path) -> None:
+    db = tmp_path / "alarms.db"
+    db.mkdir()
+    store = guarded(db)
+    assert isinstance(store, AlarmStore)
+    assert store.open() is False and store.health().ok is False
+    alarm, created = store.raise_alarm(IDENT, "peer_agent_down", "info 1", T0, notify=["webhook:x"])
+    assert created and alarm.id < 0 and store.active(IDENT.fingerprint) == [alarm]
+    store.set_diagnosis(alarm.id, {"cause": "peer_agent_down"})
+    again, created = store.raise_alarm(IDENT, "disk_full", "info 2", T0 + timedelta(seconds=60))
+    assert not created and again.cause == "disk_full" and again.raised_at == T0
+    cleared = store.clear(IDENT.fingerprint, T0 + timedelta(seconds=120), notify=["webhook:x"])
+    assert cleared is not None and cleared.cleared_at == T0 + timedelta(seconds=120)
+    assert store.active() == [] and store.due(T0) == []
+    store.raise_alarm(IDENT, "junk_file", "info 3", T0 + timedelta(seconds=180), notify=["webhook:x"])
+    assert store.health().kept == 2
+
+    db.rmdir()
+    assert store.open() is True and store.health().kept == 0
+    rows = sorted(store.history(), key=lambda a: a.raised_at)
+    assert [(a.cause, a.raised_at, a.cleared_at) for a in rows] == [
+        ("disk_full", T0, T0 + timedelta(seconds=120)),
+        ("junk_file", T0 + timedelta(seconds=180), None),
+    ]
+    assert rows[0].diagnosis == {"cause": "peer_agent_down"}
+    assert [(i.event, i.notifier) for i in store.pending()] == [
+        ("raise", "webhook:x"),
+        ("clear", "webhook:x"),
+        ("raise", "webhook:x"),
+    ]
+    store.close()
+
+
+def test_guard_bounds_what_it_keeps(tmp_path: Path) -> None:
+    db = tmp_path / "alarms.db"
+    db.mkdir()
+    store = guarded(db)
+    store.max_kept = 10
+    store.open()
+    for i in range(25):
+        store.raise_alarm(IDENT, "peer_agent_down", f"flap {i}", T0 + timedelta(seconds=2 * i))
+        store.clear(IDENT.fingerprint, T0 + timedelta(seconds=2 * i + 1))
+    store.raise_alarm(IDENT, "peer_agent_down", "last", T0 + timedelta(seconds=100))
+    health = store.health()
+    assert health.kept == 10 and health.dropped == 16
+    db.rmdir()
+    assert store.open()
+    (active,) = store.active()
+    assert active.additional_info == "last"  # the latest verdict always survives
+    store.close()
+
+
+def test_guard_rides_out_a_store_locked_past_its_busy_timeout(tmp_path: Path) -> None:
+    db = tmp_path / "alarms.db"
+    store = guarded(db, busy_timeout_s=0.2)
+    assert store.open()
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        alarm, created = store.raise_alarm(IDENT, "peer_agent_down", "locked", T0, notify=["webhook:x"])
+        assert created and alarm.id < 0 and not store.health().ok
+        assert "locked" in (store.health().error or "")
+        assert store.open() is False  # still locked: retried later
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert store.open() and store.health().ok
+    (stored,) = store.active()
+    assert (stored.raised_at, stored.id > 0) == (T0, True)
+    store.close()
+
+
+def test_garbage_sqlite_file_is_refused_by_commands_and_moved_aside_only_by_the_agent(tmp_path: Path) -> None:
+    db = tmp_path / "alarms.db"
+    db.write_bytes(b"\x00garbage" * 1000)
+    with pytest.raises(StoreUnavailable, match="not a database"):
+        SqliteStore(db)
+    assert db.read_bytes() == b"\x00garbage" * 1000
+    store = SqliteStore(db, move_aside_damaged=True)
+    assert store.moved_aside is not None and store.moved_aside.read_bytes() == b"\x00garbage" * 1000
+    assert store.active() == []
+    store.close()

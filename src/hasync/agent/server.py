@@ -425,7 +425,9 @@ class Agent:
                 store_location(store, state_dir),
                 on_change=lambda ok: up.set(1 if ok else 0),
             )
-            await asyncio.to_thread(self.store.open)
+            if not run_dispatcher:
+                await asyncio.to_thread(self.store.open)
+            # else the store's retry task opens it at once: a store that hangs never delays replication
         else:
             self.store = await asyncio.to_thread(open_store, store, state_dir)
         notifiers = build_notifiers(

@@ -41,6 +41,7 @@ from hasync.halog import kv
 log = logging.getLogger("hasync.alarms")
 
 MAX_KEPT = 1000
+NOT_OPENED = "not opened yet"
 
 
 def _now() -> datetime:
@@ -104,7 +105,7 @@ class GuardedStore:
         self.retry_max_s = retry_max_s
         self._inner: AlarmStore | None = None
         self._ok = False
-        self._error: str | None = "not opened yet"
+        self._error: str | None = NOT_OPENED
         self._since = _now()
         self._episodes: list[_Episode] = []
         self._known: dict[str, Alarm] = {}  # active alarms as last read from the store, by fingerprint
@@ -133,7 +134,7 @@ class GuardedStore:
             self._ok = False
             if was_ok:
                 self._since = _now()
-        if was_ok or old == "not opened yet":
+        if was_ok or old == NOT_OPENED:
             log.error(
                 "alarm store unavailable, alarms kept in memory until it is back %s",
                 kv(store=self.location, error=exc.message),
@@ -145,7 +146,7 @@ class GuardedStore:
 
     def _recovered(self, applied: int) -> None:
         with self._mu:
-            first = self._error == "not opened yet"
+            first = self._error == NOT_OPENED
             self._ok, self._error, self._since = True, None, _now()
         if not first:
             log.info("alarm store available again %s", kv(store=self.location, applied=applied))
@@ -230,8 +231,10 @@ class GuardedStore:
     async def run(self, stop: asyncio.Event, on_recover: Callable[[], None] | None = None) -> None:
         """Until `stop`: while the store is down, retry with backoff; call `on_recover` when it is back."""
         delay = self.retry_initial_s
+        first = self._inner is None and self._error == NOT_OPENED
         while not stop.is_set():
-            wait = 1.0 if self._ok else delay
+            wait = 0.0 if first else 1.0 if self._ok else delay
+            first = False
             try:
                 await asyncio.wait_for(stop.wait(), wait)
                 return

@@ -55,9 +55,7 @@ class StoreError(HasyncError):
 
 class StoreUnavailable(StoreError):
     """The store's database failed (cannot connect, locked, damaged, closed): a fault of the store, not of
-    the request. The agent keeps working without it (`hasync.alarms.guard`)."""
-
-    code = "store_unavailable"
+    the request. The agent keeps working without it (`hasync.alarms.guard`). Same code and exit as StoreError."""
 
 
 @runtime_checkable
