@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import tarfile
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -226,8 +227,15 @@ def test_postgresql_store_down_at_start_then_up(make_pair, pg_schema_url: str, r
     assert abs((rows[0][2] - datetime.fromisoformat(raised_at)).total_seconds()) < 0.001  # the verdict's time
     assert metric(env, "hasync_alarm_store_up") == 1
 
-    # The password never shows: HA logs, agent output, status.
+    # The password never shows: HA logs, agent output, status, the fault-information bundle.
+    bundle = env.pair.base / "bundle.tar.gz"
+    r = env.hasync("collect", "--at", "now", "--before", "5m", "--after", "1m", "-o", str(bundle))
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(bundle) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert any(name.endswith("config.toml") for name in files) and any(b"alarm_store" in d for d in files.values())
     seen = ha_log(env, "a") + ha_log(env, "b") + env.a.output() + env.b.output() + json.dumps(status(env))
+    seen += r.stdout + r.stderr + b"".join(files.values()).decode(errors="replace")
     assert "alarm store unavailable" in seen and password not in seen
 
 
