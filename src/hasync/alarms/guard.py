@@ -191,17 +191,12 @@ class GuardedStore:
                 if not self._episodes:
                     break
                 ep = self._episodes[0]
-            if ep.identity is not None and not ep.raised_done:
-                v = ep.view
-                alarm, _ = inner.raise_alarm(ep.identity, v.cause, v.additional_info, ep.raised_at, notify=ep.notify)
-                with self._mu:
-                    ep.raised_done = True
-                    if v.id < 0:
-                        self._ids[v.id] = alarm.id
-                if v.diagnosis is not None:
-                    self._set_diagnosis_quietly(inner, alarm.id, v.diagnosis)
-            if ep.cleared_at is not None:
-                inner.clear(ep.fingerprint, ep.cleared_at, notify=ep.clear_notify)
+            try:
+                self._apply(inner, ep)
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:  # this episode cannot be applied (the store refuses it): the next can
+                log.warning("kept alarm not stored %s", kv(fingerprint=ep.fingerprint, error=exc.message))
             with self._mu:
                 self._episodes.pop(0)
             applied += 1
@@ -210,6 +205,19 @@ class GuardedStore:
         for row, doc in diagnoses.items():
             self._set_diagnosis_quietly(inner, row, doc)
         return applied
+
+    def _apply(self, inner: AlarmStore, ep: _Episode) -> None:
+        if ep.identity is not None and not ep.raised_done:
+            v = ep.view
+            alarm, _ = inner.raise_alarm(ep.identity, v.cause, v.additional_info, ep.raised_at, notify=ep.notify)
+            with self._mu:
+                ep.raised_done = True
+                if v.id < 0:
+                    self._ids[v.id] = alarm.id
+            if v.diagnosis is not None:
+                self._set_diagnosis_quietly(inner, alarm.id, v.diagnosis)
+        if ep.cleared_at is not None:
+            inner.clear(ep.fingerprint, ep.cleared_at, notify=ep.clear_notify)
 
     @staticmethod
     def _set_diagnosis_quietly(inner: AlarmStore, row: int, doc: dict[str, Any]) -> None:
@@ -243,7 +251,12 @@ class GuardedStore:
             if self._ok:
                 delay = self.retry_initial_s
                 continue
-            if await asyncio.to_thread(self.open):
+            try:
+                back = await asyncio.to_thread(self.open)
+            except Exception:  # a bug must not end the retries: the store would stay down for good
+                log.exception("alarm store retry failed")
+                back = False
+            if back:
                 delay = self.retry_initial_s
                 if on_recover is not None:
                     on_recover()
