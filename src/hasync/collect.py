@@ -144,7 +144,8 @@ class Window:
 # -- masking -----------------------------------------------------------------------------------------------------
 _SECRET_WORDS = r"(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key|credential)"
 SECRET_KEY_RE = re.compile(_SECRET_WORDS, re.IGNORECASE)
-_URL_PW_RE = re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s:/@]*):[^\s@]*@", re.IGNORECASE)
+# scheme://user:PASSWORD@ (group 2 is the password), also in a URL that does not parse
+URL_PASSWORD_RE = re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s:/@]*):([^\s@]*)@", re.IGNORECASE)
 _QUERY_PW_RE = re.compile(r"([?&;](?:pwd|access_token|" + _SECRET_WORDS[3:-1] + r")=)[^&\s#\"']*", re.IGNORECASE)
 _KV_RE = re.compile("(" + _SECRET_WORDS + r"[\w.-]*=)(\"(?:[^\"\\\n]|\\.)*\"|[^\s&\"']*)", re.IGNORECASE)
 _JSON_KV_RE = re.compile(r'("[^"\n]*' + _SECRET_WORDS + r'[^"\n]*"\s*:\s*)"(?:[^"\\\n]|\\.)*"', re.IGNORECASE)
@@ -205,7 +206,7 @@ class Masker:
         if self._known_re is not None:
             s = self._known_re.sub(MASK, s)
         if "://" in s and "@" in s:
-            s = _URL_PW_RE.sub(r"\1:" + MASK + "@", s)
+            s = URL_PASSWORD_RE.sub(r"\1:" + MASK + "@", s)
         if "Bearer" in s or "Basic" in s:
             s = _AUTH_RE.sub(r"\1 " + MASK, s)
         return self._keyed(s)

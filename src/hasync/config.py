@@ -6,17 +6,42 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hasync.errors import ConfigError
 
 DEFAULT_CONFIG = "hasync.toml"
 
 
+# Upper bounds of the settings with a unit: far above any sane value, low enough that arithmetic on them
+# (timeouts, sleeps, sizes) stays finite and within what asyncio and the OS accept.
+DAY_S = 86400.0
+WEEK_S = 7 * DAY_S
+MAX_COUNT = 1_000_000
+TiB = 1 << 40
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused in every float setting ("interval_s = inf" would mean: never check).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _no_nul(value: Any) -> Any:
+    if "\0" in str(value):
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _one_line(value: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters (newline, tab, NUL...)")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_one_line)]
+FilePath = Annotated[Path, AfterValidator(_no_nul)]
 
 
 def _host_port(value: str) -> str:
@@ -27,26 +52,26 @@ def _host_port(value: str) -> str:
 
 
 class ClusterSection(_Section):
-    source: str = Field("cluster-1", description="alarm parameter Source")
-    service_name: str = Field("Flink", description="alarm parameter ServiceName")
-    role_name: str = Field("FlinkServer", description="alarm parameter RoleName")
+    source: Name = Field("cluster-1", description="alarm parameter Source")
+    service_name: Name = Field("Flink", description="alarm parameter ServiceName")
+    role_name: Name = Field("FlinkServer", description="alarm parameter RoleName")
 
 
 class NodeSection(_Section):
-    name: str = Field(description="unique within the pair")
-    hostname: str = Field(default_factory=socket.gethostname, description="alarm parameter HostName")
+    name: Name = Field(description="unique within the pair")
+    hostname: Name = Field(default_factory=socket.gethostname, description="alarm parameter HostName")
     listen: str = Field("127.0.0.1:28443", description="address the agent serves on")
-    state_dir: Path = Field(Path("state"), description="manifests, sync state, alarm store")
-    log_dir: Path = Field(Path("logs"), description="HA run log")
+    state_dir: FilePath = Field(Path("state"), description="manifests, sync state, alarm store")
+    log_dir: FilePath = Field(Path("logs"), description="HA run log")
 
     _v_listen = field_validator("listen")(_host_port)
 
 
 class PeerSection(_Section):
-    name: str = Field(description="the peer node's name")
+    name: Name = Field(description="the peer node's name")
     address: str = Field(description="the peer agent's host:port")
-    hostname: str | None = Field(None, description="the peer's HostName; default: learned from the peer")
-    timeout_s: float = Field(10.0, gt=0, description="timeout of one request to the peer")
+    hostname: Name | None = Field(None, description="the peer's HostName; default: learned from the peer")
+    timeout_s: float = Field(10.0, ge=0.1, le=3600, description="timeout of one request to the peer")
 
     _v_address = field_validator("address")(_host_port)
 
@@ -59,58 +84,87 @@ class RoleSection(_Section):
 
 
 class SyncDir(_Section):
-    name: str = Field(min_length=1, description="same names on both nodes")
-    path: Path = Field(description="local path of this sync dir")
+    name: str = Field(min_length=1, max_length=255, description="same names on both nodes")
+    path: FilePath = Field(description="local path of this sync dir")
 
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        if "/" in v or v in (".", "..") or "\0" in v:
+        if "/" in v or v in (".", "..") or any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
             raise ValueError(f"dir name {v!r} must be a plain name")
         return v
 
 
 class SyncSection(_Section):
     dirs: tuple[SyncDir, ...] = Field(min_length=1, description="the synchronized directories")
-    exclude: tuple[str, ...] = Field((), description="glob patterns, relative to each sync dir")
-    full_reconcile_s: float = Field(300.0, gt=0, description="period of the full reconcile")
-    retry_s: float = Field(10.0, gt=0, description="retry failed paths after this")
-    batch_files: int = Field(2000, gt=0, description="files written per flush")
-    batch_bytes: int = Field(64 << 20, gt=0, description="bytes written per flush")
+    exclude: tuple[Annotated[str, Field(min_length=1), AfterValidator(_one_line)], ...] = Field(
+        (), description="glob patterns, relative to each sync dir"
+    )
+    full_reconcile_s: float = Field(300.0, ge=1, le=WEEK_S, description="period of the full reconcile")
+    retry_s: float = Field(10.0, ge=0.1, le=DAY_S, description="retry failed paths after this")
+    batch_files: int = Field(2000, ge=1, le=MAX_COUNT, description="files written per flush")
+    batch_bytes: int = Field(64 << 20, ge=1, le=TiB, description="bytes written per flush")
 
 
 class BackupSection(_Section):
-    dir: Path = Field(Path("backup"), description="the local backup directory")
-    max_copies: int = Field(5, ge=1, description="maximum number of backup sets kept")
-    set_period_s: float = Field(300.0, gt=0, description="a new backup set is started after this")
+    dir: FilePath = Field(Path("backup"), description="the local backup directory")
+    max_copies: int = Field(5, ge=1, le=10_000, description="maximum number of backup sets kept")
+    set_period_s: float = Field(300.0, ge=1, le=WEEK_S, description="a new backup set is started after this")
 
 
 class CheckSection(_Section):
-    interval_s: float = Field(60.0, gt=0, description="sync check period")
-    raise_after: int = Field(1, ge=1, description="out-of-sync verdicts in a row that raise the alarm")
-    clear_after: int = Field(1, ge=1, description="in-sync verdicts in a row that clear it")
+    interval_s: float = Field(60.0, ge=0.1, le=DAY_S, description="sync check period")
+    raise_after: int = Field(1, ge=1, le=10_000, description="out-of-sync verdicts in a row that raise the alarm")
+    clear_after: int = Field(1, ge=1, le=10_000, description="in-sync verdicts in a row that clear it")
     takeover_after: int = Field(
-        3, ge=1, description="checks the standby must be unreachable before the active raises the alarm itself"
+        3,
+        ge=1,
+        le=10_000,
+        description="checks the standby must be unreachable before the active raises the alarm itself",
     )
 
 
 class SecuritySection(_Section):
-    token_file: Path | None = Field(None, description="the pair's shared secret, one line")
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
+    token_file: FilePath | None = Field(None, description="the pair's shared secret, one line")
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+    tls_ca: FilePath | None = None
 
 
 class NotifySection(_Section):
     kind: Literal["alertmanager", "webhook", "syslog"]
     url: str
 
+    @field_validator("url")
+    @classmethod
+    def _receiver_url(cls, v: str, info: ValidationInfo) -> str:
+        from hasync.alarms.store import mask_url, one_line, url_secrets
+        from hasync.alarms.targets import check_notify_url
+
+        kind = info.data.get("kind")
+        if kind is not None:
+            try:
+                check_notify_url(kind, v)
+            except ValueError as exc:
+                raise ValueError(f"{mask_url(v)}: {one_line(exc, url_secrets(v))}") from None
+        return v
+
 
 class AlarmsSection(_Section):
     store: str = Field("sqlite", description='"sqlite" or a postgresql:// URL')
     notify: tuple[NotifySection, ...] = ()
-    resend_s: float = Field(60.0, gt=0, description="Alertmanager: re-send firing alerts this often")
-    resolved_retention_s: float = Field(900.0, ge=0, description="Alertmanager: keep re-sending a resolved alert")
+    resend_s: float = Field(60.0, ge=1, le=DAY_S, description="Alertmanager: re-send firing alerts this often")
+    resolved_retention_s: float = Field(
+        900.0, ge=0, le=WEEK_S, description="Alertmanager: keep re-sending a resolved alert"
+    )
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        from hasync.alarms.store import check_store
+
+        check_store(v)
+        return v
 
 
 class ConsoleUser(_Section):
@@ -126,13 +180,15 @@ class ConsoleSection(_Section):
 class DiagnoseSection(_Section):
     on_raise: bool = Field(True, description="diagnose automatically when the alarm is raised")
     auto_fix: bool = Field(False, description="let that automatic diagnosis apply the safe fixes")
-    window_s: float = Field(600.0, gt=0, description="ha_log step: seconds before and after the alarm")
-    min_free_bytes: int = Field(16 << 20, ge=0, description="storage step: less free space than this is a fault")
+    window_s: float = Field(600.0, ge=1, le=WEEK_S, description="ha_log step: seconds before and after the alarm")
+    min_free_bytes: int = Field(
+        16 << 20, ge=0, le=1024 * TiB, description="storage step: less free space than this is a fault"
+    )
 
 
 class LogSection(_Section):
-    max_bytes: int = Field(20 << 20, gt=0, description="rotate ha.log past this size")
-    backup_count: int = Field(10, ge=0, description="rotated files kept")
+    max_bytes: int = Field(20 << 20, ge=4096, le=TiB, description="rotate ha.log past this size")
+    backup_count: int = Field(10, ge=0, le=10_000, description="rotated files kept")
     level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
 
 
@@ -194,6 +250,53 @@ def _resolve(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
+MAX_TOKEN_BYTES = 4096
+
+
+def _read_token(path: Path, where: str) -> str:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise ConfigError(f"{where}: {path} is larger than {MAX_TOKEN_BYTES} bytes, expected one line")
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+    if not token:
+        raise ConfigError(f"{where}: {path} is empty")
+    if not token.isascii() or not token.isprintable():
+        raise ConfigError(f"{where}: {path} must hold one line of printable ASCII")
+    return token
+
+
+def _dir_problem(path: Path, writable: bool = False) -> str | None:
+    """Why `path` is not (and cannot become) a directory, or one this process can write in; None when fine."""
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path} is not a directory" if probe == path else f"cannot create {path}: {probe} is not a directory"
+    if writable and not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path} is not writable" if probe == path else f"cannot create {path}: {probe} is not writable"
+    return None
+
+
+def ensure_dirs(cfg: Config) -> None:
+    """Check that the node's state and log dirs can be written, and create them: what a writer (the agent,
+    a standalone check) does first. ConfigError naming the key."""
+    for key, path in (("node.state_dir", cfg.node.state_dir), ("node.log_dir", cfg.node.log_dir)):
+        problem = _dir_problem(path, writable=True)
+        if problem:
+            raise ConfigError(f"{cfg.path}: {key}: {problem}")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{cfg.path}: {key}: cannot create {path}: {exc.strerror}") from None
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Load, validate and resolve a node config; raise ConfigError with one line."""
     cfg_path = Path(path)
@@ -226,6 +329,14 @@ def load(path: str | os.PathLike[str]) -> Config:
         if d.name in seen:
             raise ConfigError(f"{cfg_path}: sync.dirs[{i}].name: duplicate dir name {d.name!r}")
         seen.add(d.name)
+    from hasync.alarms.targets import notifier_key
+
+    keys: set[str] = set()
+    for i, n in enumerate(cfg.alarms.notify):
+        key = notifier_key(n.kind, n.url)
+        if key in keys:
+            raise ConfigError(f"{cfg_path}: alarms.notify[{i}].url: {key} is configured twice")
+        keys.add(key)
     base = cfg_path.resolve().parent
     node = cfg.node.model_copy(
         update={"state_dir": _resolve(base, cfg.node.state_dir), "log_dir": _resolve(base, cfg.node.log_dir)}
@@ -247,18 +358,13 @@ def load(path: str | os.PathLike[str]) -> Config:
         )
     if cfg.node.name == cfg.peer.name:
         raise ConfigError(f"{cfg_path}: peer.name: must differ from node.name")
-    token = ""
-    if sec.token_file is not None:
-        try:
-            token = sec.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{cfg_path}: security.token_file: cannot read {sec.token_file}: {exc.strerror}"
-            ) from None
-        if not token:
-            raise ConfigError(f"{cfg_path}: security.token_file: {sec.token_file} is empty")
-    else:
+    for key, where in (("node.state_dir", node.state_dir), ("node.log_dir", node.log_dir), ("backup.dir", backup.dir)):
+        problem = _dir_problem(where)
+        if problem:
+            raise ConfigError(f"{cfg_path}: {key}: {problem}")
+    if sec.token_file is None:
         raise ConfigError(f"{cfg_path}: security.token_file: missing required key")
+    token = _read_token(sec.token_file, f"{cfg_path}: security.token_file")
     if sec.tls_cert or sec.tls_key or sec.tls_ca:
         raise ConfigError(f"{cfg_path}: security.tls_cert: TLS is not supported yet, use token_file")
     return cfg.model_copy(

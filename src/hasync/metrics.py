@@ -69,6 +69,9 @@ class Metrics:
         )
         self.check_cpu = Gauge("hasync_check_cpu_seconds", "CPU time of the last sync check", registry=r)
         self.alarm_active.labels(alarm_id="45641").set(0)
+        self.alarm_store_up = Gauge(
+            "hasync_alarm_store_up", "1 while the alarm store works; 0 while alarms are kept in memory", registry=r
+        )
         r.register(_Transfers(side))
         # Through outages too: the last in-sync time keeps ageing while the lag is unknown (NaN), and
         # which node is active (one series per agent, value 1) lets rules and dashboards join on it.

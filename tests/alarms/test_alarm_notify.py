@@ -557,11 +557,17 @@ def test_build_notifiers_from_the_config_section() -> None:
     assert isinstance(built[0], AlertmanagerNotifier) and built[0].url == "http://127.0.0.1:9093/api/v2/alerts"
     assert isinstance(built[3], SyslogNotifier) and (built[3].transport, built[3].facility) == ("tcp", 19)
 
+    # The config refuses a bad URL at load (tests/test_config.py); build_notifiers still does on its own.
+    with pytest.raises(ValueError, match="expected an http") as bad:
+        NotifySection(kind="webhook", url="ftp://u:Secr3t@host/x")
+    assert "Secr3t" not in str(bad.value.errors()[0]["msg"])
     with pytest.raises(ConfigError, match=r"hasync.toml: alarms.notify\[0\].url") as err:
-        build_notifiers([NotifySection(kind="webhook", url="ftp://u:Secr3t@host/x")], config_path="hasync.toml")
+        build_notifiers(
+            [NotifySection.model_construct(kind="webhook", url="ftp://u:Secr3t@host/x")], config_path="hasync.toml"
+        )
     assert "Secr3t" not in str(err.value)
     with pytest.raises(ConfigError, match=r"alarms.notify\[0\].url"):
-        build_notifiers([NotifySection(kind="syslog", url="http://127.0.0.1:514")])
+        build_notifiers([NotifySection.model_construct(kind="syslog", url="http://127.0.0.1:514")])
     with pytest.raises(ConfigError, match="configured twice"):
         build_notifiers(
             [NotifySection(kind="webhook", url="http://a/"), NotifySection(kind="webhook", url="http://a/")]

@@ -267,6 +267,9 @@ class Agent:
         if brief:
             return doc
         doc["alarms"] = await self.alarm_docs(include_cleared=False, with_peer=True)
+        from hasync.alarms.guard import GuardedStore
+
+        doc["alarm_store"] = self.store.health().to_json() if isinstance(self.store, GuardedStore) else None
         doc["last_check"] = None if self.last_verdict is None else self.last_verdict.to_json()
         doc["transferred"] = {
             "files_sent": self.side.sent_files,
@@ -424,12 +427,29 @@ class Agent:
         return resp
 
     # -- lifecycle ---------------------------------------------------------
-    async def open_alarms(self, run_dispatcher: bool = True) -> None:
+    async def open_alarms(self, run_dispatcher: bool = True, guarded: bool = True) -> None:
+        """The alarm store, notifiers and keeper. `guarded` (the agent): a store that cannot be opened or
+        fails later is a reported fault, not a stop (`hasync.alarms.guard`); otherwise StoreError stops."""
+        from functools import partial
+
+        from hasync.alarms.guard import GuardedStore
         from hasync.alarms.notify import Dispatcher, build_notifiers
-        from hasync.alarms.store import is_postgres_url, open_store
+        from hasync.alarms.store import is_postgres_url, open_store, store_location
         from hasync.keeper import AlarmKeeper
 
-        self.store = await asyncio.to_thread(open_store, self.cfg.alarms.store, self.cfg.node.state_dir)
+        store, state_dir = self.cfg.alarms.store, self.cfg.node.state_dir
+        if guarded:
+            up = self.metrics.alarm_store_up
+            self.store = GuardedStore(
+                partial(open_store, store, state_dir, **({"move_aside_damaged": True} if store == "sqlite" else {})),
+                store_location(store, state_dir),
+                on_change=lambda ok: up.set(1 if ok else 0),
+            )
+            if not run_dispatcher:
+                await asyncio.to_thread(self.store.open)
+            # else the store's retry task opens it at once: a store that hangs never delays replication
+        else:
+            self.store = await asyncio.to_thread(open_store, store, state_dir)
         notifiers = build_notifiers(
             self.cfg.alarms.notify,
             hostname=self.cfg.node.hostname,
@@ -446,6 +466,9 @@ class Agent:
         self.keeper.on_raise = self._on_raise
         if run_dispatcher:
             self._tasks.append(asyncio.create_task(self.dispatcher.run(self._stop), name="dispatcher"))
+        if guarded and run_dispatcher:
+            retry = self.store.run(self._stop, on_recover=self.dispatcher.wake)
+            self._tasks.append(asyncio.create_task(retry, name="alarm-store"))
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         lock = StateLock(self.cfg.node.state_dir)

@@ -28,13 +28,13 @@ import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
 from hasync.alarms import rfc5424
 from hasync.alarms.model import ALARM_ID, Alarm, OutboxItem, iso
 from hasync.alarms.store import AlarmStore, StoreError, mask_url, one_line, url_secrets
+from hasync.alarms.targets import http_url, notifier_key, syslog_target
 from hasync.config import NotifySection
 from hasync.errors import ConfigError, HasyncError
 
@@ -44,9 +44,6 @@ ALERTNAME = f"hasync_{ALARM_ID}"
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RESEND_S = 60.0
 DEFAULT_RESOLVED_RETENTION_S = 15 * 60.0
-SYSLOG_DEFAULT_PORT = 514
-SYSLOG_UDP_SCHEMES = ("syslog+udp", "udp", "syslog")
-SYSLOG_TCP_SCHEMES = ("syslog+tcp", "tcp")
 
 Clock = Callable[[], datetime]
 
@@ -82,18 +79,6 @@ class Resender(Protocol):
     async def resend(self, alarms: Sequence[Alarm]) -> None: ...
 
 
-def notifier_key(kind: str, url: str) -> str:
-    """The outbox key of a configured notifier. A changed password keeps the key, so queued items still go."""
-    return f"{kind}:{mask_url(url)}"
-
-
-def _http_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL")
-    return url
-
-
 async def _post_json(url: str, body: Any, *, timeout_s: float, headers: dict[str, str] | None = None) -> None:
     where = mask_url(url)
     secrets = url_secrets(url)
@@ -124,7 +109,7 @@ class WebhookNotifier:
     kind = "webhook"
 
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.url = _http_url(url)
+        self.url = http_url(url)
         self.key = notifier_key(self.kind, url)
         self.timeout_s = timeout_s
 
@@ -150,7 +135,7 @@ class AlertmanagerNotifier:
         generator_url: str | None = None,
         clock: Clock = utcnow,
     ) -> None:
-        _http_url(url)
+        http_url(url)
         self.url = url.rstrip("/") + "/api/v2/alerts"
         self.key = notifier_key(self.kind, url)
         self.timeout_s = timeout_s
@@ -208,17 +193,11 @@ class SyslogNotifier:
     kind = "syslog"
 
     def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, hostname: str | None = None) -> None:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in SYSLOG_UDP_SCHEMES + SYSLOG_TCP_SCHEMES:
-            raise ValueError("expected syslog+udp://, syslog+tcp://, udp:// or tcp://host:port")
-        if not parts.hostname:
-            raise ValueError("missing host")
-        self.transport = "tcp" if scheme in SYSLOG_TCP_SCHEMES else "udp"
-        self.host = parts.hostname
-        self.port = parts.port or SYSLOG_DEFAULT_PORT
-        facility = parse_qs(parts.query).get("facility", ["daemon"])[-1]
-        self.facility = rfc5424.facility_code(facility)
+        target = syslog_target(url)
+        self.transport = target.transport
+        self.host = target.host
+        self.port = target.port
+        self.facility = target.facility
         self.key = notifier_key(self.kind, url)
         self.timeout_s = timeout_s
         self.hostname = hostname or socket.gethostname()

@@ -23,6 +23,7 @@ from hasync.alarms.store import (
     OUTBOX_COLS,
     SCHEMA_VERSION,
     StoreError,
+    StoreUnavailable,
     mask_url,
     one_line,
     url_secrets,
@@ -140,7 +141,7 @@ class PgStore(SqlStore):
     # -- plumbing -----------------------------------------------------------
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
-        return StoreError(f"alarm store {self.location}: {what}: {one_line(exc, self._secrets)}")
+        return StoreUnavailable(f"alarm store {self.location}: {what}: {one_line(exc, self._secrets)}")
 
     def _connect(self) -> Conn:
         try:
@@ -179,7 +180,7 @@ class PgStore(SqlStore):
         """Run `fn` in one transaction, reconnecting once when the connection turns out to be gone."""
         with self._lock:
             if self._closed:
-                raise StoreError(f"alarm store {self.location}: store is closed")
+                raise StoreUnavailable(f"alarm store {self.location}: store is closed")
             for attempt in (1, 2):
                 conn = self._conn if self._conn is not None and not self._conn.closed else self._connect()
                 try:

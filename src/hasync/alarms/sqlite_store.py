@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import sqlite3
 import threading
@@ -15,7 +17,15 @@ from typing import Any, TypeVar
 
 from hasync.alarms.model import Alarm, Event, Identity, OutboxItem, utc
 from hasync.alarms.sql import SqlStore
-from hasync.alarms.store import ALARM_COLS, MIGRATIONS, OUTBOX_COLS, SCHEMA_VERSION, StoreError, one_line
+from hasync.alarms.store import (
+    ALARM_COLS,
+    MIGRATIONS,
+    OUTBOX_COLS,
+    SCHEMA_VERSION,
+    StoreError,
+    StoreUnavailable,
+    one_line,
+)
 
 T = TypeVar("T")
 
@@ -64,18 +74,48 @@ _SQL: dict[int, tuple[str, ...]] = {
 assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
 
 
+log = logging.getLogger("hasync.alarms")
+
+# What a damaged file makes SQLite answer (a garbage file: "file is not a database").
+_DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in _DAMAGE_CODES or "malformed" in str(exc)
+
+
+class _Damaged(Exception):
+    def __init__(self, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SqliteStore(SqlStore):
     """Alarms in ``<state_dir>/alarms.db``. Writers take the lock up front (BEGIN IMMEDIATE) and wait for
-    each other up to `busy_timeout_s`, so a CLI command and the agent can share the file."""
+    each other up to `busy_timeout_s`, so a CLI command and the agent can share the file.
+
+    With `move_aside_damaged` (the agent), a file SQLite finds damaged at open (not a database, or failing
+    ``PRAGMA quick_check``) is renamed to ``alarms.db.corrupt-<UTC time>`` with an ERROR line, and a new
+    store is started; without it (CLI commands) opening fails with StoreUnavailable."""
 
     PARAM = "?"
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0, move_aside_damaged: bool = False) -> None:
         self.path = Path(path)
         self.location = f"sqlite:{self.path}"
         self._label = str(self.path)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self.moved_aside: Path | None = None  # where a damaged file went, when it was moved aside
+        try:
+            self._open(busy_timeout_s, check=move_aside_damaged)
+        except _Damaged as exc:
+            if not move_aside_damaged:
+                raise self._error("cannot open", exc.error) from exc.error
+            self._move_aside(exc.error)
+            self._open(busy_timeout_s, check=False)
+
+    def _open(self, busy_timeout_s: float, *, check: bool) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
@@ -85,6 +125,11 @@ class SqliteStore(SqlStore):
         self._conn = conn
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            if check:
+                # A file that opens may still be damaged inside: find out now, not at the first alarm.
+                verdict = str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
             mode = self._wal(conn, busy_timeout_s)
             if mode != "wal":
                 raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
@@ -96,7 +141,28 @@ class SqliteStore(SqlStore):
             self._conn = None
             if isinstance(exc, StoreError):
                 raise
+            if _is_damage(exc):
+                raise _Damaged(exc) from exc
             raise self._error("cannot open", exc) from exc
+
+    def _move_aside(self, error: sqlite3.Error) -> None:
+        """Keep a damaged database file for whoever wants to look into it, out of the way of a new one."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            for suffix in ("-wal", "-shm", ""):  # the main file last: a crash in between leaves it in place
+                old = self.path.with_name(self.path.name + suffix)
+                if old.exists():
+                    os.replace(old, aside.with_name(aside.name + suffix))
+        except OSError as exc:
+            raise self._error(f"damaged ({one_line(error)}) and cannot be moved aside", exc) from exc
+        self.moved_aside = aside
+        log.error(
+            "alarm store damaged, moved aside and started anew store=%s moved_to=%s error=%s",
+            self.path,
+            aside,
+            one_line(error),
+        )
 
     # -- what the shared SQL needs ------------------------------------------
 
@@ -142,14 +208,14 @@ class SqliteStore(SqlStore):
                 time.sleep(0.01 + random.random() * 0.04)
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
-        return StoreError(f"alarm store {self.path}: {what}: {one_line(exc)}")
+        return StoreUnavailable(f"alarm store {self.path}: {what}: {one_line(exc)}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction holding the database's write lock from its start."""
         conn = self._conn
         if conn is None:
-            raise StoreError(f"alarm store {self.path}: store is closed")
+            raise StoreUnavailable(f"alarm store {self.path}: store is closed")
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -166,7 +232,7 @@ class SqliteStore(SqlStore):
                     with self._tx() as conn:
                         return fn(conn)
                 if self._conn is None:
-                    raise StoreError(f"alarm store {self.path}: store is closed")
+                    raise StoreUnavailable(f"alarm store {self.path}: store is closed")
                 return fn(self._conn)
             except sqlite3.Error as exc:
                 raise self._error(what, exc) from exc

@@ -53,6 +53,11 @@ class StoreError(HasyncError):
     http_status = 503
 
 
+class StoreUnavailable(StoreError):
+    """The store's database failed (cannot connect, locked, damaged, closed): a fault of the store, not of
+    the request. The agent keeps working without it (`hasync.alarms.guard`). Same code and exit as StoreError."""
+
+
 @runtime_checkable
 class AlarmStore(Protocol):
     """Where alarms and their outbox live. Synchronous and thread-safe: the agent calls it via `asyncio.to_thread`.
@@ -136,7 +141,9 @@ class AlarmStore(Protocol):
 
 
 def mask_url(url: str) -> str:
-    """`url` with any password (user info or ``password=`` query parameter) replaced by ``***``."""
+    """`url` with any password (user info or ``password=`` query parameter) replaced by ``***``.
+
+    A URL that cannot be split is masked by pattern, like any text in a bundle (`collect.Masker`)."""
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
@@ -151,20 +158,27 @@ def mask_url(url: str) -> str:
                 query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
-        return "<unparsable url>"
+        from hasync.collect import Masker
+
+        return Masker().text(url)
 
 
 def url_secrets(url: str) -> list[str]:
-    """The password of `url` as written and decoded, to scrub from driver messages."""
+    """The password of `url` as written and decoded, to scrub from driver messages (also when `url`
+    cannot be split: then found by the pattern `collect.Masker` masks URLs with)."""
     out: list[str] = []
     try:
         parts = urlsplit(url)
+        query = parts.query
+        userinfo = parts.netloc.rpartition("@")[0]
+        if ":" in userinfo:
+            out.append(userinfo.partition(":")[2])
     except ValueError:
-        return out
-    userinfo = parts.netloc.rpartition("@")[0]
-    if ":" in userinfo:
-        out.append(userinfo.partition(":")[2])
-    out.extend(v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() == "password")
+        from hasync.collect import URL_PASSWORD_RE
+
+        out.extend(m.group(2) for m in URL_PASSWORD_RE.finditer(url))
+        query = url.partition("?")[2].partition("#")[0]
+    out.extend(v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() == "password")
     for s in list(out):
         out.extend({unquote(s), quote(s, safe="")})
     return sorted({s for s in out if s}, key=len, reverse=True)
@@ -183,18 +197,41 @@ def is_postgres_url(store: str) -> bool:
     return store.split(":", 1)[0].lower() in PG_SCHEMES and "://" in store
 
 
+def check_store(store: str) -> None:
+    """ValueError (password masked) unless `store` is ``"sqlite"`` or a postgresql:// URL that can be split."""
+    if store == "sqlite":
+        return
+    if not is_postgres_url(store):
+        raise ValueError(f'{mask_url(store)!r}: unknown store, expected "sqlite" or a postgresql:// URL')
+    if any(ch.isspace() or ord(ch) < 32 for ch in store):
+        raise ValueError(f"{mask_url(store)!r}: a URL must not contain spaces or control characters")
+    try:
+        parts = urlsplit(store)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise ValueError(f"{mask_url(store)!r}: not a valid URL ({exc})") from None
+
+
+def store_location(store: str, state_dir: Path) -> str:
+    """Where the store `[alarms].store` names is, safe to show (password masked): `AlarmStore.location`."""
+    return f"sqlite:{Path(state_dir) / SQLITE_FILE}" if store == "sqlite" else mask_url(store)
+
+
 def open_store(store: str, state_dir: Path, **options: Any) -> AlarmStore:
     """Open (creating and migrating as needed) the store `[alarms].store` names.
 
     ``"sqlite"`` is ``state_dir/alarms.db``; a ``postgresql://`` URL is a PostgreSQL
-    database. `options` go to the backend (e.g. ``connect_timeout_s``, ``busy_timeout_s``).
+    database. `options` go to the backend (e.g. ``connect_timeout_s``, ``busy_timeout_s``,
+    SQLite's ``move_aside_damaged``).
     """
     if store == "sqlite":
         from hasync.alarms.sqlite_store import SqliteStore
 
         return SqliteStore(Path(state_dir) / SQLITE_FILE, **options)
-    if is_postgres_url(store):
-        from hasync.alarms.pg_store import PgStore
+    try:
+        check_store(store)
+    except ValueError as exc:
+        raise StoreError(f"alarm store {exc}") from None
+    from hasync.alarms.pg_store import PgStore
 
-        return PgStore(store, **options)
-    raise StoreError(f'alarm store {mask_url(store)!r}: unknown store, expected "sqlite" or a postgresql:// URL')
+    return PgStore(store, **options)

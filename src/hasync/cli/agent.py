@@ -15,8 +15,9 @@ def agent(config_path: str) -> None:
 
     from hasync import halog
     from hasync.agent.server import Agent
-    from hasync.config import load
+    from hasync.config import ensure_dirs, load
 
     cfg = load(config_path)
+    ensure_dirs(cfg)
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level)
     asyncio.run(Agent(cfg).run())

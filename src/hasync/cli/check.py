@@ -123,14 +123,16 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
     from hasync import halog
     from hasync.agent.server import Agent
     from hasync.check import StandbyCheck
+    from hasync.config import ensure_dirs
     from hasync.fsutil import StateLock
 
+    ensure_dirs(cfg)
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level, stderr=False)
     lock = StateLock(cfg.node.state_dir)
     lock.acquire("check")  # it may remove leftover temp files: never beside another writer
     agent = Agent(cfg)
     try:
-        await agent.open_alarms(run_dispatcher=False)
+        await agent.open_alarms(run_dispatcher=False, guarded=False)
         await agent.side.prepare()
         if isinstance(agent.checker, StandbyCheck):
             agent.checker.grace_s = 0.0

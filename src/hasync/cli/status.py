@@ -86,3 +86,9 @@ def _print(d: dict[str, Any]) -> None:
         click.echo(f"  error     {e['dir']}/{e['path']}: {e['cause']}: {e['reason']}")
     alarms = d.get("alarms", [])
     click.echo(f"alarms      {len(alarms)} active")
+    store = d.get("alarm_store")
+    if store and not store.get("ok"):
+        kept = f", {store.get('kept', 0)} raise/clear kept in memory" if store.get("kept") else ""
+        click.echo(f"alarm store DOWN since {store.get('since')}: {store.get('error')}{kept}")
+    elif store and store.get("moved_aside"):
+        click.echo(f"alarm store damaged file moved aside to {store['moved_aside']}")

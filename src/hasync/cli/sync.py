@@ -51,6 +51,9 @@ def _claim_standby(cfg: Any) -> tuple[Any, Any]:
 
     if provider(cfg).active_node() == cfg.node.name:
         return None, None
+    from hasync.config import ensure_dirs
+
+    ensure_dirs(cfg)  # a state dir it cannot write is a config error, not a traceback
     lock = StateLock(cfg.node.state_dir)
     try:
         lock.acquire("sync --once")
