@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from hasync.halog import kv
 
@@ -38,6 +39,19 @@ log = logging.getLogger("hasync.agent")
 FD_RESERVE = 256  # descriptors kept for everything but client connections (files, watches, store, peer)
 BACKLOG = 128  # one accept burst: fewer than FD_RESERVE
 MAX_HEADERS = 32  # per request head (aiohttp's default is 128); lines stay at aiohttp's 8190 bytes
+
+
+class _NoClientFaults(logging.Filter):
+    """aiohttp logs a traceback for each malformed request it answers 400 itself: the client's
+    fault, one line per hostile connection. Those are dropped; anything else aiohttp logs is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+HTTP_LOG = logging.getLogger("hasync.http")  # aiohttp's server logger for the agent: the HA log, not stderr
+HTTP_LOG.addFilter(_NoClientFaults())
 
 _BUSY_BODY = json.dumps(
     {"error": {"code": "busy", "message": "too many connections to this agent (limits.max_connections)"}}

@@ -17,11 +17,11 @@ from typing import Any
 from aiohttp import web
 
 from hasync import clock
-from hasync.agent.guard import BACKLOG, MAX_HEADERS, ConnectionGuard
+from hasync.agent.guard import BACKLOG, HTTP_LOG, MAX_HEADERS, ConnectionGuard
 from hasync.agent.inputs import as_object, field, json_object, msgpack_object, query_float, query_int
 from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed
 from hasync.config import Config
-from hasync.errors import ConfigError, HasyncError, PathRefused, PeerError, Starting, WrongRole
+from hasync.errors import BadRequest, ConfigError, HasyncError, PathRefused, PeerError, Starting, WrongRole
 from hasync.fsutil import StateLock
 from hasync.halog import Throttle, clip, kv
 from hasync.protocol import API, FRAMES, MSGPACK, dec_path, pack
@@ -122,7 +122,7 @@ class Agent:
             return error_response(exc.http_status, exc.code, exc.message)
         except Exception as exc:  # a bug of ours, whatever its type: never blamed on the request
             log.exception("request failed %s", kv(method=request.method, path=clip(request.path)))
-            return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); see the HA log")
+            return error_response(500, "error", f"internal error ({type(exc).__name__}); see the HA log")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -202,17 +202,17 @@ class Agent:
     async def _json(self, request: web.Request) -> dict[str, Any]:
         return await json_object(request, self.cfg.limits.body_timeout_s)
 
-    def _dir_name(self, req: dict[str, Any]) -> str:
+    def _dir_name(self, req: dict[str, Any], refusal: type[HasyncError]) -> str:
         name = field(req, "dir", str)
         try:
             self.cfg.sync_dir(name)
         except KeyError:
-            raise PathRefused(f"no sync dir named {clip(name, 80)!r}") from None
+            raise refusal(f"no sync dir named {clip(name, 80)!r}") from None
         return name
 
     async def tree(self, request: web.Request) -> web.Response:
         req = await self._msgpack(request)
-        name = self._dir_name(req)
+        name = self._dir_name(req, BadRequest)
         dirs = [dec_path(p, allow_root=True) for p in field(req, "dirs", list)]
         return web.Response(body=pack(self._active().listing(name, dirs)), content_type=MSGPACK)
 
@@ -226,7 +226,7 @@ class Agent:
 
     async def files(self, request: web.Request) -> web.StreamResponse:
         req = await self._msgpack(request)
-        name = self._dir_name(req)
+        name = self._dir_name(req, PathRefused)
         paths = [dec_path(p) for p in field(req, "paths", list)]
         resume: dict[str, tuple[int, bytes]] = {}
         for item in field(req, "resume", list, []):  # [path, offset, BLAKE3 of the first offset bytes]
@@ -489,6 +489,7 @@ class Agent:
             shutdown_timeout=1.0,
             keepalive_timeout=self.cfg.limits.idle_timeout_s,
             max_headers=MAX_HEADERS,
+            logger=HTTP_LOG,
         )
         await runner.setup()
         assert runner.server is not None
