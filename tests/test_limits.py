@@ -387,3 +387,42 @@ def test_throttle_logs_first_then_counts() -> None:
     assert t.due(10.5) == [("a", 2, 10.5)]
     assert t.due(21.0) == [] and t.hit("a", 21.0)  # quiet interval: forgotten, logged in full again
     assert clip("x" * 500).startswith("x" * 200) and clip("x" * 500).endswith("(+300 chars)")
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("head_timeout_s = inf", "limits.head_timeout_s"),
+        ("idle_timeout_s = 5", "limits.idle_timeout_s"),
+        ("body_timeout_s = nan", "limits.body_timeout_s"),
+        ("max_connections = 3", "limits.max_connections"),
+        ("max_body_bytes = 1e300", "limits.max_body_bytes"),
+        ("max_response_bytes = 0", "limits.max_response_bytes"),
+        ("log_rate_s = -1", "limits.log_rate_s"),
+        ("max_sockets = 5", "limits.max_sockets"),
+    ],
+)
+def test_limits_are_validated(base: Path, line: str, key: str) -> None:
+    from hasync.demo import write_pair
+    from hasync.errors import ConfigError
+
+    pair = write_pair(base, extra=LIMITS + line + "\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(pair.config_a)
+    assert f": {key}: " in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_connection_cap_fits_the_open_file_limit() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from hasync.agent.guard import ConnectionGuard; from hasync.config import LimitsSection;"
+        "g = ConnectionGuard(LimitsSection(max_connections=4000)); g.fit_to_fd_limit(); print(g.cap)"
+    )
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 1024))
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=limit, check=True)
+    assert r.stdout.strip() == str(1024 - 256)  # the soft limit raised to the hard one, 256 kept for files

@@ -121,7 +121,9 @@ class AgentClient:
         """Raise the PeerError an HTTP error status stands for (401: AuthFailed)."""
         if resp.status == 200:
             return
-        body = await resp.content.read(MAX_ERROR_BYTES)
+        body = bytearray()  # its first MAX_ERROR_BYTES: enough for any error we send
+        while len(body) < MAX_ERROR_BYTES and (chunk := await resp.content.read(MAX_ERROR_BYTES - len(body))):
+            body += chunk
         try:
             err = json.loads(body)["error"]
             msg = f"{err['code']}: {err['message']}"
@@ -129,6 +131,8 @@ class AgentClient:
             msg = body[:200].decode("utf-8", "replace")
         if resp.status == 503 and msg.startswith("starting:"):
             raise PeerAgentDown(f"{self.name} agent at {self.base_url} is starting (scanning its sync dirs)")
+        if resp.status == 503 and msg.startswith("busy:"):
+            raise PeerAgentDown(f"{self.name} agent at {self.base_url} is busy: it holds its maximum of connections")
         if resp.status == 401:
             raise AuthFailed(f"{self.name} agent at {self.base_url} rejected our token (HTTP 401)")
         raise PeerError(f"{self.name} agent at {self.base_url}: HTTP {resp.status}: {msg}")
