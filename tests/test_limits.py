@@ -103,6 +103,7 @@ class SlowClients:
         for _ in range(self.n):
             self._open()
         last_trickle = time.monotonic()
+        budget, last_budget = 0.0, time.monotonic()
         while not self.stop.is_set():
             for key, _ in self.sel.select(0.1):
                 s = key.fileobj
@@ -121,8 +122,12 @@ class SlowClients:
                     except OSError:
                         self._closed(s)
             if self.reopen.is_set():
-                for _ in range(min(self.n - len(self.opened_at), self.reopen_per_s // 10)):
+                now = time.monotonic()
+                budget = min(budget + (now - last_budget) * self.reopen_per_s, self.reopen_per_s)
+                last_budget = now
+                while budget >= 1 and len(self.opened_at) < self.n:
                     self._open()
+                    budget -= 1
         for s in list(self.opened_at):
             self._closed(s)
 
