@@ -39,6 +39,11 @@ log = logging.getLogger("hasync.agent")
 FD_RESERVE = 256  # descriptors kept for everything but client connections (files, watches, store, peer)
 BACKLOG = 128  # one accept burst: fewer than FD_RESERVE
 MAX_HEADERS = 32  # per request head (aiohttp's default is 128); lines stay at aiohttp's 8190 bytes
+# Refused connections answered 503 at a time: each waits (at most REFUSED_LINGER_S) for the client to
+# close, so that what it sent is read and dropped and its 503 is not lost to a reset. Past that many,
+# refused connections are closed at once.
+MAX_REFUSED = 32
+REFUSED_LINGER_S = 2.0
 
 
 class _NoClientFaults(logging.Filter):
@@ -84,6 +89,7 @@ class _Guarded(asyncio.Protocol):
         self.inner = inner
         self.transport: asyncio.Transport | None = None
         self.admitted = False
+        self.turned_away = False  # answered 503 busy: what it sends is dropped until it closes
         self.opened = time.monotonic()
         self.idle_since = self.opened
         self.served = 0  # requests whose head arrived
@@ -94,8 +100,14 @@ class _Guarded(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         if not self.guard.admit(self):
+            if self.guard.refusing >= MAX_REFUSED:
+                transport.abort()
+                return
+            self.guard.refusing += 1
+            self.turned_away = True
             transport.write(BUSY_RESPONSE)
-            transport.close()
+            transport.write_eof()
+            self.timer = asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.abort)
             return
         self.admitted = True
         self.inner.connection_made(transport)
@@ -135,6 +147,7 @@ class _Guarded(asyncio.Protocol):
     def eof_received(self) -> None:
         if self.admitted:
             self.inner.eof_received()
+        # Refused: returning None closes the transport, everything the client sent having been read.
 
     def pause_writing(self) -> None:
         if self.admitted:
@@ -151,6 +164,8 @@ class _Guarded(asyncio.Protocol):
         if self.admitted:
             self.guard.release(self)
             self.inner.connection_lost(exc)
+        elif self.turned_away:
+            self.guard.refusing -= 1
 
 
 class ConnectionGuard:
@@ -165,6 +180,7 @@ class ConnectionGuard:
         self.saturated_at: float | None = None
         self.evicted = 0
         self.refused = 0
+        self.refusing = 0  # refused connections still open (MAX_REFUSED)
 
     def fit_to_fd_limit(self) -> None:
         """Raise the soft open-file limit; lower the cap to what the limit leaves (logged once)."""
