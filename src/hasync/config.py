@@ -192,6 +192,38 @@ class LogSection(_Section):
     level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
 
 
+class LimitsSection(_Section):
+    """What one client may hold of the agent (docs/security.md): time, connections, bytes, log lines."""
+
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="a new connection must send a whole request head within this",
+    )
+    idle_timeout_s: float = Field(
+        60.0,
+        ge=20,
+        le=86400,
+        allow_inf_nan=False,
+        description="close a kept-alive connection idle this long (at least 20: the agents' client keeps one 15 s)",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=3600, allow_inf_nan=False, description="a request body must arrive within this"
+    )
+    max_connections: int = Field(
+        256, ge=8, le=65536, description="open connections to the agent; lowered to fit the open-file limit"
+    )
+    max_body_bytes: int = Field(64 << 20, ge=64 << 10, le=1 << 30, description="largest request body accepted")
+    max_response_bytes: int = Field(
+        64 << 20, ge=1 << 20, le=4 << 30, description="largest answer read whole from an agent (not file streams)"
+    )
+    log_rate_s: float = Field(
+        60.0, gt=0, le=86400, allow_inf_nan=False, description="repeated warnings per client: one summary per this"
+    )
+
+
 class Config(_Section):
     cluster: ClusterSection = ClusterSection()
     node: NodeSection
@@ -205,6 +237,7 @@ class Config(_Section):
     console: ConsoleSection = ConsoleSection()
     diagnose: DiagnoseSection = DiagnoseSection()
     log: LogSection = LogSection()
+    limits: LimitsSection = LimitsSection()
 
     # Set by `load`, not by the file.
     path: Path = Path(DEFAULT_CONFIG)

@@ -4,6 +4,8 @@
     ├── ConfigError             exit 2: a bad config file, key or value
     ├── UsageError              exit 2: a bad command-line argument
     ├── PathRefused             HTTP 400: a path from a peer failed validation
+    ├── BadRequest              HTTP 400: a request the agent cannot use (malformed, wrong type)
+    │   └── TooLarge            HTTP 413: a request body over limits.max_body_bytes
     ├── LockHeld                exit 1: another process writes this node's state
     ├── WrongRole               HTTP 409: the request is for the other role
     ├── Starting                HTTP 503: the agent has not finished starting
@@ -70,6 +72,18 @@ class PathRefused(HasyncError):
 
     code = "path_refused"
     http_status = 400
+
+
+class BadRequest(HasyncError):
+    """A request to the agent that fails its own validation (never a bug of ours: that is a 500)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class TooLarge(BadRequest):
+    code = "too_large"
+    http_status = 413
 
 
 class LockHeld(HasyncError):

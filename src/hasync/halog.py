@@ -10,8 +10,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from hasync import clock
 
@@ -34,6 +35,63 @@ def kv(**fields: Any) -> str:
             s = '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
         out.append(f"{k}={s}")
     return " ".join(out)
+
+
+def clip(value: str, limit: int = 200) -> str:
+    """`value` for a log line: at most `limit` characters, saying how many were left out."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...(+{len(value) - limit} chars)"
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Throttle(Generic[K]):
+    """One log line per key and interval: the first event in full, then a count of the rest.
+
+    `hit` says whether to log an event; `due` hands out, once a key's interval has passed, how
+    many events it held back (then a new interval starts, or the key is forgotten when quiet).
+    At most `max_keys` keys are tracked: past that, new keys share the key `overflow`.
+    """
+
+    def __init__(self, interval_s: float, overflow: K, max_keys: int = 1024) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self.overflow = overflow
+        self._keys: dict[K, list[float]] = {}  # key -> [interval start, events held back]
+
+    def key(self, key: K) -> K:
+        """`key`, or the shared overflow key when too many are tracked."""
+        return key if key in self._keys or len(self._keys) < self.max_keys else self.overflow
+
+    def hit(self, key: K, now: float) -> bool:
+        """Count an event; True: log it in full (the first of its key in this interval)."""
+        state = self._keys.get(key)
+        if state is None:
+            self._keys[key] = [now, 0]
+            return True
+        state[1] += 1
+        return False
+
+    def next_due(self) -> float | None:
+        """When the earliest interval with held-back events ends."""
+        starts = [start for start, held in self._keys.values() if held]
+        return min(starts) + self.interval_s if starts else None
+
+    def due(self, now: float) -> list[tuple[K, int, float]]:
+        """(key, events held back, seconds they span) of every interval that has ended."""
+        out: list[tuple[K, int, float]] = []
+        for key, state in list(self._keys.items()):
+            start, held = state
+            if now - start < self.interval_s:
+                continue
+            if held:
+                out.append((key, int(held), now - start))
+                self._keys[key] = [now, 0]
+            else:
+                del self._keys[key]
+        return out
 
 
 class HaFormatter(logging.Formatter):

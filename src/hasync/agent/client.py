@@ -15,6 +15,8 @@ from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerUnreachable
 from hasync.protocol import API, F_DONE, FRAME_HEADER, MAX_FRAME, MSGPACK, pack, unpack
 
 _REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
+MAX_RESPONSE_BYTES = 64 << 20  # limits.max_response_bytes' default: answers read whole (not file streams)
+MAX_ERROR_BYTES = 64 << 10  # an error answer's body: only its first 200 characters are shown
 # A kept-alive connection the peer dropped (its agent restarted, an outage reset it) fails with these.
 _DROPPED = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 
@@ -31,12 +33,25 @@ def _dropped(exc: BaseException) -> bool:
 
 
 class AgentClient:
-    """Authenticated calls to one agent; every failure becomes a PeerError subclass."""
+    """Authenticated calls to one agent; every failure becomes a PeerError subclass.
 
-    def __init__(self, base_url: str, token: str, timeout_s: float = 10.0, name: str = "peer") -> None:
+    An answer read whole (msgpack, JSON) may be at most `max_response_bytes` long; file and log
+    streams are read frame by frame, each frame at most protocol.MAX_FRAME. Past either, the call
+    fails with a PeerError (cause sync_error: the agent answers, but not as the protocol says).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout_s: float = 10.0,
+        name: str = "peer",
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
         self._headers = {"Authorization": f"Bearer {token}"}
         self._session: aiohttp.ClientSession | None = None
 
@@ -82,11 +97,33 @@ class AgentClient:
             return PeerAgentDown(f"{where}: connection reset ({getattr(exc, 'strerror', None) or exc})")
         return PeerError(f"{where}: {exc}")
 
+    async def read_capped(self, resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+        """The whole body of `resp`, refused (PeerError) past `limit` (default: max_response_bytes)
+        without reading the rest."""
+        limit = self.max_response_bytes if limit is None else limit
+        if resp.content_length is not None and resp.content_length > limit:
+            raise self._too_large(resp, limit)
+        buf = bytearray()
+        while chunk := await resp.content.read(min(1 << 20, limit + 1 - len(buf))):
+            buf += chunk
+            if len(buf) > limit:
+                raise self._too_large(resp, limit)
+        return bytes(buf)
+
+    def _too_large(self, resp: aiohttp.ClientResponse, limit: int) -> PeerError:
+        resp.close()  # drop the connection: the rest of the body is never read
+        return PeerError(
+            f"{self.name} agent at {self.base_url} sent an answer to {resp.url.path} of more than {limit} bytes "
+            "(limits.max_response_bytes)"
+        )
+
     async def check_response(self, resp: aiohttp.ClientResponse) -> None:
         """Raise the PeerError an HTTP error status stands for (401: AuthFailed)."""
         if resp.status == 200:
             return
-        body = await resp.read()
+        body = bytearray()  # its first MAX_ERROR_BYTES: enough for any error we send
+        while len(body) < MAX_ERROR_BYTES and (chunk := await resp.content.read(MAX_ERROR_BYTES - len(body))):
+            body += chunk
         try:
             err = json.loads(body)["error"]
             msg = f"{err['code']}: {err['message']}"
@@ -94,6 +131,8 @@ class AgentClient:
             msg = body[:200].decode("utf-8", "replace")
         if resp.status == 503 and msg.startswith("starting:"):
             raise PeerAgentDown(f"{self.name} agent at {self.base_url} is starting (scanning its sync dirs)")
+        if resp.status == 503 and msg.startswith("busy:"):
+            raise PeerAgentDown(f"{self.name} agent at {self.base_url} is busy: it holds its maximum of connections")
         if resp.status == 401:
             raise AuthFailed(f"{self.name} agent at {self.base_url} rejected our token (HTTP 401)")
         raise PeerError(f"{self.name} agent at {self.base_url}: HTTP {resp.status}: {msg}")
@@ -117,12 +156,21 @@ class AgentClient:
                 method, self.base_url + path, data=data, params=params, headers=headers, timeout=self._timeout(total)
             ) as resp:
                 await self.check_response(resp)
-                raw = await resp.read()
+                raw = await self.read_capped(resp)
         except PeerError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self.map_error(exc) from exc
-        return json.loads(raw) if as_json else unpack(raw)
+        return self._decode(path, raw, as_json)
+
+    def _decode(self, path: str, raw: bytes, as_json: bool) -> Any:
+        try:
+            return json.loads(raw) if as_json else unpack(raw)
+        except (ValueError, TypeError, RecursionError) as exc:  # msgpack's and json's errors are ValueErrors
+            what = "JSON" if as_json else "msgpack"
+            raise PeerError(
+                f"{self.name} agent at {self.base_url} sent {path} an answer that is not {what}: {exc}"
+            ) from exc
 
     # -- the API (docs/protocol.md) -----------------------------------------
     async def health(self) -> bool:
@@ -187,11 +235,12 @@ class AgentClient:
                 timeout=self._timeout(total),
             ) as resp:
                 await self.check_response(resp)
-                return await resp.json()
+                raw = await self.read_capped(resp)
         except PeerError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self.map_error(exc) from exc
+        return self._decode(path, raw, as_json=True)
 
     async def files(
         self, dir_name: str, paths: list[bytes], resume: list[tuple[bytes, int, bytes]] | None = None
@@ -251,12 +300,14 @@ class AgentClient:
         try:
             async with self.session.request(method, self.base_url + path, params=params, timeout=limits) as resp:
                 await self.check_response(resp)
-                async for line in resp.content:
+                async for line in resp.content:  # a line past 128 KiB: ValueError("Chunk too big")
                     if line.strip():
                         event = json.loads(line)
                         if event.get("event") != "alive":
                             yield event
         except PeerError:
             raise
+        except ValueError as exc:
+            raise PeerError(f"{self.name} agent at {self.base_url} sent {path} a bad progress line: {exc}") from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self.map_error(exc) from exc

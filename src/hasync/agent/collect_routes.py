@@ -24,6 +24,7 @@ from hasync.collect import (
     masked_config,
     render,
 )
+from hasync.errors import BadRequest
 from hasync.halog import utc_offset
 from hasync.logcut import CutStats, iter_window
 from hasync.protocol import API, frame, pack
@@ -44,12 +45,18 @@ def add_routes(agent: Agent, app: web.Application) -> None:
     app.router.add_get(f"{API}/collect/config", routes.config)  # this node's config file, secrets masked
 
 
-def _aware(value: str, name: str) -> datetime:
+def _aware(request: web.Request, name: str) -> datetime:
     from datetime import datetime
 
-    dt = datetime.fromisoformat(value)
+    value = request.query.get(name)
+    if value is None:
+        raise BadRequest(f"missing query parameter {name}")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name}={value[:40]!r} is not an ISO 8601 time") from None
     if dt.tzinfo is None:
-        raise ValueError(f"{name} must carry a UTC offset")
+        raise BadRequest(f"{name} must carry a UTC offset")
     return dt
 
 
@@ -75,8 +82,8 @@ class _CollectRoutes:
         return web.json_response({"file": cfg.path.name, "text": text})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        start = _aware(request.query["start"], "start")
-        end = _aware(request.query["end"], "end")
+        start = _aware(request, "start")
+        end = _aware(request, "end")
         # ?levels=ERROR,WARN: only those entries (the diagnosis wants no more).
         wanted = (v.strip() for v in request.query.get("levels", "").upper().split(","))
         levels = {LEVEL_ALIASES.get(v, v) for v in wanted if v}

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,12 +19,14 @@ from typing import Any
 from aiohttp import web
 
 from hasync import clock
+from hasync.agent.guard import BACKLOG, HTTP_LOG, MAX_HEADERS, ConnectionGuard
+from hasync.agent.inputs import as_object, field, json_object, msgpack_object, query_float, query_int
 from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed
 from hasync.config import Config
-from hasync.errors import ConfigError, HasyncError, PathRefused, PeerError, Starting, WrongRole
+from hasync.errors import BadRequest, ConfigError, HasyncError, PathRefused, PeerError, Starting, WrongRole
 from hasync.fsutil import StateLock
-from hasync.halog import kv
-from hasync.protocol import API, FRAMES, MSGPACK, dec_path, pack, unpack
+from hasync.halog import Throttle, clip, kv
+from hasync.protocol import API, FRAMES, MSGPACK, dec_path, pack
 from hasync.replication.active import ActiveSide
 from hasync.replication.base import Side
 from hasync.replication.standby import StandbySide
@@ -62,7 +65,9 @@ class Agent:
         self.peer: AgentClient = (
             self.side.client
             if isinstance(self.side, StandbySide)
-            else AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name)
+            else AgentClient(
+                cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, cfg.limits.max_response_bytes
+            )
         )
         self.checker: StandbyCheck | ActiveCheck = (
             StandbyCheck(self.side, cfg.check.interval_s)
@@ -75,12 +80,22 @@ class Agent:
         self.store: Any = None
         self.dispatcher: Any = None
         self._check_lock = asyncio.Lock()
+        self.guard = ConnectionGuard(cfg.limits)
+        self.listener: asyncio.Server | None = None
+        # The "rejected request" warnings, per client address and reason (past 1024 addresses: one key).
+        self.rejected = Throttle[tuple[str, str]](
+            cfg.limits.log_rate_s, overflow=("(other clients)", "no or wrong token")
+        )
+        self._rejected_flush: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- routes ------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 << 20)
+        app = web.Application(
+            middlewares=[self.guard.middleware, self._errors, self._auth],
+            client_max_size=self.cfg.limits.max_body_bytes,
+        )
         app.router.add_get("/healthz", self.healthz)  # liveness probe, no auth, no details
         app.router.add_get("/metrics", self.prometheus)  # Prometheus text format
         app.router.add_get(f"{API}/info", self.info)  # identity, role, change seq, Merkle roots
@@ -103,12 +118,13 @@ class Agent:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except web.HTTPException:
+        except (web.HTTPException, ConnectionError, asyncio.CancelledError):
             raise
-        except HasyncError as exc:
+        except HasyncError as exc:  # our own refusals (BadRequest, PathRefused, WrongRole...) and faults
             return error_response(exc.http_status, exc.code, exc.message)
-        except (ValueError, KeyError, TypeError) as exc:
-            return error_response(400, "bad_request", f"malformed request: {exc}")
+        except Exception as exc:  # a bug of ours, whatever its type: never blamed on the request
+            log.exception("request failed %s", kv(method=request.method, path=clip(request.path)))
+            return error_response(500, "error", f"internal error ({type(exc).__name__}); see the HA log")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -116,13 +132,34 @@ class Agent:
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.cfg.token.encode()):
-            log.warning(
-                "rejected request %s",
-                kv(peer=request.remote, path=request.path, reason="no token" if not header else "wrong token"),
-            )
+        # Header bytes that are not UTF-8 arrive as lone surrogates: compared as bytes, they simply differ.
+        given = token.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.cfg.token.encode()):
+            self._log_rejected(request.remote or "?", "no token" if not header else "wrong token", request.path)
             return error_response(401, "auth_failed", "missing or wrong bearer token")
         return await handler(request)
+
+    def _log_rejected(self, peer: str, reason: str, path: str) -> None:
+        """The first rejected request per client and reason in full, then one count per limits.log_rate_s."""
+        throttle = self.rejected
+        key = throttle.key((peer, reason))
+        if throttle.hit(key, time.monotonic()):
+            who, why = key
+            log.warning("rejected request %s", kv(peer=who, path=clip(path), reason=why))
+        elif self._rejected_flush is None:
+            self._schedule_rejected_flush()
+
+    def _schedule_rejected_flush(self) -> None:
+        due = self.rejected.next_due()
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            self._rejected_flush = asyncio.get_running_loop().call_later(delay, self._flush_rejected)
+
+    def _flush_rejected(self) -> None:
+        self._rejected_flush = None
+        for (peer, reason), held, span in self.rejected.due(time.monotonic()):
+            log.warning("rejected request %s", kv(peer=peer, reason=reason, more=held, in_last_s=f"{span:.0f}"))
+        self._schedule_rejected_flush()
 
     def _active(self) -> ActiveSide:
         if not isinstance(self.side, ActiveSide):
@@ -157,36 +194,44 @@ class Agent:
             )
             since = request.query.get("since")
             if since is not None:
-                t = self.side.oldest_change_after(int(since))
+                t = self.side.oldest_change_after(query_int(request, "since", 0))
                 body["lag_s"] = 0.0 if t is None else max(0.0, clock.now() - t)
         return web.Response(body=pack(body), content_type=MSGPACK)
 
-    async def tree(self, request: web.Request) -> web.Response:
-        req = unpack(await request.read())
-        name = str(req["dir"])
-        self.cfg.sync_dir(name)
-        dirs = [dec_path(p, allow_root=True) for p in req["dirs"]]
-        return web.Response(body=pack(self._active().listing(name, dirs)), content_type=MSGPACK)
+    async def _msgpack(self, request: web.Request) -> dict[str, Any]:
+        return await msgpack_object(request, self.cfg.limits.body_timeout_s)
 
-    async def changes(self, request: web.Request) -> web.Response:
-        q = request.query
-        since = int(q.get("since", "0"))
-        if isinstance(self.checker, ActiveCheck):
-            self.checker.peer_since = since
-        wait = min(max(float(q.get("wait", "0")), 0.0), 60.0)
-        body = await self._active().changes(q.get("instance", ""), since, wait)
-        return web.Response(body=pack(body), content_type=MSGPACK)
+    async def _json(self, request: web.Request) -> dict[str, Any]:
+        return await json_object(request, self.cfg.limits.body_timeout_s)
 
-    async def files(self, request: web.Request) -> web.StreamResponse:
-        req = unpack(await request.read())
-        name = str(req["dir"])
+    def _dir_name(self, req: dict[str, Any], refusal: type[HasyncError]) -> str:
+        name = field(req, "dir", str)
         try:
             self.cfg.sync_dir(name)
         except KeyError:
-            raise PathRefused(f"no sync dir named {name!r}") from None
-        paths = [dec_path(p) for p in req["paths"]]
+            raise refusal(f"no sync dir named {clip(name, 80)!r}") from None
+        return name
+
+    async def tree(self, request: web.Request) -> web.Response:
+        req = await self._msgpack(request)
+        name = self._dir_name(req, BadRequest)
+        dirs = [dec_path(p, allow_root=True) for p in field(req, "dirs", list)]
+        return web.Response(body=pack(self._active().listing(name, dirs)), content_type=MSGPACK)
+
+    async def changes(self, request: web.Request) -> web.Response:
+        since = query_int(request, "since", 0)
+        if isinstance(self.checker, ActiveCheck):
+            self.checker.peer_since = since
+        wait = min(max(query_float(request, "wait", 0.0), 0.0), 60.0)
+        body = await self._active().changes(request.query.get("instance", ""), since, wait)
+        return web.Response(body=pack(body), content_type=MSGPACK)
+
+    async def files(self, request: web.Request) -> web.StreamResponse:
+        req = await self._msgpack(request)
+        name = self._dir_name(req, PathRefused)
+        paths = [dec_path(p) for p in field(req, "paths", list)]
         resume: dict[str, tuple[int, bytes]] = {}
-        for item in req.get("resume") or ():  # [path, offset, BLAKE3 of the first offset bytes]
+        for item in field(req, "resume", list, []):  # [path, offset, BLAKE3 of the first offset bytes]
             try:
                 raw, offset, digest = item
             except (TypeError, ValueError):
@@ -335,11 +380,10 @@ class Agent:
     async def diag(self, request: web.Request) -> web.Response:
         from hasync.diagnose.nodes import path_args, run_op
 
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
-        op = str(body.pop("op"))
-        paths = path_args(self.cfg, body["paths"]) if op in ("stat", "delete_junk") else []  # PathRefused: 400
+        body = await self._json(request)
+        op = field(body, "op", str)
+        del body["op"]
+        paths = path_args(self.cfg, body.get("paths")) if op in ("stat", "delete_junk") else []  # PathRefused: 400
         result = await asyncio.to_thread(run_op, self.cfg, op, body)
         if op == "delete_junk":
             # Know about the deletions now, not when their events arrive: a recheck follows at once.
@@ -374,12 +418,19 @@ class Agent:
         return False
 
     async def diagnose(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        return web.json_response(await self.run_diagnosis(bool(body.get("fix")), body.get("alarm")))
+        body = await self._json(request)
+        fix = field(body, "fix", bool, False)
+        alarm = body.get("alarm")
+        if alarm is not None:
+            alarm = as_object(alarm, "alarm")
+            field(alarm, "fingerprint", str)
+            field(alarm, "raised_at", str)
+        return web.json_response(await self.run_diagnosis(fix, alarm))
 
     async def store_diagnosis(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        kept = await self.keep_diagnosis(str(body["fingerprint"]), str(body["raised_at"]), body["diagnosis"])
+        body = await self._json(request)
+        fingerprint, raised_at = field(body, "fingerprint", str), field(body, "raised_at", str)
+        kept = await self.keep_diagnosis(fingerprint, raised_at, field(body, "diagnosis", dict))
         return web.json_response({"stored": kept})
 
     async def _on_raise(self, alarm: Any) -> None:
@@ -473,12 +524,25 @@ class Agent:
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         lock = StateLock(self.cfg.node.state_dir)
         lock.acquire("agent")
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            keepalive_timeout=self.cfg.limits.idle_timeout_s,
+            max_headers=MAX_HEADERS,
+            logger=HTTP_LOG,
+        )
         await runner.setup()
+        assert runner.server is not None
         host, port = self.cfg.listen_host_port()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        self.guard.fit_to_fd_limit()
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            # Not a TCPSite: the guard wraps each connection (cap, head deadline; agent/guard.py).
+            self.listener = await loop.create_server(
+                self.guard.factory(runner.server), host, port, reuse_address=True, backlog=BACKLOG
+            )
         except OSError as exc:
             await runner.cleanup()
             lock.release()
@@ -486,7 +550,6 @@ class Agent:
             raise ConfigError(
                 f"{self.cfg.path}: node.listen: cannot listen on {self.cfg.node.listen}: {reason}"
             ) from None
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info(
@@ -522,6 +585,8 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.side.stop()
         await self.close_clients()
+        if self.listener is not None:
+            self.listener.close()
         await runner.cleanup()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hasync.diagnose import facts
-from hasync.errors import PathRefused
+from hasync.errors import BadRequest, PathRefused
 from hasync.fsutil import validate_relpath
 
 if TYPE_CHECKING:
@@ -47,29 +48,38 @@ def path_args(cfg: Config, raw: Any) -> list[tuple[str, str]]:
     return out
 
 
+def _time(args: dict[str, Any], key: str) -> datetime:
+    try:
+        return datetime.fromisoformat(args[key])
+    except (KeyError, TypeError, ValueError):
+        raise BadRequest(f'"{key}" must be an ISO 8601 time') from None
+
+
 def run_op(cfg: Config, op: str, args: dict[str, Any]) -> Any:
-    """One diagnosis operation on this node (what POST /v1/diag runs in the agent)."""
+    """One diagnosis operation on this node (what POST /v1/diag runs in the agent). Bad arguments
+    raise BadRequest (400); any other exception is a bug (500)."""
     if op == "storage":
         return facts.storage_facts(cfg)
     if op == "files":
         return facts.file_facts(cfg)
     if op == "stat":
-        return facts.stat_paths(cfg, path_args(cfg, args["paths"]))
+        return facts.stat_paths(cfg, path_args(cfg, args.get("paths")))
     if op == "prune_backups":
-        return facts.prune_backups(cfg, int(args.get("need_free", 0)))
+        need_free = args.get("need_free", 0)
+        if not isinstance(need_free, int) or need_free < 0:
+            raise BadRequest('"need_free" must be a number of bytes')
+        return facts.prune_backups(cfg, need_free)
     if op == "delete_junk":
-        return facts.delete_junk(cfg, path_args(cfg, args["paths"]))
+        return facts.delete_junk(cfg, path_args(cfg, args.get("paths")))
     if op == "log_summary":
-        from datetime import datetime
-
         from hasync.collect import Masker
         from hasync.diagnose.logsummary import summarize
 
-        start, end = datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"])
+        start, end = _time(args, "start"), _time(args, "end")
         return summarize(cfg.node.log_dir, start, end, Masker.for_config(cfg).text)
     if op == "roots":
         return {d.name: str(d.path) for d in cfg.sync.dirs}
-    raise ValueError(f"unknown diagnosis operation {op!r}")
+    raise BadRequest(f"unknown diagnosis operation {op[:40]!r}")
 
 
 class LocalNode:

@@ -85,7 +85,9 @@ class StandbySide(Side):
         super().__init__(cfg)
         from hasync.agent.client import AgentClient
 
-        self.client = AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, name=cfg.peer.name)
+        self.client = AgentClient(
+            cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, cfg.limits.max_response_bytes
+        )
         self.backups = BackupSets(cfg.backup.dir, cfg.cluster.role_name, cfg.backup.max_copies, cfg.backup.set_period_s)
         self.errors: dict[tuple[str, str], FileError] = {}
         self.peer_error: PeerError | None = None
