@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -33,6 +33,27 @@ class _Transfers(Collector):
         yield data
 
 
+class _Watcher(Collector):
+    """The file watcher's health (replication/watcher.py), read at scrape time."""
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        h = self.side.watcher_health()
+        yield GaugeMetricFamily(
+            "hasync_watcher_ok", "1 while every directory of the sync dirs is watched", 1 if h.ok else 0
+        )
+        yield GaugeMetricFamily("hasync_watched_dirs", "Directories with an inotify watch", h.watched_dirs)
+        yield GaugeMetricFamily(
+            "hasync_polled_dirs", "Directories polled because they cannot be watched", h.polled_dirs
+        )
+        yield CounterMetricFamily(
+            "hasync_watcher_overflows", "inotify queue overflows (each rescans its sync dir)", h.overflows
+        )
+        yield CounterMetricFamily("hasync_watcher_restarts", "File watcher restarts after a failure", h.restarts)
+
+
 class Metrics:
     def __init__(self, side: Side) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -51,6 +72,7 @@ class Metrics:
         self.check_cpu = Gauge("hasync_check_cpu_seconds", "CPU time of the last sync check", registry=r)
         self.alarm_active.labels(alarm_id="45641").set(0)
         r.register(_Transfers(side))
+        r.register(_Watcher(side))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
