@@ -244,10 +244,6 @@ def test_watch_limit_is_a_visible_fault_and_changes_still_arrive(make_pair) -> N
         "sh",
     ]
     started(env)
-    h = wait_for(lambda: (w := status(env, "a").get("watcher")) and w["state"] == "degraded" and w, 10)
-    assert h["ok"] is False and h["polled_dirs"] > 0 and "max_user_watches" in h["error"]
-    assert metric(env, "a", "hasync_watcher_ok") == 0
-    assert (metric(env, "a", "hasync_watched_dirs") or 0) <= 6
     # Every directory's changes arrive: the watched ones by events, the others by polling.
     for i in range(10):
         (env.src / "conf" / f"d{i:02d}" / "sub" / "f.txt").write_text(f"v1 {i}")
@@ -255,6 +251,11 @@ def test_watch_limit_is_a_visible_fault_and_changes_still_arrive(make_pair) -> N
     (env.src / "conf" / "d09" / "sub" / "newdir").mkdir()
     (env.src / "conf" / "d09" / "sub" / "newdir" / "g.txt").write_text("in a new dir")
     env.wait_in_sync(FAST_S)
+    # The fault is visible in status and in the metrics.
+    h = wait_for(lambda: (w := status(env, "a").get("watcher")) and w["state"] == "degraded" and w, 10)
+    assert h["ok"] is False and h["polled_dirs"] > 0 and "max_user_watches" in h["error"]
+    assert metric(env, "a", "hasync_watcher_ok") == 0
+    assert (metric(env, "a", "hasync_watched_dirs") or 0) <= 6
     assert "file watcher degraded" in (env.pair.base / "logs" / "node-a" / "ha.log").read_text()
 
 
