@@ -333,3 +333,49 @@ def test_all_names_of_a_hard_linked_file_update(make_pair) -> None:  # type: ign
     os.chmod(env.src / "conf" / "other" / "b.yaml", 0o600)  # metadata through another name
     env.wait_in_sync(FAST_S)
     assert snapshot(env.dst)["conf/c.yaml"][1] == 0o600
+
+
+# -- supervision: a failed inotify instance is polled, then reopened ----------------------
+def test_a_failed_watcher_is_polled_then_reopened(tmp_path: Path) -> None:
+    import asyncio
+
+    from hasync.replication.watcher import Batch, DirWatcher
+
+    (tmp_path / "sub").mkdir()
+    batches: list[Batch] = []
+
+    async def sink(b: Batch) -> None:
+        batches.append(b)
+
+    async def scenario() -> None:
+        w = DirWatcher("conf", tmp_path, sink)
+        assert w.open()
+        w.watch("")
+        w.watch("sub")
+        assert w.watched() == 2 and not w.unwatched
+        (tmp_path / "sub" / "f").write_text("x")
+        for _ in range(200):
+            if batches:
+                break
+            await asyncio.sleep(0.01)
+        assert batches and "sub/f" in batches[-1].paths
+        w._fail("reading inotify events failed: test")  # what a read error does
+        assert w.failed and w.unwatched == {"", "sub"} and w.watched() == 0
+        for _ in range(200):  # the failure is handed on as a rescan
+            if batches[-1].overflow:
+                break
+            await asyncio.sleep(0.01)
+        assert batches[-1].overflow
+        assert w.reopen() and not w.failed and w.restarts == 1
+        w.watch("")
+        w.watch("sub")
+        assert w.watched() == 2 and not w.unwatched and w.error is None
+        (tmp_path / "sub" / "g").write_text("y")
+        for _ in range(200):
+            if "sub/g" in batches[-1].paths:
+                break
+            await asyncio.sleep(0.01)
+        assert "sub/g" in batches[-1].paths
+        w.close()
+
+    asyncio.run(scenario())
