@@ -122,6 +122,14 @@ def test_directory_swapped_on_the_standby_is_repaired(make_pair) -> None:  # typ
     os.rename(env.pair.base / "elsewhere" / "app", env.dst / "conf" / "app")
     env.wait_in_sync(FAST_S)
     assert (env.dst / "conf" / "app" / "a.yaml").read_text() == "a"
+    # The same with the standby's sync dir root.
+    write_tree(env.pair.base / "conf.drift", {"app/a.yaml": "drift a", "other.yaml": "drift"})
+    os.rename(env.dst / "conf", env.pair.base / "conf.standby-old")
+    os.rename(env.pair.base / "conf.drift", env.dst / "conf")
+    env.wait_in_sync(FAST_S)
+    assert not (env.dst / "conf" / "other.yaml").exists()
+    (env.dst / "conf" / "app" / "a.yaml").write_text("drift in the new root")  # watched: repaired
+    env.wait_in_sync(FAST_S)
 
 
 # -- defect 2: symlinks ------------------------------------------------------------

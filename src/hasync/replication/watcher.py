@@ -55,6 +55,7 @@ ROOT_MASK = _EVENTS | flags.ONLYDIR | flags.EXCL_UNLINK  # a root configured thr
 QUIET_S = 0.005  # a batch is handed on once no event came for this long...
 MAX_BATCH_S = 0.2  # ...or once its first event is this old
 BACKOFF_S = (1.0, 60.0)  # first and longest wait before a failed instance is reopened
+STABLE_S = 600.0  # a failure this long after the last one waits the shortest backoff again
 
 
 @dataclass
@@ -91,6 +92,7 @@ class DirWatcher:
         self.failed = False
         self.retry_at = 0.0
         self._backoff = BACKOFF_S[0]
+        self._failed_at = 0.0
         self._batch = Batch()
         self._first = 0.0
         self._last = 0.0
@@ -136,13 +138,17 @@ class DirWatcher:
         """The instance is unusable: poll every directory it watched until it is reopened."""
         if not self.failed:
             log.error("file watcher failed, polling instead %s", kv(dir=self.name, error=why))
+        now = time.monotonic()
+        if now - self._failed_at > STABLE_S:
+            self._backoff = BACKOFF_S[0]
+        self._failed_at = now
         self.failed = True
         self.error = why
         self.unwatched.update(self._rel)
         self.unwatched.add("")
         self._wd.clear()
         self._rel.clear()
-        self.retry_at = time.monotonic() + self._backoff
+        self.retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_S[1])
 
     def _fail(self, why: str) -> None:
@@ -168,8 +174,10 @@ class DirWatcher:
             try:
                 wd = ino.add_watch(path, DIR_MASK if rel else ROOT_MASK)
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    return  # gone, or not a directory any more: its parent's event tells
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM):
+                    # Gone, or not a directory any more: its parent's event tells. Unreadable: the scan
+                    # reports it (permission_denied), and the chmod that fixes it is an event of its parent.
+                    return
                 if exc.errno == errno.ENOSPC:
                     why = "inotify watch limit reached (fs.inotify.max_user_watches); polling the rest"
                 else:
@@ -193,9 +201,12 @@ class DirWatcher:
             self._rel[rel] = wd
             if self.unwatched:
                 self.unwatched.discard(rel)
-                if not self.unwatched and not self.failed and self.error is not None:
-                    log.info("file watcher recovered %s", kv(dir=self.name, watches=len(self._rel)))
-                    self.error = None
+                self._recovered_locked()
+
+    def _recovered_locked(self) -> None:
+        if not self.unwatched and not self.failed and self.error is not None:
+            log.info("file watcher recovered %s", kv(dir=self.name, watches=len(self._rel)))
+            self.error = None
 
     def forget(self, top: str, keep: set[str] | None = None) -> None:
         """Remove the watches of `top` and below (moved away), or of those not in `keep` (after a scan)."""
@@ -213,6 +224,7 @@ class DirWatcher:
             self.unwatched -= {
                 r for r in self.unwatched if (r == top or r.startswith(prefix)) and (keep is None or r not in keep)
             }
+            self._recovered_locked()
 
     def watched(self) -> int:
         return len(self._rel)
@@ -298,9 +310,3 @@ class DirWatcher:
                 self._batch.overflow = True
                 self._wake.set()
                 await asyncio.sleep(1.0)
-
-    # -- health --------------------------------------------------------------
-    def stable(self) -> None:
-        """The instance has been working for a while: the next failure waits the shortest backoff."""
-        if not self.failed:
-            self._backoff = BACKOFF_S[0]
