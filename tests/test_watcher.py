@@ -132,6 +132,51 @@ def test_directory_swapped_on_the_standby_is_repaired(make_pair) -> None:  # typ
     env.wait_in_sync(FAST_S)
 
 
+def test_every_kind_of_drift_in_directories_the_standby_made_is_repaired(  # type: ignore[no-untyped-def]
+    make_pair,
+) -> None:
+    """Drift in subdirectories that the initial sync created on the standby (its watches come from its own
+    mkdir events), of every kind, the last one a directory swapped by rename."""
+    env: PairEnv = make_pair()
+    write_tree(env.src / "conf", {f"d{i:02d}/deep/f.txt": f"file {i}" for i in range(13)})
+    (env.src / "conf" / "d05" / "deep" / "l").symlink_to("f.txt")
+    started(env)
+    b = env.dst / "conf"
+
+    def swap() -> None:
+        shutil.copytree(b / "d12", env.pair.base / "d12.x", symlinks=True)
+        (env.pair.base / "d12.x" / "deep" / "f.txt").write_text("swapped")
+        os.rename(b / "d12", env.pair.base / "d12.old")
+        os.rename(env.pair.base / "d12.x", b / "d12")
+
+    def relink(p: Path, target: str) -> None:
+        p.unlink()
+        p.symlink_to(target)
+
+    def to_dir(p: Path) -> None:
+        p.unlink()
+        p.mkdir()
+
+    kinds = [
+        lambda: (b / "d00/deep/f.txt").write_text("drift"),
+        lambda: (b / "d01/deep/f.txt").unlink(),
+        lambda: (b / "d02/deep/new.txt").write_text("x"),
+        lambda: os.chmod(b / "d03/deep/f.txt", 0o600),
+        lambda: os.chmod(b / "d04/deep", 0o700),
+        lambda: relink(b / "d05/deep/l", "other"),
+        lambda: shutil.rmtree(b / "d06/deep"),
+        lambda: (b / "d07/deep/newdir").mkdir(),
+        lambda: relink(b / "d08/deep/f.txt", "/etc/passwd"),
+        lambda: to_dir(b / "d09/deep/f.txt"),
+        lambda: open(b / "d10/deep/f.txt", "w").close(),
+        lambda: os.rename(b / "d11/deep/f.txt", b / "d11/deep/g.txt"),
+        swap,
+    ]
+    for make_drift in kinds:
+        make_drift()
+        env.wait_in_sync(FAST_S)
+
+
 # -- defect 2: symlinks ------------------------------------------------------------
 def test_symlinked_directory_target_replicates_and_links_are_not_followed(  # type: ignore[no-untyped-def]
     make_pair, base: Path

@@ -274,6 +274,14 @@ class Side:
             if sub is not None:
                 self._merge(d, tree, rel, st, sub)
             return
+        w = self.watchers.get(d.name)
+        if stat.S_ISDIR(st.st_mode) and w is not None and not w.covers(rel):
+            # A directory the tree knows but nobody watches: one the standby made itself (its mkdir is an event
+            # once the apply is done). Watched from now on, and looked at again (known digests reused).
+            sub = await asyncio.to_thread(self._scan_subtree, d, rel, tree)
+            if sub is not None:
+                self._merge(d, tree, rel, st, sub)
+            return
         read = lambda: read_file_entry(None, str(full))
         try:
             if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE and not self._cached(old, st):
@@ -324,9 +332,9 @@ class Side:
     def _cached(old: Entry | None, st: os.stat_result) -> bool:
         return old is not None and old.ino == st.st_ino and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
 
-    def _scan_subtree(self, d: SyncDir, rel: str) -> Tree | None:
+    def _scan_subtree(self, d: SyncDir, rel: str, reuse: Tree | None = None) -> Tree | None:
         try:
-            return scan(d.path, self.excluder, None, self.with_owner, subdir=rel, on_dir=self._watch_hook(d))
+            return scan(d.path, self.excluder, reuse, self.with_owner, subdir=rel, on_dir=self._watch_hook(d))
         except FileNotFoundError:
             return None
 

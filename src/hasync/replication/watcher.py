@@ -229,6 +229,10 @@ class DirWatcher:
     def watched(self) -> int:
         return len(self._rel)
 
+    def covers(self, rel: str) -> bool:
+        """Whether directory `rel` is watched or polled (False: nobody looks at it yet)."""
+        return self.failed or rel in self._rel or rel in self.unwatched
+
     # -- events --------------------------------------------------------------
     def _readable(self) -> None:
         ino = self._ino
