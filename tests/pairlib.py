@@ -80,6 +80,7 @@ class AgentProc:
     token: str
     user: tuple[int, int] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    wrap: list[str] = field(default_factory=list)  # a command that execs the agent (e.g. in a user namespace)
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,7 +93,7 @@ class AgentProc:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hasync", "agent", "-c", str(self.config)],
+                [*self.wrap, sys.executable, "-m", "hasync", "agent", "-c", str(self.config)],
                 stdout=out,
                 stderr=out,
                 env=env,

@@ -118,7 +118,13 @@ class HaLogHandler(logging.handlers.RotatingFileHandler):
     def __init__(self, log_dir: Path, max_bytes: int, backup_count: int) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
-        super().__init__(log_dir / LOG_NAME, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        super().__init__(
+            log_dir / LOG_NAME,
+            maxBytes=max_bytes,
+            backupCount=backup_count,
+            encoding="utf-8",
+            errors="backslashreplace",
+        )
         self.setFormatter(HaFormatter())
 
     def _open(self) -> Any:

@@ -41,6 +41,7 @@ class Entry(NamedTuple):
     gid: int = 0
     ino: int = 0  # local cache key only; 0 = do not trust the cached digest
     error: str = ""  # kind ERROR: "<cause>: <message>"
+    dev: int = 0  # directories: with `ino`, the directory's identity (a swap by rename is a change); local only
 
     @property
     def cause(self) -> Cause | None:
@@ -148,6 +149,16 @@ def error_entry(name: str, st: os.stat_result, exc: OSError) -> Entry:
     )
 
 
+def dir_entry(st: os.stat_result) -> Entry:
+    """A directory's entry, with its identity (inode, device)."""
+    return Entry(DIR, stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, ino=st.st_ino, dev=st.st_dev)
+
+
+def same_dir(e: Entry | None, st: os.stat_result) -> bool:
+    """Whether directory entry `e` is the directory `st` describes (not another one renamed into its place)."""
+    return e is not None and e.kind == DIR and e.ino != 0 and e.ino == st.st_ino and (e.dev == 0 or e.dev == st.st_dev)
+
+
 def stat_entry(
     name: str,
     st: os.stat_result,
@@ -159,7 +170,7 @@ def stat_entry(
     """Build the entry for one stat result; hash files only when the cache cannot answer."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
-        return Entry(DIR, mode, uid=st.st_uid, gid=st.st_gid, ino=st.st_ino)
+        return dir_entry(st)
     if stat.S_ISLNK(st.st_mode):
         return Entry(LINK, mode, st.st_size, st.st_mtime_ns, link=link(), uid=st.st_uid, gid=st.st_gid)
     if not stat.S_ISREG(st.st_mode):
@@ -204,6 +215,10 @@ class Tree:
     temps: list[str] = field(default_factory=list, repr=False, compare=False)
     error_paths: set[str] = field(default_factory=set, repr=False, compare=False)
     changed: bool = field(default=True, repr=False, compare=False)
+    # The root directory's identity (device, inode) when scanned: a root replaced by rename is a new tree.
+    root_id: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
+    # Regular files with more than one name, by (device, inode): an event on one name refreshes them all.
+    links: dict[tuple[int, int], set[str]] = field(default_factory=dict, repr=False, compare=False)
 
     # -- access ------------------------------------------------------------
     def get(self, relpath: str) -> Entry | None:
@@ -305,13 +320,16 @@ class Tree:
 
     # -- persistence (the hash cache) --------------------------------------
     def dump(self) -> bytes:
+        # Names are bytes on Linux (str here with surrogateescape): surrogateescape writes the exact bytes.
         rows = [[rel, *e] for rel, e in self.items()]
-        data: bytes = msgpack.packb({"v": 1, "with_owner": self.with_owner, "rows": rows}, use_bin_type=True)
+        data: bytes = msgpack.packb(
+            {"v": 1, "with_owner": self.with_owner, "rows": rows}, use_bin_type=True, unicode_errors="surrogateescape"
+        )
         return data
 
     @classmethod
     def loads(cls, data: bytes) -> Tree:
-        doc = msgpack.unpackb(data, raw=False)
+        doc = msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape")
         tree = cls(with_owner=bool(doc.get("with_owner")))
         dirs = tree.dirs
         for row in doc["rows"]:  # parents come before children (see items())
@@ -345,22 +363,32 @@ def scan(
     with_owner: bool = False,
     subdir: str = "",
     consume: bool = False,
+    on_dir: Callable[[str], None] | None = None,
 ) -> Tree:
     """Scan `root` (or its `subdir`) into a Tree, reusing digests from `previous` by
     (inode, size, mtime). An unreadable path becomes an ERROR entry, never an exception;
-    a missing root raises FileNotFoundError."""
+    a missing root raises FileNotFoundError. `on_dir(reldir)` is called just before each
+    directory is listed (the watcher adds its watch there, so no change after the listing is missed)."""
     tree = Tree(with_owner=with_owner)
     changed = 0
     before = len(previous) if previous is not None else 0
     now = time.time_ns()
     top = root / subdir if subdir else root
-    if not top.is_dir():
+    try:
+        top_st = os.stat(top) if not subdir else os.lstat(top)  # a root may be configured through a symlink
+    except (FileNotFoundError, NotADirectoryError):
+        top_st = None
+    if top_st is None or not stat.S_ISDIR(top_st.st_mode):
         raise FileNotFoundError(errno.ENOENT, "sync directory does not exist", str(top))
+    if not subdir:
+        tree.root_id = (top_st.st_dev, top_st.st_ino)
     stack: list[str] = [subdir]
     while stack:
         reldir = stack.pop()
         tree.dirs.setdefault(reldir, {})
         absdir = os.path.join(root, reldir) if reldir else str(root)
+        if on_dir is not None:
+            on_dir(reldir)
         try:
             it = os.scandir(absdir)
         except OSError as exc:
@@ -425,6 +453,8 @@ def scan(
                     changed += 1
                 if e.kind == DIR:
                     stack.append(rel)
+                elif e.kind == FILE and st.st_nlink > 1:
+                    tree.links.setdefault((st.st_dev, st.st_ino), set()).add(rel)
     tree.changed = changed > 0 or previous is None or len(tree) != before
     return tree
 

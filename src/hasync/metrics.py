@@ -52,6 +52,27 @@ class _LastSync(Collector):
             )
 
 
+class _Watcher(Collector):
+    """The file watcher's health (replication/watcher.py), read at scrape time."""
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        h = self.side.watcher_health()
+        yield GaugeMetricFamily(
+            "hasync_watcher_ok", "1 while every directory of the sync dirs is watched", 1 if h.ok else 0
+        )
+        yield GaugeMetricFamily("hasync_watched_dirs", "Directories with an inotify watch", h.watched_dirs)
+        yield GaugeMetricFamily(
+            "hasync_polled_dirs", "Directories polled because they cannot be watched", h.polled_dirs
+        )
+        yield CounterMetricFamily(
+            "hasync_watcher_overflows", "inotify queue overflows (each rescans its sync dir)", h.overflows
+        )
+        yield CounterMetricFamily("hasync_watcher_restarts", "File watcher restarts after a failure", h.restarts)
+
+
 class Metrics:
     def __init__(self, side: Side) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -79,6 +100,7 @@ class Metrics:
         r.register(self.last_sync)
         role = Gauge("hasync_role", "This agent's node and role (always 1)", ["node", "role"], registry=r)
         role.labels(node=side.cfg.node.name, role=side.role).set(1)
+        r.register(_Watcher(side))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -55,7 +55,8 @@ def entry_row(name: str, e: Entry) -> Row | None:
 
 def signature(rows: list[Row]) -> bytes:
     rows.sort()
-    return blake3.blake3(msgpack.packb(rows, use_bin_type=True)).digest(16)
+    # Names that are not UTF-8 (str with surrogateescape here) are packed as their exact bytes.
+    return blake3.blake3(msgpack.packb(rows, use_bin_type=True, unicode_errors="surrogateescape")).digest(16)
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,13 @@ class QuickIndex:
 
     def save(self, path: Path) -> None:
         doc = {"v": VERSION, "with_owner": self.with_owner, "root": self.root, "dirs": self.dirs}
-        atomic_write(path, msgpack.packb(doc, use_bin_type=True))
+        atomic_write(path, msgpack.packb(doc, use_bin_type=True, unicode_errors="surrogateescape"))
 
     @classmethod
     def load(cls, path: Path) -> QuickIndex | None:
         """The saved index, or None when there is none or it cannot be used."""
         try:
-            doc = msgpack.unpackb(path.read_bytes(), raw=False, use_list=True)
+            doc = msgpack.unpackb(path.read_bytes(), raw=False, use_list=True, unicode_errors="surrogateescape")
             if doc.get("v") != VERSION:
                 return None
             dirs = [(str(d), None if s is None else bytes(s), int(n)) for d, s, n in doc["dirs"]]

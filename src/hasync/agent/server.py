@@ -322,6 +322,7 @@ class Agent:
             "files_received": self.side.received_files,
             "bytes_received": self.side.received_bytes,
         }
+        doc["watcher"] = self.side.watcher_health().as_json()
         return doc
 
     async def run_check(self) -> Verdict:

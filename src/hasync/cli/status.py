@@ -84,6 +84,9 @@ def _print(d: dict[str, Any]) -> None:
     click.echo(f"pending     {'-' if d.get('pending') is None else d['pending']}")
     for e in d.get("errors", [])[:20]:
         click.echo(f"  error     {e['dir']}/{e['path']}: {e['cause']}: {e['reason']}")
+    w = d.get("watcher")
+    if w:
+        click.echo(f"watcher     {w['state']}" + (f"  {w['error']}" if w.get("error") else ""))
     alarms = d.get("alarms", [])
     click.echo(f"alarms      {len(alarms)} active")
     store = d.get("alarm_store")

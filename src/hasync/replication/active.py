@@ -1,11 +1,13 @@
 """The active role: keeps its trees current from file-system events and serves them.
 
 The active never writes to its sync dirs. It scans each sync dir once at
-start (reusing cached digests), then follows inotify events through
-watchfiles: each event re-stats the path, re-hashes it if its (inode, size,
-mtime) changed, and when the entry really changed it bumps the change
-sequence `seq` and wakes the standby's long-poll. A periodic full rescan
-catches anything the events missed.
+start (reusing cached digests), adding each directory's inotify watch just
+before listing it (replication/watcher.py), then follows the events: each
+event re-stats the path, re-hashes it if its (inode, size, mtime) changed,
+and when the entry really changed it bumps the change sequence `seq` and
+wakes the standby's long-poll. A queue overflow, a replaced root or a
+restarted watcher rescans the sync dir; a periodic full rescan catches
+anything the events missed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import secrets
 import stat
 from collections import deque
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import blake3
 
@@ -57,14 +58,15 @@ class ActiveSide(Side):
         self._log: deque[tuple[int, str, str, float]] = deque()
         self._floor = 0  # changes at or below this seq are no longer in the log
         self._wake = asyncio.Event()
-        self._scanning: set[str] | None = None
+        self._rescan_lock = asyncio.Lock()
+        self._stale: set[asyncio.Task[None]] = set()  # refreshes of entries a transfer found stale
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
+        self._open_watchers()  # before the scan: a change made while it runs is an event
         await self.rescan_all(initial=True)
         self._tasks.append(asyncio.create_task(self._periodic_rescan(), name="rescan"))
         self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
-        self._restart_watcher()
         self._start_root_poll()
 
     async def prepare(self) -> None:
@@ -79,13 +81,22 @@ class ActiveSide(Side):
             await self.rescan_all()
 
     # -- keeping the trees current ----------------------------------------
-    async def rescan_all(self, initial: bool = False) -> None:
-        """Full rescan of every sync dir; record what changed since the last look."""
+    async def rescan_all(self, initial: bool = False, only: str | None = None) -> None:
+        """Full rescan of every sync dir (or of the one named `only`); record what changed since the last look."""
+        async with self._rescan_lock:
+            touched = await self._rescan(initial, only)
+        if touched:  # events that came during the scan, looked at against the new trees
+            await self.refresh(touched)
+
+    async def _rescan(self, initial: bool, only: str | None) -> set[str]:
         self._scanning = set()
         try:
             for d in self.cfg.sync.dirs:
+                if only is not None and d.name != only:
+                    continue
                 cur = self.trees.get(d.name)
                 new = await asyncio.to_thread(self._scan_dir, d, cur)
+                self._prune_watches(d, new)
                 if new is None:
                     if cur is not None or initial:
                         log.error("sync dir missing %s", kv(dir=d.name, path=d.path, cause=Cause.SOURCE_MISSING))
@@ -114,12 +125,9 @@ class ActiveSide(Side):
                         "rescan found changes the events missed %s",
                         kv(dir=d.name, paths=len(self._pending_paths(plan))),
                     )
-            touched, self._scanning = self._scanning, None
-            if touched:
-                await self.refresh(touched)
         finally:
-            self._scanning = None
-        self._restart_watcher()
+            touched, self._scanning = self._scanning, None
+        return touched
 
     @staticmethod
     def _pending_paths(plan: object) -> list[str]:
@@ -131,18 +139,15 @@ class ActiveSide(Side):
     def _scan_dir(self, d: SyncDir, previous: Tree | None) -> Tree | None:
         prev = previous if previous is not None else Tree.load(self.cache_path(d.name))
         try:
-            return scan(d.path, self.excluder, prev, self.with_owner, consume=previous is None)
+            return scan(
+                d.path, self.excluder, prev, self.with_owner, consume=previous is None, on_dir=self._watch_hook(d)
+            )
         except FileNotFoundError:
             return None
 
     # -- the change feed ---------------------------------------------------
-    def _touched(self, path: str | Path) -> None:
-        if self._scanning is not None:
-            self._scanning.add(str(path))
-
     async def root_changed(self, d: SyncDir) -> None:
-        await self.rescan_all()
-        self._restart_watcher(force=True)  # a re-created root is a new directory to watch
+        await self.rescan_all(only=d.name)
 
     def _changed(self, dir_name: str, rel: str) -> None:
         self._record(dir_name, rel)
@@ -223,10 +228,11 @@ class ActiveSide(Side):
         d = self.cfg.sync_dir(dir_name)
         tree = self.trees.get(dir_name)
         buf = bytearray()
+        stale: list[str] = []
         with DirFds(d.path) as fds:
             for rel in paths:
                 known = tree.get(rel) if tree is not None else None
-                async for piece in self._file_frames(fds, rel, known, (resume or {}).get(rel)):
+                async for piece in self._file_frames(fds, rel, known, (resume or {}).get(rel), stale):
                     if len(piece) >= FLUSH_AT:  # a big data chunk goes out as it is, not copied into buf
                         if buf:
                             yield bytes(buf)
@@ -238,10 +244,30 @@ class ActiveSide(Side):
                         yield bytes(buf)
                         buf.clear()
         buf += frame(F_DONE)
+        if stale and tree is not None and tree is self.trees.get(dir_name):
+            self._refresh_stale(d, tree, stale)
         yield bytes(buf)
 
+    def _refresh_stale(self, d: SyncDir, tree: Tree, stale: list[str]) -> None:
+        """Files whose bytes, read whole and unchanged, are not what our tree lists: an event was missed.
+        Their cached digests are dropped and they are looked at again, so that the change feed carries
+        their real entries (else the standby would fetch them again and again, and never be in sync)."""
+        log.warning("tree entries found stale while sending, refreshing %s", kv(dir=d.name, paths=len(stale)))
+        for rel in stale:
+            e = tree.get(rel)
+            if e is not None and e.kind == FILE:
+                tree.put(rel, e._replace(ino=0))
+        task = asyncio.create_task(self.refresh([d.path / rel for rel in stale]))
+        self._stale.add(task)
+        task.add_done_callback(self._stale.discard)
+
     async def _file_frames(
-        self, fds: DirFds, rel: str, known: Entry | None = None, resume: tuple[int, bytes] | None = None
+        self,
+        fds: DirFds,
+        rel: str,
+        known: Entry | None = None,
+        resume: tuple[int, bytes] | None = None,
+        stale: list[str] | None = None,
     ) -> AsyncIterator[bytes]:
         """The frames of one file. When `known` (our tree's entry) has the file's inode, size and mtime,
         its digest is sent without hashing again; the fstat after the read still catches a change.
@@ -311,6 +337,8 @@ class ActiveSide(Side):
             after = os.fstat(fd)
             changed = (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or offset + sent != st.st_size
             digest = h.digest() if h is not None else known.digest  # type: ignore[union-attr]
+            if h is not None and not changed and stale is not None and known is not None and known.digest != digest:
+                stale.append(rel)
             self.sent_files += 1
             self.sent_bytes += sent
             yield frame(F_END, pack([digest, not changed, "changed during transfer" if changed else None]))

@@ -7,10 +7,11 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-
-import watchfiles
+from typing import Any
 
 from hasync.config import Config, SyncDir
 from hasync.errors import PathRefused
@@ -18,21 +19,47 @@ from hasync.fsutil import DirFds, is_tmp_name, validate_relpath
 from hasync.halog import kv
 from hasync.manifest import (
     DIR,
+    FILE,
+    LINK,
     Entry,
     Excluder,
     FileChanged,
     Tree,
     cache_path,
+    dir_entry,
     error_entry,
     read_file_entry,
     same,
+    same_dir,
     scan,
     stat_entry,
 )
+from hasync.replication.watcher import Batch, DirWatcher
 
 log = logging.getLogger("hasync.replication")
 
 BIG_FILE = 4 << 20  # hashed in a worker thread, not in the event loop
+POLL_S = 2.0  # roots, failed watchers and directories without a watch are looked at this often
+
+
+@dataclass(frozen=True)
+class WatcherHealth:
+    """`state`: ok (every directory watched), degraded (some polled: watch limit), failed (an inotify
+    instance is down and is being reopened; its sync dir is polled meanwhile), off (not started)."""
+
+    state: str
+    watched_dirs: int
+    polled_dirs: int
+    overflows: int
+    restarts: int
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
 
 
 class Side:
@@ -51,8 +78,9 @@ class Side:
         self.sent_bytes = 0
         self.received_files = 0
         self.received_bytes = 0
-        self._watch_task: asyncio.Task[None] | None = None
-        self._watched: tuple[Path, ...] = ()
+        self.watchers: dict[str, DirWatcher] = {}
+        # While a scan runs, the paths events named: looked at again once it is done.
+        self._scanning: set[str] | None = None
         self.with_owner = cfg.is_root
 
     def cache_path(self, dir_name: str) -> Path:
@@ -83,53 +111,102 @@ class Side:
         raise NotImplementedError
 
     def _touched(self, path: str | Path) -> None:
-        """An event arrived for `path` (before it is looked at)."""
+        """An event arrived for `path` (before it is looked at): a scan in progress looks at it again after."""
+        if self._scanning is not None:
+            self._scanning.add(str(path))
 
     async def root_changed(self, d: SyncDir) -> None:
-        """A sync dir's root appeared or vanished."""
+        """A sync dir's root appeared, vanished or was replaced; or its watcher lost events: rescan it."""
 
-    async def _poll_roots(self, every_s: float = 2.0) -> None:
-        """Notice a sync dir's root appearing or vanishing: the watcher only sees inside existing roots."""
+    # -- the watcher: one supervised inotify instance per sync dir ----------------
+    def _open_watchers(self) -> None:
+        """Start watching (before the scans the watches protect: each scan adds its directories' watches)."""
+        for d in self.cfg.sync.dirs:
+            if d.name not in self.watchers:
+                w = DirWatcher(d.name, d.path, partial(self._on_events, d))
+                w.open()
+                self.watchers[d.name] = w
+
+    def _watch_hook(self, d: SyncDir) -> Callable[[str], None] | None:
+        w = self.watchers.get(d.name)
+        return None if w is None else w.watch
+
+    def _prune_watches(self, d: SyncDir, tree: Tree | None, top: str = "") -> None:
+        """After a scan of `top`: drop the watches of directories that are not in the tree any more."""
+        w = self.watchers.get(d.name)
+        if w is not None:
+            w.forget(top, keep=set() if tree is None else set(tree.dirs))
+
+    async def _on_events(self, d: SyncDir, batch: Batch) -> None:
+        if batch.overflow or batch.root_moved:
+            await self.root_changed(d)
+            return
+        await self.refresh(d.path / rel if rel else d.path for rel in batch.paths)
+
+    def watcher_health(self) -> WatcherHealth:
+        """The watcher's health for `status` and `/metrics`."""
+        ws = list(self.watchers.values())
+        polled = sum(len(w.unwatched) for w in ws)
+        return WatcherHealth(
+            state="off" if not ws else "failed" if any(w.failed for w in ws) else "degraded" if polled else "ok",
+            watched_dirs=sum(w.watched() for w in ws),
+            polled_dirs=polled,
+            overflows=sum(w.overflows for w in ws),
+            restarts=sum(w.restarts for w in ws),
+            error=next((f"{w.name}: {w.error}" for w in ws if w.error), None),
+        )
+
+    async def _poll_roots(self, every_s: float = POLL_S) -> None:
+        """Supervise: notice a sync dir's root appearing, vanishing or being replaced (inotify only sees inside
+        an existing root), reopen a failed watcher (with backoff) and poll the directories it cannot watch."""
         while True:
             await asyncio.sleep(every_s)
             for d in self.cfg.sync.dirs:
-                if (self.trees.get(d.name) is None) == d.path.is_dir():
-                    await self.root_changed(d)
+                try:
+                    await self._supervise(d)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("watching sync dir failed %s", kv(dir=d.name))
+
+    async def _supervise(self, d: SyncDir) -> None:
+        tree = self.trees.get(d.name)
+        if (tree is None) == d.path.is_dir() or (tree is not None and self._root_replaced(d, tree)):
+            await self.root_changed(d)
+            return
+        w = self.watchers.get(d.name)
+        if w is None or tree is None:
+            return
+        if w.failed:
+            if time.monotonic() >= w.retry_at and w.reopen():
+                log.info("file watcher restarted %s", kv(dir=d.name, restarts=w.restarts))
+                await self.root_changed(d)  # a rescan adds the watches and finds what happened meanwhile
+                return
+        if w.unwatched:
+            await self._poll_unwatched(d, w, tree)
+
+    def _root_replaced(self, d: SyncDir, tree: Tree) -> bool:
+        try:
+            st = os.stat(d.path)
+        except OSError:
+            return False
+        if tree.root_id != (0, 0) and (st.st_dev, st.st_ino) != tree.root_id:
+            log.warning("sync dir root replaced %s", kv(dir=d.name, path=d.path))
+            return True
+        return False
+
+    async def _poll_unwatched(self, d: SyncDir, w: DirWatcher, tree: Tree) -> None:
+        """Look at the directories the watcher cannot watch (retrying their watches first)."""
+        rels = sorted(w.unwatched)
+        for rel in rels:
+            w.watch(rel)
+        snap = {rel: dict(tree.children(rel)) for rel in rels if rel == "" or tree.get(rel) is not None}
+        changed = await asyncio.to_thread(_poll_dirs, d.path, snap)
+        if changed:
+            await self.refresh(d.path / rel if rel else d.path for rel in changed)
 
     def _start_root_poll(self) -> None:
         self._tasks.append(asyncio.create_task(self._poll_roots(), name="poll-roots"))
-
-    def _restart_watcher(self, force: bool = False) -> None:
-        """Watch the roots that exist; `force` after a root was replaced (a new inode to watch)."""
-        roots = tuple(d.path for d in self.cfg.sync.dirs if self.trees.get(d.name) is not None)
-        if not force and roots == self._watched and self._watch_task is not None and not self._watch_task.done():
-            return
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-        self._watched = roots
-        if roots:
-            self._watch_task = asyncio.create_task(self._watch(roots), name="watch")
-
-    async def _watch(self, roots: tuple[Path, ...]) -> None:
-        # step: how long to wait for more events after the first before yielding.
-        # Small, so that one changed file reaches the standby in milliseconds.
-        try:
-            async for changes in watchfiles.awatch(
-                *roots,
-                watch_filter=None,
-                debounce=200,
-                step=5,
-                stop_event=self._stop_event,
-                rust_timeout=1000,
-                yield_on_timeout=False,
-                recursive=True,
-            ):
-                await self.refresh(p for _, p in changes)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the watcher died (e.g. a root was removed): rescan will restart it
-            log.error("file watcher stopped %s", kv(error=exc))
-            self._watched = ()
 
     async def _periodic_save(self) -> None:
         while True:
@@ -169,7 +246,9 @@ class Side:
         for (name, rel), d in sorted(todo.items(), key=lambda kv_: kv_[0][1].count("/")):
             tree = self.trees.get(name)
             if tree is None or rel == "":
-                if (tree is None) != (not d.path.is_dir()):
+                if self._scanning is not None:
+                    continue  # the scan in progress decides; it looks at the path again after
+                if (tree is None) != (not d.path.is_dir()) or (tree is not None and self._root_replaced(d, tree)):
                     await self.root_changed(d)
                 continue
             await self._refresh_one(d, tree, rel)
@@ -198,10 +277,19 @@ class Side:
         except OSError as exc:
             log.warning("cannot stat %s", kv(dir=d.name, path=rel, error=exc.strerror))
             return
-        if stat.S_ISDIR(st.st_mode) and (old is None or old.kind != DIR):
+        if stat.S_ISDIR(st.st_mode) and not same_dir(old, st):
+            # A new directory, or another one renamed into its place (`mv app.new app`): all of it is new.
             sub = await asyncio.to_thread(self._scan_subtree, d, rel)
             if sub is not None:
-                self._merge(d.name, tree, rel, st, sub)
+                self._merge(d, tree, rel, st, sub)
+            return
+        w = self.watchers.get(d.name)
+        if stat.S_ISDIR(st.st_mode) and w is not None and not w.covers(rel):
+            # A directory the tree knows but nobody watches: one the standby made itself (its mkdir is an event
+            # once the apply is done). Watched from now on, and looked at again (known digests reused).
+            sub = await asyncio.to_thread(self._scan_subtree, d, rel, tree)
+            if sub is not None:
+                self._merge(d, tree, rel, st, sub)
             return
         read = lambda: read_file_entry(pfd, name)
         try:
@@ -226,27 +314,62 @@ class Side:
             self._changed(d.name, rel)
             if new.kind == "e" and (old is None or old.kind != "e"):
                 log.error("cannot read file %s", kv(dir=d.name, path=rel, cause=new.error))
+        if new.kind == FILE and st.st_nlink > 1:
+            self._refresh_links(d, tree, rel, st, new)
+
+    def _refresh_links(self, d: SyncDir, tree: Tree, rel: str, st: os.stat_result, new: Entry) -> None:
+        """A file with several names (hard links) changed through one: its other names have the same content,
+        mode and owner, and no event of their own."""
+        key = (st.st_dev, st.st_ino)
+        names = tree.links.setdefault(key, set())
+        names.add(rel)
+        for other in sorted(names - {rel}):
+            try:
+                ost = os.lstat(d.path / other)
+            except OSError:
+                ost = None
+            if ost is None or (ost.st_dev, ost.st_ino) != key:
+                names.discard(other)  # renamed, removed or replaced since: its own event told
+                continue
+            old = tree.get(other)
+            if old != new:
+                tree.put(other, new)
+            if not same(old, new, self.with_owner):
+                self._changed(d.name, other)
 
     @staticmethod
     def _cached(old: Entry | None, st: os.stat_result) -> bool:
         return old is not None and old.ino == st.st_ino and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
 
-    def _scan_subtree(self, d: SyncDir, rel: str) -> Tree | None:
+    def _scan_subtree(self, d: SyncDir, rel: str, reuse: Tree | None = None) -> Tree | None:
         try:
-            return scan(d.path, self.excluder, None, self.with_owner, subdir=rel)
+            return scan(d.path, self.excluder, reuse, self.with_owner, subdir=rel, on_dir=self._watch_hook(d))
         except FileNotFoundError:
             return None
 
-    def _merge(self, name: str, tree: Tree, rel: str, st: os.stat_result, sub: Tree) -> None:
-        tree.put(rel, Entry(DIR, stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, ino=st.st_ino))
-        self._changed(name, rel)
+    def _merge(self, d: SyncDir, tree: Tree, rel: str, st: os.stat_result, sub: Tree) -> None:
+        """Put the scanned directory `rel` in place of what the tree had there; report what differs."""
+        old = tree.get(rel)
+        before = dict(tree.items(rel)) if old is not None and old.kind == DIR else {}
+        if old is not None and old.kind == DIR:
+            tree.remove(rel)
+        new = dir_entry(st)
+        tree.put(rel, new)
+        if not same(old, new, self.with_owner):
+            self._changed(d.name, rel)
         for path, e in sub.items(rel):
             tree.put(path, e)
-            self._changed(name, path)
+            if not same(before.pop(path, None), e, self.with_owner):
+                self._changed(d.name, path)
+        for path in sorted(before, key=lambda p: -p.count("/")):
+            self._changed(d.name, path)  # not in the new directory: removed
+        for key, names in sub.links.items():
+            tree.links.setdefault(key, set()).update(names)
+        self._prune_watches(d, tree, rel)
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
+        for w in self.watchers.values():
+            w.close()
         self._stop_event.set()
         for t in self._tasks:
             t.cancel()
@@ -257,3 +380,42 @@ class Side:
                 pass
         self._tasks.clear()
         await asyncio.to_thread(self.save_caches)
+
+
+def _differs(e: Entry | None, st: os.stat_result) -> bool:
+    """Whether a path's lstat result may not match its entry (it must be looked at)."""
+    if e is None:
+        return True
+    mode = st.st_mode
+    if e.mode != stat.S_IMODE(mode) or (e.uid, e.gid) != (st.st_uid, st.st_gid):
+        return True
+    if stat.S_ISDIR(mode):
+        return not same_dir(e, st)
+    if stat.S_ISREG(mode):
+        return e.kind != FILE or e.ino != st.st_ino or e.size != st.st_size or e.mtime_ns != st.st_mtime_ns
+    if stat.S_ISLNK(mode):
+        return e.kind != LINK or e.size != st.st_size or e.mtime_ns != st.st_mtime_ns
+    return True
+
+
+def _poll_dirs(root: Path, dirs: dict[str, dict[str, Entry]]) -> set[str]:
+    """The paths in the given directories (and their known children) whose lstat differs from their entries."""
+    out: set[str] = set()
+    for reldir, kids in dirs.items():
+        absdir = root / reldir if reldir else root
+        try:
+            names = os.listdir(absdir)
+        except OSError:
+            out.add(reldir)
+            continue
+        for name in kids.keys() | set(names):
+            rel = f"{reldir}/{name}" if reldir else name
+            try:
+                st = os.lstat(absdir / name)
+            except OSError:
+                if name in kids:
+                    out.add(rel)
+                continue
+            if _differs(kids.get(name), st):
+                out.add(rel)
+    return out

@@ -53,13 +53,17 @@ class Partials:
         self.dir = state_dir / "partials"
 
     def _path(self, dir_name: str, rel: str) -> Path:
-        return self.dir / blake3.blake3(f"{dir_name}\0{rel}".encode()).hexdigest(16)
+        return self.dir / blake3.blake3(os.fsencode(f"{dir_name}\0{rel}")).hexdigest(16)
 
     def record(self, p: Partial) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         doc = [p.dir, p.rel, p.tmp]
         # Not fsynced: a record lost in a power cut only costs a whole transfer.
-        atomic_write(self._path(p.dir, p.rel), msgpack.packb(doc, use_bin_type=True), durable=False)
+        atomic_write(
+            self._path(p.dir, p.rel),
+            msgpack.packb(doc, use_bin_type=True, unicode_errors="surrogateescape"),
+            durable=False,
+        )
 
     def get(self, dir_name: str, rel: str) -> Partial | None:
         return self._load(self._path(dir_name, rel))
@@ -84,7 +88,7 @@ class Partials:
     @staticmethod
     def _load(path: Path) -> Partial | None:
         try:
-            d, rel, tmp = msgpack.unpackb(path.read_bytes(), raw=False)
+            d, rel, tmp = msgpack.unpackb(path.read_bytes(), raw=False, unicode_errors="surrogateescape")
             p = Partial(str(d), str(rel), str(tmp))
         except (OSError, ValueError, TypeError, msgpack.UnpackException):
             return None

@@ -113,10 +113,18 @@ class StandbySide(Side):
     async def load_local(self) -> None:
         """Scan the local trees (reusing the hash cache) and remove the temp files a crash left."""
         await asyncio.to_thread(self.resumes.load, {d.name for d in self.cfg.sync.dirs})
-        for d in self.cfg.sync.dirs:
-            tree = self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
-            if tree is None:
-                continue
+        self._scanning = set()
+        try:
+            for d in self.cfg.sync.dirs:
+                await self._load_one(d)
+        finally:
+            touched, self._scanning = self._scanning, None
+        if touched:  # changed while the scans ran (their watches were added before the listings)
+            await self.refresh(touched)
+
+    async def _load_one(self, d: SyncDir) -> None:
+        tree = self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
+        if tree is not None:
             # Temp files a crash or an interruption left: removed, but for the partial transfers of big
             # files, which the next fetch resumes (replication/partials.py).
             remove, kept = self.resumes.keep_temps(d.name, d.path, tree.temps)
@@ -134,17 +142,23 @@ class StandbySide(Side):
         current = self.trees.get(d.name)
         prev = current if current is not None else Tree.load(self.cache_path(d.name))
         try:
-            tree = scan(d.path, self.excluder, prev, self.with_owner, consume=current is None)
+            tree = scan(
+                d.path, self.excluder, prev, self.with_owner, consume=current is None, on_dir=self._watch_hook(d)
+            )
         except FileNotFoundError:
+            self._prune_watches(d, None)
             return None
+        self._prune_watches(d, tree)
         if tree.changed:
             self._dirty.add(d.name)  # nothing changed: the cache on disk is still right
         return tree
 
     async def start(self) -> None:
+        # Watched before the scan: a local change made from now on is seen. Events for the standby's own
+        # writes are deferred until each apply is done, and then match the tree (refresh finds no drift).
+        self._open_watchers()
         await self.load_local()
         self._start_root_poll()
-        # The watcher starts after the first reconcile: the initial sync's own writes are no drift.
         self._tasks.append(asyncio.create_task(self._run(), name="standby-loop"))
         self._tasks.append(asyncio.create_task(self._periodic_save(), name="save-cache"))
 
@@ -192,14 +206,14 @@ class StandbySide(Side):
             await super().refresh(paths)
 
     def _changed(self, dir_name: str, rel: str) -> None:
-        log.warning("the standby's copy was changed locally, repairing %s", kv(dir=dir_name, path=rel or "/"))
+        if self._kick_task is None or self._kick_task.done():  # one line per repair, not one per path
+            log.warning("the standby's copy was changed locally, repairing %s", kv(dir=dir_name, path=rel or "/"))
         self._dirty.add(dir_name)
         self.kick()
 
     async def root_changed(self, d: SyncDir) -> None:
-        self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
-        if self._watch_task is not None:
-            self._restart_watcher(force=True)  # a re-created root is a new directory to watch
+        async with self._lock:  # not while an apply writes: its tree would be replaced under it
+            self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
         self._need_full = True
         self.kick()
 
@@ -338,8 +352,6 @@ class StandbySide(Side):
             self._set_errors(errors, full=True)
             self._need_full = False
             self._last_full = time.monotonic()
-            if self._watch_task is None and self._tasks:
-                self._restart_watcher()
             self.pending = 0
             self._update_in_sync()
             result = SyncResult(bool(self.in_sync), tally["files"], tally["bytes"], tally["deleted"])
