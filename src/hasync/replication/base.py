@@ -195,11 +195,12 @@ class Side:
                 self._merge(d.name, tree, rel, st, sub)
             return
         read = lambda: read_file_entry(None, str(full))
+        # An event on the path: its cached digest is not trusted, whatever its stat says (prev None).
         try:
-            if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE and not self._cached(old, st):
-                new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", old, time.time_ns())
+            if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE:
+                new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", None, time.time_ns())
             else:
-                new = stat_entry(name, st, read, lambda: os.readlink(full), old, time.time_ns())
+                new = stat_entry(name, st, read, lambda: os.readlink(full), None, time.time_ns())
         except FileNotFoundError:
             if tree.remove(rel) is not None:
                 self._changed(d.name, rel)
@@ -217,10 +218,6 @@ class Side:
             self._changed(d.name, rel)
             if new.kind == "e" and (old is None or old.kind != "e"):
                 log.error("cannot read file %s", kv(dir=d.name, path=rel, cause=new.error))
-
-    @staticmethod
-    def _cached(old: Entry | None, st: os.stat_result) -> bool:
-        return old is not None and old.ino == st.st_ino and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
 
     def _scan_subtree(self, d: SyncDir, rel: str) -> Tree | None:
         try:
