@@ -17,6 +17,7 @@ from hasync.fsutil import is_tmp_name
 from hasync.halog import kv
 from hasync.manifest import (
     DIR,
+    RACY_NS,
     Entry,
     Excluder,
     FileChanged,
@@ -53,6 +54,8 @@ class Side:
         self._watch_task: asyncio.Task[None] | None = None
         self._watched: tuple[Path, ...] = ()
         self.with_owner = cfg.is_root
+        self._again: set[Path] = set()  # paths to look at again once settled (see _look_again)
+        self._again_tasks: set[asyncio.Task[None]] = set()
 
     def cache_path(self, dir_name: str) -> Path:
         return cache_path(self.cfg.node.state_dir, dir_name)
@@ -206,7 +209,8 @@ class Side:
                 self._changed(d.name, rel)
             return
         except FileChanged:
-            return  # it is being written: its next event brings it
+            self._look_again(full)  # being written: its next event brings it, or this look once settled
+            return
         except OSError as exc:
             new = error_entry(name, st, exc)
         if new is None:
@@ -218,6 +222,21 @@ class Side:
             self._changed(d.name, rel)
             if new.kind == "e" and (old is None or old.kind != "e"):
                 log.error("cannot read file %s", kv(dir=d.name, path=rel, cause=new.error))
+
+    def _look_again(self, path: Path) -> None:
+        """Refresh `path` again once the racy window has passed: a file still open for writing gives
+        no event when its writer stops writing, and once settled it is read whoever holds it open."""
+        if path in self._again:
+            return
+        self._again.add(path)
+
+        def due() -> None:
+            self._again.discard(path)
+            task = asyncio.create_task(self.refresh([path]))
+            self._again_tasks.add(task)
+            task.add_done_callback(self._again_tasks.discard)
+
+        asyncio.get_running_loop().call_later(RACY_NS / 1e9 + 0.2, due)
 
     def _scan_subtree(self, d: SyncDir, rel: str) -> Tree | None:
         try:
