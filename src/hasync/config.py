@@ -130,6 +130,16 @@ class DiagnoseSection(_Section):
     min_free_bytes: int = Field(16 << 20, ge=0, description="storage step: less free space than this is a fault")
 
 
+class AuditSection(_Section):
+    """The background audit (hasync.audit): every file read again and compared with what the node believes."""
+
+    enabled: bool = Field(True, description="run the background audit")
+    rate_mb_s: float = Field(10.0, gt=0, le=10_000, description="MB read per second by the audit, at most")
+    interval_s: float = Field(
+        14_400.0, ge=1, le=30 * 86_400, description="a pass starts this long after the previous one started"
+    )
+
+
 class LogSection(_Section):
     max_bytes: int = Field(20 << 20, gt=0, description="rotate ha.log past this size")
     backup_count: int = Field(10, ge=0, description="rotated files kept")
@@ -149,6 +159,7 @@ class Config(_Section):
     console: ConsoleSection = ConsoleSection()
     diagnose: DiagnoseSection = DiagnoseSection()
     log: LogSection = LogSection()
+    audit: AuditSection = AuditSection()
 
     # Set by `load`, not by the file.
     path: Path = Path(DEFAULT_CONFIG)

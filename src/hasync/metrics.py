@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from hasync.audit import Auditor
     from hasync.replication.base import Side
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -33,6 +34,24 @@ class _Transfers(Collector):
         yield data
 
 
+class _Audit(Collector):
+    """The audit's findings and last pass (hasync.audit), read at scrape time."""
+
+    def __init__(self, auditor: Auditor) -> None:
+        self.auditor = auditor
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        a = self.auditor
+        yield CounterMetricFamily(
+            "hasync_audit_mismatches", "Paths the audit found differing from what the node believed", a.mismatches_total
+        )
+        yield GaugeMetricFamily(
+            "hasync_audit_last_pass_timestamp_seconds",
+            "When the last full audit pass ended (0: none yet)",
+            a.last_pass_at or 0.0,
+        )
+
+
 class Metrics:
     def __init__(self, side: Side) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -51,6 +70,9 @@ class Metrics:
         self.check_cpu = Gauge("hasync_check_cpu_seconds", "CPU time of the last sync check", registry=r)
         self.alarm_active.labels(alarm_id="45641").set(0)
         r.register(_Transfers(side))
+
+    def watch_audit(self, auditor: Auditor) -> None:
+        self.registry.register(_Audit(auditor))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

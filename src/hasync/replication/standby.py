@@ -132,6 +132,11 @@ class StandbySide(Side):
     async def prepare(self) -> None:
         await self.load_local()
 
+    @property
+    def writer_lock(self) -> asyncio.Lock:
+        """Held by the one writer (reconcile, change feed): the audit compares disk and tree under it."""
+        return self._lock
+
     def _scan_local(self, d: SyncDir) -> Tree | None:
         current = self.trees.get(d.name)
         prev = current if current is not None else Tree.load(self.cache_path(d.name))
