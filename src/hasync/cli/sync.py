@@ -14,9 +14,16 @@ from hasync.cli.common import config_option, handle_errors, human_bytes, json_op
 @main.command()
 @config_option
 @click.option("--once", is_flag=True, help="reconcile once and exit (the only mode for now)")
+@click.option(
+    "--wait-s",
+    type=click.FloatRange(0, 86_400),
+    default=600.0,
+    show_default=True,
+    help="wait this long for an active agent that is still scanning its sync dirs at start",
+)
 @json_option
 @handle_errors
-def sync(config_path: str, once: bool, as_json: bool) -> None:
+def sync(config_path: str, once: bool, wait_s: float, as_json: bool) -> None:
     """Reconcile the standby with the active now; exit 0 when in sync, 1 when not.
 
     When this node's agent runs, the agent does the work (there is never a
@@ -32,7 +39,7 @@ def sync(config_path: str, once: bool, as_json: bool) -> None:
         raise UsageError("give --once (continuous sync is what `hasync agent` does)")
     cfg = load(config_path)
     lock, quick = _claim_standby(cfg)
-    result = asyncio.run(_sync(cfg, lock, quick, show_progress=not as_json and sys.stderr.isatty()))
+    result = asyncio.run(_sync(cfg, lock, quick, not as_json and sys.stderr.isatty(), wait_s))
     if as_json:
         print_json(result)
     else:
@@ -65,7 +72,41 @@ def _claim_standby(cfg: Any) -> tuple[Any, Any]:
     return lock, quick
 
 
-async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool) -> dict[str, Any]:
+async def _wait_for_active(cfg: Any, wait_s: float) -> None:
+    """While the active's agent is starting (scanning its sync dirs: it answers 503), wait for it up
+    to `wait_s`, saying so on stderr every few seconds. Any other answer or failure: go on (the sync
+    reports it)."""
+    import asyncio
+    import time
+
+    from hasync.agent.client import AgentClient
+    from hasync.errors import PeerError, PeerStarting
+    from hasync.roles import provider
+
+    me = provider(cfg).active_node() == cfg.node.name
+    url, name = (cfg.local_url(), cfg.node.name) if me else (cfg.peer_url(), cfg.peer.name)
+    t0 = time.monotonic()
+    said = 0.0
+    async with AgentClient(url, cfg.token, cfg.peer.timeout_s, name=name) as active:
+        while True:
+            try:
+                await active.info()
+                return
+            except PeerStarting:
+                waited = time.monotonic() - t0
+                if waited >= wait_s:
+                    return  # the sync says it is starting
+                if waited - said >= 5.0 or not said:
+                    said = max(waited, 1e-9)
+                    click.echo(
+                        f"waiting for {name}: its agent is starting (scanning its sync dirs), {waited:.0f} s", err=True
+                    )
+                await asyncio.sleep(min(0.5, wait_s - waited))
+            except PeerError:
+                return
+
+
+async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool, wait_s: float = 0.0) -> dict[str, Any]:
     from hasync.agent.client import AgentClient
     from hasync.errors import PeerAgentDown
     from hasync.fsutil import StateLock
@@ -73,6 +114,8 @@ async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool) -> dict[st
 
     bar = _Bar(show_progress)
     try:
+        if wait_s > 0:
+            await _wait_for_active(cfg, wait_s)
         if lock is not None:
             return await _standalone(cfg, bar, lock, quick)
         if provider(cfg).active_node() == cfg.node.name:
