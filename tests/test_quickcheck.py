@@ -18,6 +18,7 @@ from hasync.quickcheck import QuickCheck, QuickIndex, index_path, unchanged
 from pairlib import PairEnv, wait_for
 
 OLD = time.time() - 3600
+AGENTS_RACY_NS = manifest.RACY_NS  # the agents' racy window (the fixture below sets this process's to 0)
 
 
 @pytest.fixture(autouse=True)
@@ -214,7 +215,10 @@ def test_sync_once_takes_the_quick_path_only_when_nothing_changed(make_pair) -> 
     left = env.dst / "conf" / "lib" / f"{TMP_PREFIX}crash"
     left.write_bytes(b"partial")
     assert sync_json(env)["method"] == "full" and not left.exists()
-    # The standby's agent writes the index when it stops: the next run without it is quick.
+    # The standby's agent writes the index when it stops: the next run without it is quick. (Its scans
+    # must see the files settled, out of the racy window, to trust them by inode.)
+    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns for d, _, ns in os.walk(env.dst) for n in ns)
+    time.sleep(max(0.0, (newest + AGENTS_RACY_NS + 200_000_000 - time.time_ns()) / 1e9))
     env.b.start()
     assert sync_json(env)["method"] == "agent"
     env.b.stop()
