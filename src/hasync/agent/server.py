@@ -308,6 +308,8 @@ class Agent:
 
     async def audit_now(self, request: web.Request) -> web.Response:
         """This node's part of a deep check: its findings are reported by the asking node's check."""
+        if not self.ready:
+            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
         found = await self.auditor.run_now()
         self.auditor.unreported = [f for f in self.auditor.unreported if f not in found]
         return web.json_response(self._audit_doc(found))
