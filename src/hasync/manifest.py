@@ -264,6 +264,7 @@ class Tree:
     _hashes: dict[str, bytes] = field(default_factory=dict, repr=False)
     # Set by scan(): our temp files it passed over, and whether it differs from the tree it reused.
     temps: list[str] = field(default_factory=list, repr=False, compare=False)
+    busy: list[str] = field(default_factory=list, repr=False, compare=False)  # being written: left unhashed
     error_paths: set[str] = field(default_factory=set, repr=False, compare=False)
     changed: bool = field(default=True, repr=False, compare=False)
 
@@ -466,6 +467,7 @@ def scan(
                 except FileNotFoundError:
                     continue
                 except FileChanged:
+                    tree.busy.append(rel)
                     e = Entry(
                         FILE,
                         stat.S_IMODE(st.st_mode),

@@ -97,6 +97,8 @@ class ActiveSide(Side):
                     if cur is not None:
                         self._record(d.name, "")
                     continue
+                for rel in new.busy:  # being written during the scan: looked at again once settled
+                    self._look_again(d.path / rel)
                 if cur is None:
                     self.trees[d.name] = new
                     self._record(d.name, "")
