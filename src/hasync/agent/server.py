@@ -19,7 +19,7 @@ from hasync import clock
 from hasync.audit import DEEP_TIMEOUT_S, Auditor, Finding
 from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed, with_findings
 from hasync.config import Config
-from hasync.errors import ConfigError, HasyncError, PathRefused, PeerError, Starting, WrongRole
+from hasync.errors import ConfigError, HasyncError, PathRefused, PeerError, PeerStarting, Starting, WrongRole
 from hasync.fsutil import StateLock
 from hasync.halog import kv
 from hasync.protocol import API, FRAMES, MSGPACK, dec_path, pack, unpack
@@ -452,6 +452,7 @@ class Agent:
             "cause": None if result.cause is None else result.cause.value,
             "message": result.message,
             "errors": [e.as_json() for e in result.errors],
+            "peer_starting": isinstance(side.peer_error, PeerStarting),  # sync --once waits and asks again
         }
         await resp.write(json.dumps(final).encode() + b"\n")
         await resp.write_eof()
