@@ -6,9 +6,12 @@ import os
 import time
 from pathlib import Path
 
+import blake3
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hasync import manifest
 from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Excluder, Plan, Tree, diff, scan
 
 NAMES = st.sampled_from(["a", "b", "c", "d d", "é", "x.swp"])
@@ -99,21 +102,43 @@ def test_error_entries_are_reported_not_fetched_or_deleted() -> None:
     assert plan.errors == [("bad", want.get("bad"))] and not plan.fetch and not plan.delete
 
 
-def test_scan_reuses_cached_digests(tmp_path: Path) -> None:
+def test_scan_reuses_cached_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest, "RACY_NS", 0)  # the file was written just now: no racy window here
     f = tmp_path / "f"
     f.write_bytes(b"hello")
     old = time.time_ns() - 10_000_000_000
     os.utime(f, ns=(old, old))
     first = scan(tmp_path, Excluder([]))
     e = first.get("f")
-    assert e is not None and e.ino
-    # Same inode, size and mtime: the cached digest is reused, the file is not read.
+    assert e is not None and e.ino and e.ctime_ns == f.stat().st_ctime_ns
+    # Same inode, size, mtime and ctime: the cached digest is reused, the file is not read.
     poisoned = Tree()
     poisoned.put("f", e._replace(digest=b"cached" * 5 + b"xx"))
     assert scan(tmp_path, Excluder([]), poisoned).get("f").digest == b"cached" * 5 + b"xx"  # type: ignore[union-attr]
     # A change of mtime forces a re-hash.
     os.utime(f, ns=(old + 1, old + 1))
     assert scan(tmp_path, Excluder([]), poisoned).get("f").digest == e.digest  # type: ignore[union-attr]
+
+
+def test_same_size_same_mtime_rewrite_is_rehashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cp -p` of a same-size file, or a write followed by a utime that puts the mtime back: only the
+    ctime shows the change, and the cache must not trust the old digest (defect 8)."""
+    monkeypatch.setattr(manifest, "RACY_NS", 0)
+    f = tmp_path / "app.jar"
+    f.write_bytes(b"version-1")
+    old = time.time_ns() - 10_000_000_000
+    os.utime(f, ns=(old, old))
+    first = scan(tmp_path, Excluder([]))
+    assert first.get("f") is None and first.get("app.jar").ino  # type: ignore[union-attr]
+    time.sleep(0.01)
+    with open(f, "r+b") as w:
+        w.write(b"version-2")
+    os.utime(f, ns=(old, old))
+    st = f.stat()
+    assert (st.st_size, st.st_mtime_ns) == (9, old)
+    again = scan(tmp_path, Excluder([]), first)
+    assert again.get("app.jar").digest == blake3.blake3(b"version-2").digest()  # type: ignore[union-attr]
+    assert again.changed
 
 
 def test_recent_files_are_not_trusted_from_the_cache(tmp_path: Path) -> None:

@@ -11,12 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from hasync import manifest
 from hasync.fsutil import TMP_PREFIX
 from hasync.manifest import Excluder, scan
 from hasync.quickcheck import QuickCheck, QuickIndex, index_path, unchanged
 from pairlib import PairEnv, wait_for
 
-OLD = time.time() - 3600  # older than the racy window: the hash cache trusts these files by inode
+OLD = time.time() - 3600
+AGENTS_RACY_NS = manifest.RACY_NS  # the agents' racy window (the fixture below sets this process's to 0)
+
+
+@pytest.fixture(autouse=True)
+def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files here were all written just now; the racy window is on the ctime, which cannot be set
+    back: without it the hash cache trusts them by inode (in this process; agents keep theirs)."""
+    monkeypatch.setattr(manifest, "RACY_NS", 0)
 
 
 def age(root: Path) -> None:
@@ -117,8 +126,12 @@ def test_excluded_paths_do_not_count(tmp_path: Path) -> None:
     assert not still(tmp_path, idx, Excluder(["*.swp"]))
 
 
-def test_a_file_the_cache_does_not_trust_leaves_no_quick_answer(tmp_path: Path) -> None:
+def test_a_file_the_cache_does_not_trust_leaves_no_quick_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_tree(tmp_path)
+    monkeypatch.setattr(manifest, "RACY_NS", 1_000_000_000)  # fresh.jar is in it, make_tree's files are not
+    time.sleep(1.1)
     (tmp_path / "lib" / "fresh.jar").write_bytes(b"just written")  # inside the racy window
     idx = QuickIndex.of(scan(tmp_path, Excluder([])))
     assert not idx.complete
@@ -164,8 +177,8 @@ def test_the_check_split_over_workers_sees_a_change_in_any_share(tmp_path: Path,
         assert not run(), i
         p.write_text(f"{i}.3")
         os.utime(p, (OLD, OLD))
-        # Same content back but a new mtime then restored: the inode is the same, so it is trusted again.
-        assert run()
+        # The same size and mtime as before, but written: its ctime says so, and the full scan looks.
+        assert not run()
 
 
 def sync_json(env: PairEnv) -> dict[str, object]:
@@ -190,7 +203,9 @@ def test_sync_once_takes_the_quick_path_only_when_nothing_changed(make_pair) -> 
     doc = sync_json(env)
     assert doc["in_sync"] is True and doc["method"] == "full" and doc["files"] == 1
     assert env.in_sync()
-    assert sync_json(env)["method"] == "quick"
+    # Its scan saw files changed within the racy window (ctime): the cache trusts them again once a
+    # scan sees them settled, and from then on the quick check answers.
+    wait_for(lambda: sync_json(env)["method"] == "quick", 20, what="the quick path again")
     # A change on the active: the local copy is unchanged, but the roots differ.
     (env.src / "conf" / "lib" / "udf-99.jar").write_bytes(b"new")
     age(env.src / "conf" / "lib")  # else the standby's scans distrust it by inode for 2 s (racy mtime)
@@ -200,7 +215,10 @@ def test_sync_once_takes_the_quick_path_only_when_nothing_changed(make_pair) -> 
     left = env.dst / "conf" / "lib" / f"{TMP_PREFIX}crash"
     left.write_bytes(b"partial")
     assert sync_json(env)["method"] == "full" and not left.exists()
-    # The standby's agent writes the index when it stops: the next run without it is quick.
+    # The standby's agent writes the index when it stops: the next run without it is quick. (Its scans
+    # must see the files settled, out of the racy window, to trust them by inode.)
+    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns for d, _, ns in os.walk(env.dst) for n in ns)
+    time.sleep(max(0.0, (newest + AGENTS_RACY_NS + 200_000_000 - time.time_ns()) / 1e9))
     env.b.start()
     assert sync_json(env)["method"] == "agent"
     env.b.stop()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from hasync.halog import kv
 
 if TYPE_CHECKING:
     from hasync.agent.client import AgentClient
+    from hasync.audit import Finding
     from hasync.replication.active import ActiveSide
     from hasync.replication.standby import StandbySide
 
@@ -133,6 +135,21 @@ def nagios_line(state: str, text: str, perf: dict[str, str] | None = None) -> tu
     if perf:
         line += " | " + " ".join(f"{k}={v}" for k, v in perf.items())
     return line, NAGIOS_CODES[state]
+
+
+def with_findings(v: Verdict, found: Sequence[Finding]) -> Verdict:
+    """`v` with what the audit found (hasync.audit): a difference the watchers missed is out of sync like
+    any other (cause `unknown` unless the verdict has one), even though the audit has repaired it."""
+    if not found:
+        return v
+    listed = tuple(OutOfSync(f.dir, f.path, f.reason, Cause.UNKNOWN.value) for f in found)
+    return replace(
+        v,
+        in_sync=False,
+        cause=v.cause or Cause.UNKNOWN,
+        out_of_sync=(*v.out_of_sync, *listed)[:MAX_LISTED],
+        lag_s=v.lag_s if v.lag_s is not None else 0.0,
+    )
 
 
 def first_cause(causes: set[Cause]) -> Cause | None:

@@ -186,6 +186,16 @@ class DiagnoseSection(_Section):
     )
 
 
+class AuditSection(_Section):
+    """The background audit (hasync.audit): every file read again and compared with what the node believes."""
+
+    enabled: bool = Field(True, description="run the background audit")
+    rate_mb_s: float = Field(10.0, gt=0, le=10_000, description="MB read per second by the audit, at most")
+    interval_s: float = Field(
+        14_400.0, ge=1, le=30 * 86_400, description="a pass starts this long after the previous one started"
+    )
+
+
 class LogSection(_Section):
     max_bytes: int = Field(20 << 20, ge=4096, le=TiB, description="rotate ha.log past this size")
     backup_count: int = Field(10, ge=0, le=10_000, description="rotated files kept")
@@ -238,6 +248,7 @@ class Config(_Section):
     diagnose: DiagnoseSection = DiagnoseSection()
     log: LogSection = LogSection()
     limits: LimitsSection = LimitsSection()
+    audit: AuditSection = AuditSection()
 
     # Set by `load`, not by the file.
     path: Path = Path(DEFAULT_CONFIG)

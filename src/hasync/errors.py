@@ -116,6 +116,10 @@ class PeerAgentDown(PeerError):
     cause = Cause.PEER_AGENT_DOWN
 
 
+class PeerStarting(PeerAgentDown):
+    """The peer's agent runs but is still scanning its sync dirs (it answers 503 `starting`)."""
+
+
 class AuthFailed(PeerError):
     code = "auth_failed"
     http_status = 401

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import fnmatch
 import os
 import re
+import signal
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,8 +23,10 @@ from hasync.errors import Cause, cause_of_oserror, is_junk
 from hasync.fsutil import atomic_write, is_tmp_name
 
 CHUNK = 1 << 20
-# A file modified this recently may change again within the same mtime tick:
-# its hash is not trusted from the cache (git's "racy clean" rule).
+# The racy window (git's "racy clean" rule, on the ctime, which nobody can set back): a file whose
+# ctime is this close to when we looked at it may change again within the same timestamp tick, and
+# a write already in progress when the read began has set its times before its bytes are all there.
+# Its digest is not trusted from the cache, and a read of it counts only when a second read agrees.
 RACY_NS = 2_000_000_000
 
 FILE, DIR, LINK, ERROR = "f", "d", "l", "e"
@@ -42,6 +46,7 @@ class Entry(NamedTuple):
     ino: int = 0  # local cache key only; 0 = do not trust the cached digest
     error: str = ""  # kind ERROR: "<cause>: <message>"
     dev: int = 0  # directories: with `ino`, the directory's identity (a swap by rename is a change); local only
+    ctime_ns: int = 0  # local cache key only (with ino, size, mtime): a write always changes it
 
     @property
     def cause(self) -> Cause | None:
@@ -121,15 +126,75 @@ def hash_into(fd: int, h: blake3.blake3) -> int:
         total += n
 
 
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What must stay the same for a file's content to be the same: ctime, which userspace cannot set,
+    changes with every write (and every utime that puts an mtime back)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def settled(st: os.stat_result, since_ns: int) -> bool:
+    """Whether the file's last change is older than the racy window before `since_ns` (when the read
+    began): then no write was in progress during the read that the stat before and after cannot see."""
+    return since_ns - st.st_ctime_ns > RACY_NS
+
+
+def trusted(prev: Entry | None, st: os.stat_result) -> bool:
+    """Whether a cached entry's digest still describes the file that `st` describes."""
+    return (
+        prev is not None
+        and prev.kind == FILE
+        and prev.ino != 0
+        and (prev.ino, prev.size, prev.mtime_ns, prev.ctime_ns) == stat_key(st)
+    )
+
+
+def open_for_writing(fd: int) -> bool | None:
+    """Whether any process has the file open for writing: Linux grants a read lease (F_SETLEASE) only
+    when none has. None when this process may not take a lease on it (neither its owner nor CAP_LEASE,
+    or a file system without leases). The lease is let go at once; a writer that opens the file in that
+    instant breaks it with SIGURG, which is ignored (SIGIO, the default, would end the process)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno in (errno.EAGAIN, errno.EBUSY) else None
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def confirm_read(fd: int, digest: bytes, before: os.stat_result, started_ns: int) -> os.stat_result:
+    """Prove that `digest`, just read from `fd` (whose stat was `before` when the read began at
+    `started_ns`), is of one whole version of the file, or raise FileChanged (read it again later).
+
+    A write sets the file's times when it starts, before its bytes are all there, and a writer can be
+    preempted in the middle: so an unchanged stat proves nothing for a file changed within the racy
+    window. Such a file counts only when nobody has it open for writing now (any write in progress
+    during the first read is over) and a second read agrees; when that cannot be known (no lease
+    allowed), the second read agreeing is all there is. A file open for writing waits until it settles.
+    """
+    after = os.fstat(fd)
+    if stat_key(before) != stat_key(after):
+        raise FileChanged()
+    if settled(after, started_ns):
+        return after
+    if open_for_writing(fd):
+        raise FileChanged()
+    os.lseek(fd, 0, os.SEEK_SET)
+    h = blake3.blake3()
+    hash_into(fd, h)
+    if h.digest() != digest or stat_key(os.fstat(fd)) != stat_key(after):
+        raise FileChanged()
+    return after
+
+
 def hash_fd(fd: int) -> tuple[bytes, os.stat_result]:
-    """BLAKE3 of an open file, refusing a result if the file changed during the read."""
+    """BLAKE3 of an open file, refusing (FileChanged) a result that may be torn (see confirm_read)."""
+    started = time.time_ns()
     before = os.fstat(fd)
     h = blake3.blake3()
     hash_into(fd, h)
-    after = os.fstat(fd)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-        raise FileChanged()
-    return h.digest(), after
+    digest = h.digest()
+    return digest, confirm_read(fd, digest, before, started)
 
 
 def error_entry(name: str, st: os.stat_result, exc: OSError) -> Entry:
@@ -167,7 +232,8 @@ def stat_entry(
     prev: Entry | None,
     now_ns: int,
 ) -> Entry | None:
-    """Build the entry for one stat result; hash files only when the cache cannot answer."""
+    """Build the entry for one stat result; hash files only when the cache (`prev`) can be `trusted`.
+    Pass no `prev` to read the file whatever the cache says (after an event on the path)."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         return dir_entry(st)
@@ -175,20 +241,16 @@ def stat_entry(
         return Entry(LINK, mode, st.st_size, st.st_mtime_ns, link=link(), uid=st.st_uid, gid=st.st_gid)
     if not stat.S_ISREG(st.st_mode):
         return None  # fifos, sockets and devices are not synchronized
-    if (
-        prev is not None
-        and prev.kind == FILE
-        and prev.ino == st.st_ino
-        and prev.ino
-        and prev.size == st.st_size
-        and prev.mtime_ns == st.st_mtime_ns
-    ):
+    if trusted(prev, st):
+        assert prev is not None
         digest = prev.digest
     else:
         assert read is not None
         digest, st = read()
-    ino = st.st_ino if now_ns - st.st_mtime_ns > RACY_NS else 0
-    return Entry(FILE, mode, st.st_size, st.st_mtime_ns, digest, uid=st.st_uid, gid=st.st_gid, ino=ino)
+    ino = st.st_ino if settled(st, now_ns) else 0
+    return Entry(
+        FILE, mode, st.st_size, st.st_mtime_ns, digest, uid=st.st_uid, gid=st.st_gid, ino=ino, ctime_ns=st.st_ctime_ns
+    )
 
 
 def read_file_entry(dir_fd: int | None, path: str) -> tuple[bytes, os.stat_result]:
@@ -213,6 +275,7 @@ class Tree:
     _hashes: dict[str, bytes] = field(default_factory=dict, repr=False)
     # Set by scan(): our temp files it passed over, and whether it differs from the tree it reused.
     temps: list[str] = field(default_factory=list, repr=False, compare=False)
+    busy: list[str] = field(default_factory=list, repr=False, compare=False)  # being written: left unhashed
     error_paths: set[str] = field(default_factory=set, repr=False, compare=False)
     changed: bool = field(default=True, repr=False, compare=False)
     # The root directory's identity (device, inode) when scanned: a root replaced by rename is a new tree.
@@ -366,7 +429,7 @@ def scan(
     on_dir: Callable[[str], None] | None = None,
 ) -> Tree:
     """Scan `root` (or its `subdir`) into a Tree, reusing digests from `previous` by
-    (inode, size, mtime). An unreadable path becomes an ERROR entry, never an exception;
+    (inode, size, mtime, ctime). An unreadable path becomes an ERROR entry, never an exception;
     a missing root raises FileNotFoundError. `on_dir(reldir)` is called just before each
     directory is listed (the watcher adds its watch there, so no change after the listing is missed)."""
     tree = Tree(with_owner=with_owner)
@@ -432,6 +495,7 @@ def scan(
                 except FileNotFoundError:
                     continue
                 except FileChanged:
+                    tree.busy.append(rel)
                     e = Entry(
                         FILE,
                         stat.S_IMODE(st.st_mode),

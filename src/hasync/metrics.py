@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from hasync.audit import Auditor
     from hasync.replication.base import Side
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -73,6 +74,24 @@ class _Watcher(Collector):
         yield CounterMetricFamily("hasync_watcher_restarts", "File watcher restarts after a failure", h.restarts)
 
 
+class _Audit(Collector):
+    """The audit's findings and last pass (hasync.audit), read at scrape time."""
+
+    def __init__(self, auditor: Auditor) -> None:
+        self.auditor = auditor
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        a = self.auditor
+        yield CounterMetricFamily(
+            "hasync_audit_mismatches", "Paths the audit found differing from what the node believed", a.mismatches_total
+        )
+        yield GaugeMetricFamily(
+            "hasync_audit_last_pass_timestamp_seconds",
+            "When the last full audit pass ended (0: none yet)",
+            a.last_pass_at or 0.0,
+        )
+
+
 class Metrics:
     def __init__(self, side: Side) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -101,6 +120,9 @@ class Metrics:
         role = Gauge("hasync_role", "This agent's node and role (always 1)", ["node", "role"], registry=r)
         role.labels(node=side.cfg.node.name, role=side.role).set(1)
         r.register(_Watcher(side))
+
+    def watch_audit(self, auditor: Auditor) -> None:
+        self.registry.register(_Audit(auditor))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

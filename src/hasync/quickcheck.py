@@ -2,8 +2,8 @@
 
 git's index trick, applied per directory. Beside each hash cache the standby
 keeps a small index: the tree's Merkle root, and for each directory one
-signature over its entries' name, type, mode, size, mtime, inode, owner and
-link target. `hasync sync --once` without an agent re-stats every path, as
+signature over its entries' name, type, mode, size, mtime, ctime, inode, owner
+and link target. `hasync sync --once` without an agent re-stats every path, as
 rsync does, but builds no entry, reads no cache of 100,000 rows and hashes no
 record: when every signature matches, the copy is the tree the root describes,
 and one comparison with the active's root says whether anything is to do.
@@ -35,7 +35,7 @@ import msgpack
 from hasync.fsutil import TMP_PREFIX, atomic_write
 from hasync.manifest import DIR, FILE, LINK, Entry, Excluder, Tree
 
-VERSION = 1
+VERSION = 2  # 2: a file's row has its ctime (manifest.trusted)
 _IFMT = 0o170000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 Row = tuple[Any, ...]
@@ -44,7 +44,7 @@ Row = tuple[Any, ...]
 def entry_row(name: str, e: Entry) -> Row | None:
     """The signature row of a tree entry; None when the entry is not trusted by its stat alone."""
     if e.kind == FILE:
-        return (name, FILE, e.mode, e.size, e.mtime_ns, e.ino, e.uid, e.gid) if e.ino else None
+        return (name, FILE, e.mode, e.size, e.mtime_ns, e.ino, e.uid, e.gid, e.ctime_ns) if e.ino else None
     if e.kind == DIR:
         return (name, DIR, e.mode, 0, 0, e.ino, e.uid, e.gid) if e.ino else None
     if e.kind == LINK:
@@ -125,7 +125,19 @@ def listing_rows(root: str, reldir: str, exclude: Excluder) -> list[Row] | None:
             m = st.st_mode
             kind = m & _IFMT
             if kind == stat.S_IFREG:
-                rows.append((name, FILE, m & 0o7777, st.st_size, st.st_mtime_ns, st.st_ino, st.st_uid, st.st_gid))
+                rows.append(
+                    (
+                        name,
+                        FILE,
+                        m & 0o7777,
+                        st.st_size,
+                        st.st_mtime_ns,
+                        st.st_ino,
+                        st.st_uid,
+                        st.st_gid,
+                        st.st_ctime_ns,
+                    )
+                )
             elif kind == stat.S_IFDIR:
                 rows.append((name, DIR, m & 0o7777, 0, 0, st.st_ino, st.st_uid, st.st_gid))
             elif kind == stat.S_IFLNK:

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerUnreachable
+from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerStarting, PeerUnreachable
 from hasync.protocol import API, F_DONE, FRAME_HEADER, MAX_FRAME, MSGPACK, pack, unpack
 
 _REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
@@ -130,7 +130,7 @@ class AgentClient:
         except (ValueError, KeyError, TypeError):
             msg = body[:200].decode("utf-8", "replace")
         if resp.status == 503 and msg.startswith("starting:"):
-            raise PeerAgentDown(f"{self.name} agent at {self.base_url} is starting (scanning its sync dirs)")
+            raise PeerStarting(f"{self.name} agent at {self.base_url} is starting (scanning its sync dirs)")
         if resp.status == 503 and msg.startswith("busy:"):
             raise PeerAgentDown(f"{self.name} agent at {self.base_url} is busy: it holds its maximum of connections")
         if resp.status == 401:

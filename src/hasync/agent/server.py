@@ -21,9 +21,19 @@ from aiohttp import web
 from hasync import clock
 from hasync.agent.guard import BACKLOG, HTTP_LOG, MAX_HEADERS, ConnectionGuard
 from hasync.agent.inputs import as_object, field, json_object, msgpack_object, query_float, query_int
-from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed
+from hasync.audit import DEEP_TIMEOUT_S, Auditor, Finding
+from hasync.check import ActiveCheck, StandbyCheck, Verdict, log_transition, run_periodic, timed, with_findings
 from hasync.config import Config
-from hasync.errors import BadRequest, ConfigError, HasyncError, PathRefused, PeerError, Starting, WrongRole
+from hasync.errors import (
+    BadRequest,
+    ConfigError,
+    HasyncError,
+    PathRefused,
+    PeerError,
+    PeerStarting,
+    Starting,
+    WrongRole,
+)
 from hasync.fsutil import StateLock
 from hasync.halog import Throttle, clip, kv
 from hasync.protocol import API, FRAMES, MSGPACK, dec_path, pack
@@ -75,6 +85,8 @@ class Agent:
             else ActiveCheck(self.side, self.peer, cfg.check.interval_s)  # type: ignore[arg-type]
         )
         self.metrics = Metrics(self.side)
+        self.auditor = Auditor(self.side, cfg.audit, cfg.node.name)
+        self.metrics.watch_audit(self.auditor)
         self.last_verdict: Verdict | None = None
         self.keeper: Any = None
         self.store: Any = None
@@ -104,7 +116,8 @@ class Agent:
         app.router.add_post(f"{API}/files", self.files)  # framed stream of file contents
         app.router.add_get(f"{API}/status", self.status)  # this node's sync state, as JSON
         app.router.add_post(f"{API}/sync", self.sync)  # standby: reconcile now, NDJSON progress
-        app.router.add_post(f"{API}/check", self.check_now)  # one sync check now, recorded
+        app.router.add_post(f"{API}/check", self.check_now)  # one sync check now, recorded ({"deep": true})
+        app.router.add_post(f"{API}/audit", self.audit_now)  # a full audit pass of this node now, its findings
         app.router.add_get(f"{API}/alarms", self.alarms)  # this node's alarms (?all=1 with cleared)
         app.router.add_post(f"{API}/diag", self.diag)  # one diagnosis fact or fix on this node
         app.router.add_post(f"{API}/diagnose", self.diagnose)  # the whole procedure, run by this agent
@@ -311,6 +324,7 @@ class Agent:
                 doc["peer_error"] = {"cause": v.out_of_sync[0].cause, "message": v.out_of_sync[0].reason}
         if brief:
             return doc
+        doc["audit"] = self.auditor.snapshot()
         doc["alarms"] = await self.alarm_docs(include_cleared=False, with_peer=True)
         from hasync.alarms.guard import GuardedStore
 
@@ -325,10 +339,12 @@ class Agent:
         doc["watcher"] = self.side.watcher_health().as_json()
         return doc
 
-    async def run_check(self) -> Verdict:
-        """One check, recorded like the periodic one: it raises and clears the alarm."""
+    async def run_check(self, found: list[Finding] | None = None) -> Verdict:
+        """One check, recorded like the periodic one: it raises and clears the alarm. What the audit
+        found since the last check (and `found`, the peer's in a deep check) is out of sync too."""
         async with self._check_lock:
             v = await timed(self.checker.verdict(), self.cfg.node.name, self.role)
+            v = with_findings(v, [*self.auditor.take_unreported(), *(found or [])])
             log_transition(self.last_verdict, v)
             self.last_verdict = v
             m = self.metrics
@@ -359,7 +375,54 @@ class Agent:
         return f"{scheme}://{host}:{port}{API}/status"
 
     async def check_now(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        if field(body, "deep", bool, False):
+            return web.json_response(await self.deep_check())
         return web.json_response((await self.run_check()).to_json())
+
+    async def audit_now(self, request: web.Request) -> web.Response:
+        """This node's part of a deep check: its findings are reported by the asking node's check."""
+        if not self.ready:
+            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        found = await self.auditor.run_now()
+        self.auditor.unreported = [f for f in self.auditor.unreported if f not in found]
+        return web.json_response(self._audit_doc(found))
+
+    def _audit_doc(self, found: list[Finding]) -> dict[str, Any]:
+        a = self.auditor
+        return {
+            "node": self.cfg.node.name,
+            "role": self.role,
+            "files": a.files,
+            "bytes": a.bytes,
+            "duration_s": round(a.last_pass_s or 0.0, 3),
+            "findings": [f.as_json() for f in found],
+        }
+
+    async def deep_check(self) -> dict[str, Any]:
+        """`hasync check --deep`: a full audit now on the active, then on the standby (each repairs what
+        it finds), then the check, in which every difference found is out of sync."""
+        nodes: dict[str, Any] = {}
+        theirs: list[Finding] = []
+
+        async def mine() -> None:
+            nodes[self.cfg.node.name] = self._audit_doc(await self.auditor.run_now())
+
+        async def peer() -> None:
+            try:
+                doc = await self.peer.json("POST", f"{API}/audit", {}, timeout=DEEP_TIMEOUT_S)
+            except PeerError as exc:
+                nodes[self.cfg.peer.name] = {"node": self.cfg.peer.name, "error": exc.message}
+                return
+            nodes[self.cfg.peer.name] = doc
+            theirs.extend(Finding(**f) for f in doc.get("findings", []))
+
+        for step in (mine, peer) if self.role == "active" else (peer, mine):
+            await step()
+        v = await self.run_check(theirs)
+        doc = v.to_json()
+        doc["audit"] = {"nodes": nodes, "differences": sum(len(n.get("findings", [])) for n in nodes.values())}
+        return doc
 
     async def alarm_docs(self, include_cleared: bool, with_peer: bool) -> list[dict[str, Any]]:
         """This node's alarms, and (unless the store is shared) the peer's, newest first."""
@@ -473,6 +536,7 @@ class Agent:
             "cause": None if result.cause is None else result.cause.value,
             "message": result.message,
             "errors": [e.as_json() for e in result.errors],
+            "peer_starting": isinstance(side.peer_error, PeerStarting),  # sync --once waits and asks again
         }
         await resp.write(json.dumps(final).encode() + b"\n")
         await resp.write_eof()
@@ -561,6 +625,8 @@ class Agent:
             await self.open_alarms()
             await self.side.start()
             self.ready = True
+            if self.cfg.audit.enabled:
+                self._tasks.append(asyncio.create_task(self.auditor.run_forever(), name="audit"))
             self._tasks.append(
                 asyncio.create_task(run_periodic(self.run_check, self.cfg.check.interval_s, self._stop), name="check")
             )

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 import click
 
 from hasync.cli import main
-from hasync.cli.common import config_option, handle_errors, print_json
+from hasync.cli.common import config_option, handle_errors, human_bytes, print_json
 
 
 class _PluginCommand(click.Command):
@@ -29,24 +29,30 @@ class _PluginCommand(click.Command):
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as one JSON document")
 @click.option("--nagios", is_flag=True, help="Nagios plugin output and exit codes (0 OK, 2 CRITICAL, 3 UNKNOWN)")
-def check(config_path: str, as_json: bool, nagios: bool) -> None:
+@click.option(
+    "--deep", is_flag=True, help="first re-read and hash every file on both nodes (the audit), repairing what differs"
+)
+def check(config_path: str, as_json: bool, nagios: bool, deep: bool) -> None:
     """Check the pair now: exit 0 in sync, 1 out of sync. It raises and clears alarm 45641 like the
     periodic check. With the node's agent running the agent checks; otherwise this process does
-    (with --nagios: CRITICAL, this node's agent is not running)."""
+    (with --nagios: CRITICAL, this node's agent is not running). With --deep a difference the audit
+    found is out of sync (exit 1) even though it was repaired."""
+    if nagios and deep:
+        _plugin_exit("UNKNOWN", "--deep does not go with --nagios (a deep check reads every file)")
     if nagios:
         _nagios(config_path)
         return
-    _plain(config_path, as_json)
+    _plain(config_path, as_json, deep)
 
 
 @handle_errors
-def _plain(config_path: str, as_json: bool) -> None:
+def _plain(config_path: str, as_json: bool, deep: bool = False) -> None:
     import asyncio
 
     from hasync.config import load
 
     cfg = load(config_path)
-    doc = asyncio.run(check_once(cfg))
+    doc = asyncio.run(check_once(cfg, deep))
     if as_json:
         print_json(doc)
     else:
@@ -100,24 +106,26 @@ async def _nagios_answer(config_path: str) -> tuple[str, int]:
     return Verdict.from_json(doc).nagios()
 
 
-async def check_once(cfg: Any, fallback: bool = True) -> dict[str, Any]:
-    """Ask the local agent to check, or check in this process when no agent runs (PeerAgentDown
-    without `fallback`)."""
+async def check_once(cfg: Any, deep: bool = False, fallback: bool = True) -> dict[str, Any]:
+    """Ask the local agent to check (`deep`: after a full audit of both nodes), or check in this
+    process when no agent runs (PeerAgentDown without `fallback`)."""
     from hasync.agent.client import AgentClient
+    from hasync.audit import DEEP_TIMEOUT_S
     from hasync.errors import PeerAgentDown
     from hasync.protocol import API
 
+    timeout = 2 * DEEP_TIMEOUT_S if deep else max(30.0, cfg.check.interval_s)
     async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as local:
         try:
-            doc: dict[str, Any] = await local.json("POST", f"{API}/check", timeout=max(30.0, cfg.check.interval_s))
+            doc: dict[str, Any] = await local.json("POST", f"{API}/check", {"deep": True} if deep else None, timeout)
             return doc
         except PeerAgentDown:
             if not fallback:
                 raise
-    return await _standalone(cfg)
+    return await _standalone(cfg, deep)
 
 
-async def _standalone(cfg: Any) -> dict[str, Any]:
+async def _standalone(cfg: Any, deep: bool = False) -> dict[str, Any]:
     import asyncio
 
     from hasync import halog
@@ -136,10 +144,10 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
         await agent.side.prepare()
         if isinstance(agent.checker, StandbyCheck):
             agent.checker.grace_s = 0.0
-        v = await agent.run_check()
+        doc = await agent.deep_check() if deep else (await agent.run_check()).to_json()
         if agent.dispatcher is not None:
             await agent.dispatcher.flush_once()
-        return v.to_json()
+        return doc
     finally:
         await agent.close_clients()
         if agent.store is not None:
@@ -148,6 +156,14 @@ async def _standalone(cfg: Any) -> dict[str, Any]:
 
 
 def _print(d: dict[str, Any]) -> None:
+    for n in (d.get("audit") or {}).get("nodes", {}).values():
+        if "error" in n:
+            click.echo(f"audit of {n['node']}: not run: {n['error']}")
+            continue
+        click.echo(
+            f"audit of {n['node']} ({n['role']}): {n['files']} files, {human_bytes(n['bytes'])} read in "
+            f"{n['duration_s']:.1f} s, {len(n['findings'])} difference(s) found and repaired"
+        )
     if d["in_sync"]:
         lag = d.get("lag_s")
         click.echo(f"in sync (checked {d['checked_at']}, lag {0 if lag is None else lag:.1f} s)")

@@ -14,9 +14,16 @@ from hasync.cli.common import config_option, handle_errors, human_bytes, json_op
 @main.command()
 @config_option
 @click.option("--once", is_flag=True, help="reconcile once and exit (the only mode for now)")
+@click.option(
+    "--wait-s",
+    type=click.FloatRange(0, 86_400),
+    default=600.0,
+    show_default=True,
+    help="wait this long for an active agent that is still scanning its sync dirs at start",
+)
 @json_option
 @handle_errors
-def sync(config_path: str, once: bool, as_json: bool) -> None:
+def sync(config_path: str, once: bool, wait_s: float, as_json: bool) -> None:
     """Reconcile the standby with the active now; exit 0 when in sync, 1 when not.
 
     When this node's agent runs, the agent does the work (there is never a
@@ -32,7 +39,7 @@ def sync(config_path: str, once: bool, as_json: bool) -> None:
         raise UsageError("give --once (continuous sync is what `hasync agent` does)")
     cfg = load(config_path)
     lock, quick = _claim_standby(cfg)
-    result = asyncio.run(_sync(cfg, lock, quick, show_progress=not as_json and sys.stderr.isatty()))
+    result = asyncio.run(_sync(cfg, lock, quick, not as_json and sys.stderr.isatty(), wait_s))
     if as_json:
         print_json(result)
     else:
@@ -68,23 +75,62 @@ def _claim_standby(cfg: Any) -> tuple[Any, Any]:
     return lock, quick
 
 
-async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool) -> dict[str, Any]:
+async def _active_up(info: Any, name: str, deadline: float) -> bool:
+    """After a sync found the active's agent starting (scanning its sync dirs: it answers 503): wait
+    for it until `deadline` (monotonic), saying so on stderr every 5 s. True when it answers now;
+    False at the deadline or on any other failure (the sync reports it)."""
+    import asyncio
+    import time
+
+    from hasync.errors import PeerError, PeerStarting
+
+    if time.monotonic() >= deadline:
+        return False
+    t0 = said = time.monotonic()
+    click.echo(f"waiting for {name}: its agent is starting (scanning its sync dirs)", err=True)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        try:
+            await info()
+            return True
+        except PeerStarting:
+            if time.monotonic() - said >= 5.0:
+                said = time.monotonic()
+                click.echo(f"waiting for {name}: still starting, {said - t0:.0f} s", err=True)
+        except PeerError:
+            return False
+    return False
+
+
+async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool, wait_s: float = 0.0) -> dict[str, Any]:
+    import time
+
     from hasync.agent.client import AgentClient
     from hasync.errors import PeerAgentDown
     from hasync.fsutil import StateLock
     from hasync.roles import provider
 
+    deadline = time.monotonic() + wait_s
     bar = _Bar(show_progress)
     try:
         if lock is not None:
-            return await _standalone(cfg, bar, lock, quick)
-        if provider(cfg).active_node() == cfg.node.name:
+            return await _standalone(cfg, bar, lock, quick, deadline)
+        me_active = provider(cfg).active_node() == cfg.node.name
+        if me_active:
             target = AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, name=cfg.peer.name)
         else:
             target = AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local")
         async with target:
             try:
-                return await _via_agent(target, bar)
+                result = await _via_agent(target, bar)
+                while result.get("peer_starting"):
+                    url, name = (cfg.local_url(), cfg.node.name) if me_active else (cfg.peer_url(), cfg.peer.name)
+                    async with AgentClient(url, cfg.token, cfg.peer.timeout_s, name=name) as active:
+                        if not await _active_up(active.info, name, deadline):
+                            break
+                    result = await _via_agent(target, bar)
+                result.pop("peer_starting", None)
+                return result
             except PeerAgentDown:
                 if target.name != "local":
                     raise
@@ -92,7 +138,7 @@ async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool) -> dict[st
         # holds the lock (then this says which).
         lock = StateLock(cfg.node.state_dir)
         lock.acquire("sync --once")
-        return await _standalone(cfg, bar, lock, None)
+        return await _standalone(cfg, bar, lock, None, deadline)
     finally:
         bar.close()
 
@@ -111,9 +157,11 @@ async def _via_agent(client: Any, bar: _Bar) -> dict[str, Any]:
     return result
 
 
-async def _standalone(cfg: Any, bar: _Bar, lock: Any, quick: Any) -> dict[str, Any]:
-    """Reconcile in this process, holding the state lock: the quick check first, else the full scan."""
+async def _standalone(cfg: Any, bar: _Bar, lock: Any, quick: Any, deadline: float = 0.0) -> dict[str, Any]:
+    """Reconcile in this process, holding the state lock: the quick check first, else the full scan.
+    An active still starting is waited for until `deadline`."""
     from hasync import halog
+    from hasync.errors import PeerStarting
     from hasync.replication.standby import StandbySide
 
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level, stderr=False)
@@ -121,10 +169,14 @@ async def _standalone(cfg: Any, bar: _Bar, lock: Any, quick: Any) -> dict[str, A
     try:
         if quick is not None:
             fast = await _quick(cfg, side, quick)
-            if fast is not None:
+            if fast is not None and not isinstance(side.peer_error, PeerStarting):
                 return fast
         await side.load_local()
+        if isinstance(side.peer_error, PeerStarting):
+            await _active_up(side.client.info, cfg.peer.name, deadline)
         r = await side.reconcile(progress=bar.update)
+        while isinstance(side.peer_error, PeerStarting) and await _active_up(side.client.info, cfg.peer.name, deadline):
+            r = await side.reconcile(progress=bar.update)
         await asyncio_to_thread(side.save_caches)
         await asyncio_to_thread(side.save_quick_indexes)
     finally:

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -33,12 +34,16 @@ from hasync.manifest import (
     DIR,
     FILE,
     Entry,
+    FileChanged,
     Tree,
+    confirm_read,
     diff,
     scan,
+    stat_key,
+    trusted,
 )
 from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, FRAME_HEADER, enc_path, frame, pack
-from hasync.replication.base import Side
+from hasync.replication.base import BIG_FILE, Side
 
 log = logging.getLogger("hasync.active")
 
@@ -104,6 +109,8 @@ class ActiveSide(Side):
                     if cur is not None:
                         self._record(d.name, "")
                     continue
+                for rel in new.busy:  # being written during the scan: looked at again once settled
+                    self._look_again(d.path / rel)
                 if cur is None:
                     self.trees[d.name] = new
                     self._record(d.name, "")
@@ -269,8 +276,11 @@ class ActiveSide(Side):
         resume: tuple[int, bytes] | None = None,
         stale: list[str] | None = None,
     ) -> AsyncIterator[bytes]:
-        """The frames of one file. When `known` (our tree's entry) has the file's inode, size and mtime,
-        its digest is sent without hashing again; the fstat after the read still catches a change.
+        """The frames of one file. When `known` (our tree's entry) is `trusted` by the file's stat, its
+        digest is sent without hashing again (the standby checks the bytes against it); otherwise the
+        digest is of the bytes sent, and a file changed during the read, or so recently that a write may
+        have been in progress (not `settled`), is sent only when a second read agrees (else F_END says
+        "changed during transfer" and the standby asks again).
         With `resume` (offset, BLAKE3 of the standby's first bytes) matching our first bytes, the data
         starts at that offset (the last field of F_HEAD); the digest in F_END is still the whole file's."""
         parent, _, name = rel.rpartition("/")
@@ -299,23 +309,19 @@ class ActiveSide(Side):
             yield frame(F_ERR, pack([wire, cause.value, msg]))
             return
         try:
+            started = time.time_ns()
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, "vanished"]))
                 return
-            trusted = (
-                known is not None
-                and known.kind == FILE
-                and known.ino != 0
-                and (known.ino, known.size, known.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
-            )
-            h = None if trusted else blake3.blake3()
+            cached = trusted(known, st)
+            h = None if cached else blake3.blake3()
             offset = 0
             if resume is not None and 0 < resume[0] <= st.st_size:
                 prefix = await self._prefix(fd, resume[0])
                 if prefix.digest() == resume[1]:
                     offset = resume[0]
-                    h = None if trusted else prefix
+                    h = None if cached else prefix
                 else:
                     os.lseek(fd, 0, os.SEEK_SET)
             head = [wire, "f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid]
@@ -334,9 +340,9 @@ class ActiveSide(Side):
                 yield chunk
                 if len(chunk) == CHUNK:
                     await asyncio.sleep(0)  # let other requests through during a big file
-            after = os.fstat(fd)
-            changed = (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or offset + sent != st.st_size
             digest = h.digest() if h is not None else known.digest  # type: ignore[union-attr]
+            # The bytes sent may be torn: a write in progress when the read began set the times first.
+            changed = offset + sent != st.st_size or not await self._confirm(fd, digest, st, started, cached)
             if h is not None and not changed and stale is not None and known is not None and known.digest != digest:
                 stale.append(rel)
             self.sent_files += 1
@@ -346,6 +352,21 @@ class ActiveSide(Side):
             yield frame(F_END, pack([b"", False, exc.strerror or str(exc)]))
         finally:
             os.close(fd)
+
+    @staticmethod
+    async def _confirm(fd: int, digest: bytes, st: os.stat_result, started: int, cached: bool) -> bool:
+        """Whether the bytes just sent are one whole version of the file (manifest.confirm_read). With the
+        cached digest the standby checks the bytes itself: the stat must only be unchanged."""
+        if cached:
+            return stat_key(os.fstat(fd)) == stat_key(st)
+        try:
+            if st.st_size > BIG_FILE:
+                await asyncio.to_thread(confirm_read, fd, digest, st, started)
+            else:
+                confirm_read(fd, digest, st, started)
+        except FileChanged:
+            return False
+        return True
 
     @staticmethod
     async def _prefix(fd: int, n: int) -> blake3.blake3:

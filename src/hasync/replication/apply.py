@@ -340,6 +340,8 @@ class Applier:
                     else:
                         self.backups.keep(self.d.name, p.rel, pfd, name, move=False)
                 os.rename(p.tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+                # The rename set the ctime, part of the cache key (manifest.trusted).
+                placed = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             except OSError as exc:
                 try:
                     os.unlink(p.tmp, dir_fd=self.fds.get(p.parent))
@@ -348,7 +350,8 @@ class Applier:
                 failed.append((p, exc))
                 continue
             parents.add(p.parent)
-            self.tree.put(p.rel, p.entry)
+            same_file = placed.st_ino == p.entry.ino
+            self.tree.put(p.rel, p.entry._replace(ctime_ns=placed.st_ctime_ns if same_file else 0))
         if self.fsync_each:
             # A few files: make the renames durable now. Big batches get one syncfs at the end.
             for parent in parents:

@@ -21,6 +21,7 @@ from hasync.manifest import (
     DIR,
     FILE,
     LINK,
+    RACY_NS,
     Entry,
     Excluder,
     FileChanged,
@@ -82,6 +83,8 @@ class Side:
         # While a scan runs, the paths events named: looked at again once it is done.
         self._scanning: set[str] | None = None
         self.with_owner = cfg.is_root
+        self._again: set[Path] = set()  # paths to look at again once settled (see _look_again)
+        self._again_tasks: set[asyncio.Task[None]] = set()
 
     def cache_path(self, dir_name: str) -> Path:
         return cache_path(self.cfg.node.state_dir, dir_name)
@@ -292,17 +295,19 @@ class Side:
                 self._merge(d, tree, rel, st, sub)
             return
         read = lambda: read_file_entry(pfd, name)
+        # An event on the path: its cached digest is not trusted, whatever its stat says (prev None).
         try:
-            if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE and not self._cached(old, st):
-                new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", old, time.time_ns())
+            if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE:
+                new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", None, time.time_ns())
             else:
-                new = stat_entry(name, st, read, lambda: os.readlink(name, dir_fd=pfd), old, time.time_ns())
+                new = stat_entry(name, st, read, lambda: os.readlink(name, dir_fd=pfd), None, time.time_ns())
         except FileNotFoundError:
             if tree.remove(rel) is not None:
                 self._changed(d.name, rel)
             return
         except FileChanged:
-            return  # it is being written: its next event brings it
+            self._look_again(d.path / rel)  # being written: its next event brings it, or this look once settled
+            return
         except OSError as exc:
             new = error_entry(name, st, exc)
         if new is None:
@@ -337,9 +342,20 @@ class Side:
             if not same(old, new, self.with_owner):
                 self._changed(d.name, other)
 
-    @staticmethod
-    def _cached(old: Entry | None, st: os.stat_result) -> bool:
-        return old is not None and old.ino == st.st_ino and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
+    def _look_again(self, path: Path) -> None:
+        """Refresh `path` again once the racy window has passed: a file still open for writing gives
+        no event when its writer stops writing, and once settled it is read whoever holds it open."""
+        if path in self._again:
+            return
+        self._again.add(path)
+
+        def due() -> None:
+            self._again.discard(path)
+            task = asyncio.create_task(self.refresh([path]))
+            self._again_tasks.add(task)
+            task.add_done_callback(self._again_tasks.discard)
+
+        asyncio.get_running_loop().call_later(RACY_NS / 1e9 + 0.2, due)
 
     def _scan_subtree(self, d: SyncDir, rel: str, reuse: Tree | None = None) -> Tree | None:
         try:

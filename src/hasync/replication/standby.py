@@ -39,6 +39,7 @@ log = logging.getLogger("hasync.standby")
 LONG_POLL_S = 25.0
 TREE_BATCH = 256
 RETRIES = 5
+BUSY_RETRY_S = 0.5  # a file that kept changing while read is asked for again after this
 FSYNC_EACH_MAX = 16  # up to this many files, fsync each; above, one syncfs per batch
 
 Progress = Callable[[dict[str, Any]], None]
@@ -108,6 +109,9 @@ class StandbySide(Side):
         self._poll_abort = asyncio.Event()
         self._writes: ThreadPoolExecutor | None = None  # the WritePipe's thread, made on first use
         self.resumes = PartialTransfers(cfg.node.state_dir)
+        self.busy: dict[tuple[str, str], float] = {}  # files that kept changing while read: since when
+        self._busy_task: asyncio.Task[None] | None = None
+        self._out_reported = False  # an out-of-sync state with a cause was seen since "in sync" was logged
 
     # -- lifecycle ---------------------------------------------------------
     async def load_local(self) -> None:
@@ -138,6 +142,11 @@ class StandbySide(Side):
     async def prepare(self) -> None:
         await self.load_local()
 
+    @property
+    def writer_lock(self) -> asyncio.Lock:
+        """Held by the one writer (reconcile, change feed): the audit compares disk and tree under it."""
+        return self._lock
+
     def _scan_local(self, d: SyncDir) -> Tree | None:
         current = self.trees.get(d.name)
         prev = current if current is not None else Tree.load(self.cache_path(d.name))
@@ -165,6 +174,8 @@ class StandbySide(Side):
     async def stop(self) -> None:
         if self._kick_task is not None:
             self._kick_task.cancel()
+        if self._busy_task is not None:
+            self._busy_task.cancel()
         await super().stop()
         async with self._lock:  # nothing writes now: the index describes the copy as it is
             await asyncio.to_thread(self.save_quick_indexes)
@@ -505,8 +516,12 @@ class StandbySide(Side):
                 if remote is None or tree is None or tree.root_hash() != remote:
                     ok = False
                     break
-        if ok and not self.in_sync:
+        if not ok and (self.errors or self.peer_error is not None):
+            self._out_reported = True
+        # Logged once at start and after a fault, not after every batch that had changes in flight.
+        if ok and (self.in_sync is None or self._out_reported):
             log.info("in sync %s", kv(peer=self.cfg.peer.name, seq=self.seq))
+            self._out_reported = False
         self.in_sync = ok
         if ok:
             self.last_sync_at = clock.now()
@@ -569,6 +584,7 @@ class StandbySide(Side):
             for rel, e in plan.chmod:
                 self._guard(errors, d, rel, applier.chmod, rel, e)
             todo = list(plan.fetch)
+            todo_busy: set[str] = set()
             for attempt in range(RETRIES):
                 retry = await self._fetch(d, applier, todo, sizes, errors, tally, progress)
                 if not retry:
@@ -576,8 +592,11 @@ class StandbySide(Side):
                 todo = retry
                 await asyncio.sleep(0.05 * (attempt + 1))
             else:
-                for rel in todo:
-                    self._fail(errors, d, rel, Cause.SYNC_ERROR, "file kept changing during transfer")
+                self._still_busy(errors, d, todo)
+                todo_busy = set(todo)
+            for rel in plan.fetch:
+                if rel not in todo_busy:
+                    self.busy.pop((d.name, rel), None)
             await self._flushed(applier)
             self._guard(errors, d, "", applier.finish)
             if not applier.fsync_each:
@@ -591,6 +610,23 @@ class StandbySide(Side):
                 except (asyncio.CancelledError, Exception):  # cancelled or failed: close() removes the temps
                     pass
             applier.close()
+
+    def _still_busy(self, errors: dict[tuple[str, str], FileError], d: SyncDir, paths: list[str]) -> None:
+        """Files that kept changing while they were read: retried soon and quietly (a file being saved
+        is in flight, not a fault); reported (sync_error) once one has been busy for `retry_s`."""
+        now = time.monotonic()
+        for rel in paths:
+            since = self.busy.setdefault((d.name, rel), now)
+            if now - since >= self.cfg.sync.retry_s:
+                self._fail(
+                    errors, d, rel, Cause.SYNC_ERROR, f"file kept changing during transfer ({now - since:.0f} s)"
+                )
+        if self._busy_task is None or self._busy_task.done():
+            self._busy_task = asyncio.create_task(self._retry_busy())
+
+    async def _retry_busy(self) -> None:
+        await asyncio.sleep(BUSY_RETRY_S)
+        self.kick()
 
     def _guard(
         self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, fn: Callable[..., object], *args: Any
