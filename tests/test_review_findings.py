@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,3 +96,24 @@ def test_log_summary_with_extreme_times_is_a_clean_answer(make_pair, start: str,
     status, text = _diag(env, {"op": "log_summary", "start": start, "end": end})
     assert status in (200, 400), (status, text)
     assert "Traceback" not in env.b.output()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--bogus", "check", "--nagios"), "--bogus"),  # an option error before the command name
+        (("check", "--nagios=1"), "--nagios"),  # the flag itself given a value
+    ],
+)
+def test_nagios_option_errors_anywhere_are_unknown_on_stdout(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    """Issue 10 #3, variants: these exited 2 with nothing on stdout (Nagios: "(No output on stdout)")."""
+    r = subprocess.run(
+        [sys.executable, "-m", "hasync", *args, "-c", str(tmp_path / "none.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 3, r
+    assert r.stdout.startswith("HASYNC UNKNOWN - ") and message in r.stdout, r.stdout
