@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from hasync.demo import write_pair
 from hasync.protocol import MSGPACK, pack
 from pairlib import PairEnv, wait_for
 from test_hostile_paths import GOOD_ROW, NumbersActive
@@ -49,7 +52,8 @@ class BadFeedActive(NumbersActive):
 @pytest.fixture
 def bad_feed(make_pair) -> Iterator[tuple[PairEnv, BadFeedActive]]:  # type: ignore[no-untyped-def]
     env: PairEnv = make_pair()
-    with BadFeedActive(env.pair.port_a) as fake:
+    fake = BadFeedActive(env.pair.port_a)
+    with fake:
         yield env, fake
 
 
@@ -117,3 +121,77 @@ def test_nagios_option_errors_anywhere_are_unknown_on_stdout(
     )
     assert r.returncode == 3, r
     assert r.stdout.startswith("HASYNC UNKNOWN - ") and message in r.stdout, r.stdout
+
+
+def _load_error(base: Path, extra: str) -> subprocess.CompletedProcess[str]:
+    pair = write_pair(base, extra=extra)
+    return subprocess.run(
+        [sys.executable, "-m", "hasync", "status", "--json", "-c", str(pair.config_b)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=base,
+    )
+
+
+SECRET = "S3cretPassw0rd"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        f'[alarms]\nstore = "postgresql:/hasync:{SECRET}@db.example/hasync"\n',  # one slash short
+        f'[alarms]\nstore = "postgresql//hasync:{SECRET}@db.example/hasync"\n',  # the colon forgotten
+        f'[alarms]\n[[alarms.notify]]\nkind = "webhook"\nurl = "webhook:http://u:{SECRET}@hooks.example"\n',
+        f'[alarms]\n[[alarms.notify]]\nkind = "alertmanager"\nurl = "http:/u:{SECRET}@am.example:9093"\n',
+    ],
+    ids=["store-one-slash", "store-no-colon", "webhook-prefixed", "alertmanager-one-slash"],
+)
+def test_password_of_a_mistyped_url_never_shown(base: Path, extra: str) -> None:
+    """Issue 9 #11, variants: a URL whose scheme is mistyped is refused with the password in clear."""
+    r = _load_error(base, extra)
+    assert r.returncode == 2, r
+    assert SECRET not in r.stdout + r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '[alarms]\n[[alarms.notify]]\nkind = "syslog"\nurl = "udp://127.0.0.1:0"\n',
+        '[alarms]\n[[alarms.notify]]\nkind = "webhook"\nurl = "http://127.0.0.1:0/hook"\n',
+        '[alarms]\nstore = "postgresql://hasync@127.0.0.1:0/hasync"\n',
+    ],
+    ids=["syslog", "webhook", "store"],
+)
+def test_port_zero_in_a_url_is_a_config_error(base: Path, extra: str) -> None:
+    """Issue 9 #10, variant: configuration.md says a port outside 1-65535 is a config error; port 0 loads."""
+    r = _load_error(base, extra)
+    assert r.returncode == 2, r
+    assert "alarms.notify[0].url" in r.stderr or "alarms.store" in r.stderr, r.stderr
+
+
+def test_client_dropping_mid_body_leaves_no_traceback_in_the_ha_log(make_pair) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9 #5/#6, variant: a client (the token holder: the peer, a CLI killed mid-request) that sends a
+    whole head and part of a body, then goes away, made aiohttp log "ERROR [http] Error handling request"
+    with a 40-line ConnectionResetError traceback (about 2.2 KB) into the HA log, once per connection and
+    without any rate limit; `diagnose` and `collect` count those as errors."""
+    env: PairEnv = make_pair()
+    env.b.start()
+    head = (
+        "POST /v1/diag HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {env.b.token}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+    ).encode()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", env.pair.port_b), timeout=5) as s:
+            s.sendall(head)
+            time.sleep(0.2)  # the handler is reading the body when the client goes away
+    wait_for(lambda: _answered_after(env), 10, what="the agent to answer after the five drops")
+    out = env.b.output()
+    assert "Traceback" not in out and "Error handling request" not in out, out[-2500:]
+
+
+def _answered_after(env: PairEnv) -> bool:
+    """A request sent after the drops is answered: the agent's event loop has handled the drops before it."""
+    status, _ = _diag(env, {"op": "roots"})
+    return status == 200
