@@ -195,3 +195,32 @@ def _answered_after(env: PairEnv) -> bool:
     """A request sent after the drops is answered: the agent's event loop has handled the drops before it."""
     status, _ = _diag(env, {"op": "roots"})
     return status == 200
+
+
+@pytest.mark.parametrize(
+    "key,old,new",
+    [
+        ("backup.dir", 'dir = "backup/node-b"', 'dir = "data/node-b/conf/bk"'),
+        ("state_dir", 'state_dir = "state/node-b"', 'state_dir = "data/node-b/conf/state"'),
+        ("sync.dirs", 'path = "data/node-b/udf"', 'path = "data/node-b/conf/udf"'),
+    ],
+    ids=["backup-in-sync-dir", "state-in-sync-dir", "sync-dir-in-sync-dir"],
+)
+def test_hasync_directories_inside_a_sync_dir_are_a_config_error(base: Path, key: str, old: str, new: str) -> None:
+    """Careless operator (not in issues 9/10): a [backup] dir inside a sync dir loads; on a live pair the
+    standby then treats its own backup sets as drift, fails "Invalid argument (on the standby)" on conf/bk
+    and raises alarm 45641 for good. Directories of hasync inside a sync dir (or sync dirs inside each
+    other) should be refused at load, naming the key."""
+    pair = write_pair(base)
+    text = pair.config_b.read_text()
+    assert old in text
+    pair.config_b.write_text(text.replace(old, new, 1))
+    r = subprocess.run(
+        [sys.executable, "-m", "hasync", "status", "--json", "-c", str(pair.config_b)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=base,
+    )
+    assert r.returncode == 2, r.stdout[-300:]
+    assert key in r.stderr and r.stderr.count("\n") == 1, r.stderr
