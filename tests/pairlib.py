@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -181,6 +182,22 @@ class PairEnv:
             raise AssertionError(
                 f"trees differ: {dict(list(diff.items())[:10])}\n--- a:\n{self.a.output()}\n--- b:\n{self.b.output()}"
             ) from None
+
+    def standby_in_sync(self) -> bool:
+        """The standby's agent says it is in sync (`hasync status --json` on node b)."""
+        r = self.hasync("status", "--json")
+        return r.returncode == 0 and json.loads(r.stdout).get("in_sync") is True
+
+    def wait_standby_in_sync(self, timeout: float = 30) -> None:
+        """The trees are equal on disk and the standby's agent says it is in sync.
+
+        Equal trees alone are not enough before editing the standby's copy: the last file is renamed
+        into place before the standby's first reconcile ends, and its file watcher only starts when that
+        reconcile ends (docs/architecture.md, "Standby side"). The agent says in sync in the same step
+        that starts the watcher, whose inotify watches are set before the agent answers the next request.
+        """
+        self.wait_in_sync(timeout)
+        wait_for(self.standby_in_sync, timeout, interval=0.1, what="the standby's status to say in sync")
 
     def chown_all(self) -> None:
         if self.user is not None:
