@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ephemeral_port_reserve import reserve
+
 from hasync.demo import Pair, write_pair
 
 ROOT = os.geteuid() == 0
@@ -228,7 +230,11 @@ def new_pair(
     interval_s: float = 60,
     dirs: tuple[str, ...] = ("conf", "udf"),
 ) -> PairEnv:
-    pair = write_pair(base, interval_s=interval_s, extra=extra, dirs=dirs)
+    # Ports held in TIME_WAIT: no other process's bind(0) or connect() takes one before the agent
+    # binds it (with SO_REUSEADDR), nor while an agent is stopped between restarts in a test
+    # (other suites on the same machine pick free ports all the time).
+    port_a, port_b = reserve("127.0.0.1"), reserve("127.0.0.1")
+    pair = write_pair(base, port_a=port_a, port_b=port_b, interval_s=interval_s, extra=extra, dirs=dirs)
     token = (base / "secrets" / "pair.token").read_text().strip()
     user = plain_ids() if unprivileged and ROOT else None
     env = PairEnv(
