@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ephemeral_port_reserve import reserve
 
 from hasync.demo import Pair, write_pair
 
@@ -183,6 +186,22 @@ class PairEnv:
                 f"trees differ: {dict(list(diff.items())[:10])}\n--- a:\n{self.a.output()}\n--- b:\n{self.b.output()}"
             ) from None
 
+    def standby_in_sync(self) -> bool:
+        """The standby's agent says it is in sync (`hasync status --json` on node b)."""
+        r = self.hasync("status", "--json")
+        return r.returncode == 0 and json.loads(r.stdout).get("in_sync") is True
+
+    def wait_standby_in_sync(self, timeout: float = 30) -> None:
+        """The trees are equal on disk and the standby's agent says it is in sync.
+
+        Equal trees alone are not enough before editing the standby's copy: the last file is renamed
+        into place before the standby's first reconcile ends, and its file watcher only starts when that
+        reconcile ends (docs/architecture.md, "Standby side"). The agent says in sync in the same step
+        that starts the watcher, whose inotify watches are set before the agent answers the next request.
+        """
+        self.wait_in_sync(timeout)
+        wait_for(self.standby_in_sync, timeout, interval=0.1, what="the standby's status to say in sync")
+
     def chown_all(self) -> None:
         if self.user is not None:
             for dirpath, dirnames, filenames in os.walk(self.pair.base):
@@ -212,7 +231,11 @@ def new_pair(
     interval_s: float = 60,
     dirs: tuple[str, ...] = ("conf", "udf"),
 ) -> PairEnv:
-    pair = write_pair(base, interval_s=interval_s, extra=extra, dirs=dirs)
+    # Ports held in TIME_WAIT: no other process's bind(0) or connect() takes one before the agent
+    # binds it (with SO_REUSEADDR), nor while an agent is stopped between restarts in a test
+    # (other suites on the same machine pick free ports all the time).
+    port_a, port_b = reserve("127.0.0.1"), reserve("127.0.0.1")
+    pair = write_pair(base, port_a=port_a, port_b=port_b, interval_s=interval_s, extra=extra, dirs=dirs)
     token = (base / "secrets" / "pair.token").read_text().strip()
     user = plain_ids() if unprivileged and ROOT else None
     env = PairEnv(

@@ -52,8 +52,17 @@ class HttpReceiver:
         return [b for p, b in list(self.requests) if path is None or p == path]
 
 
+class _TcpServer(socketserver.TCPServer):
+    allow_reuse_address = True
+
+
 class SyslogReceiver:
-    """Collects RFC 5424 messages over UDP and TCP (octet counting) on one port number."""
+    """Collects RFC 5424 messages over UDP and TCP (octet counting) on one port number.
+
+    One connection, one datagram at a time, so `messages` is in the order they arrived: a
+    thread per connection may record a later connection's message first on a loaded machine
+    (hasync opens a connection per message).
+    """
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -62,6 +71,8 @@ class SyslogReceiver:
         recv = self
 
         class Tcp(socketserver.StreamRequestHandler):
+            timeout = 10  # a client that stops sending does not hold up the next connection for ever
+
             def handle(self) -> None:
                 while True:
                     length = b""
@@ -76,9 +87,8 @@ class SyslogReceiver:
             def handle(self) -> None:
                 recv.messages.append(("udp", self.request[0].decode()))
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", port), Tcp)
-        self.udp = socketserver.ThreadingUDPServer(("127.0.0.1", port), Udp)
+        self.tcp = _TcpServer(("127.0.0.1", port), Tcp)
+        self.udp = socketserver.UDPServer(("127.0.0.1", port), Udp)
         for srv in (self.tcp, self.udp):
             threading.Thread(target=srv.serve_forever, daemon=True).start()
 

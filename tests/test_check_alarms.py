@@ -18,6 +18,10 @@ from pairlib import ROOT, PairEnv, wait_for
 from receivers import HttpReceiver, SyslogReceiver, free_port_both
 
 INTERVAL = 2.0
+# How long to wait for an alarm to be raised or cleared: a deadline for the polling (each poll is a
+# `hasync alarms` process, slow on a loaded machine), not a time that is asserted. Where the time
+# matters, it is asserted on its own.
+WAIT_S = 30.0
 
 
 def alarms(env: PairEnv, node: str = "b", all_: bool = True) -> list[dict[str, Any]]:
@@ -51,7 +55,7 @@ def test_active_agent_down_raises_and_clears(make_pair, store: str) -> None:  # 
     env.wait_in_sync()
     t_stop = time.monotonic()
     env.a.stop()
-    active = wait_for(lambda: active_alarms(env), 4 * INTERVAL, what="alarm raised")
+    active = wait_for(lambda: active_alarms(env), WAIT_S, what="alarm raised")
     assert time.monotonic() - t_stop <= 2 * INTERVAL + 2.5  # two intervals, plus process start of `alarms`
     (alarm,) = active
     assert alarm["alarm_id"] == 45641 and alarm["severity"] == "Major" and alarm["auto_clear"] is True
@@ -73,9 +77,9 @@ def test_active_agent_down_raises_and_clears(make_pair, store: str) -> None:  # 
     assert len(active_alarms(env)) == 1
 
     (env.src / "conf" / "b.yaml").write_text("changed while the active agent was down")
-    t_start = time.monotonic()
     env.a.start()
-    wait_for(lambda: not active_alarms(env), 4 * INTERVAL + 5, what="alarm cleared")
+    t_start = time.monotonic()  # the active answers again (its own start-up is not the check's time)
+    wait_for(lambda: not active_alarms(env), WAIT_S, what="alarm cleared")
     assert time.monotonic() - t_start <= 2 * INTERVAL + 5
     env.wait_in_sync()
     (done,) = alarms(env)
@@ -93,7 +97,7 @@ def test_wrong_token_raises_auth_failed(make_pair, store: str) -> None:  # type:
     env.b.token = "a-different-token"
     env.a.start()
     env.b.start()
-    (alarm,) = wait_for(lambda: active_alarms(env), 4 * INTERVAL, what="alarm raised")
+    (alarm,) = wait_for(lambda: active_alarms(env), WAIT_S, what="alarm raised")
     assert alarm["cause"] == "auth_failed"
     r = env.hasync("check", "--nagios")
     assert r.returncode == 2 and r.stdout.startswith("HASYNC CRITICAL - auth_failed")
@@ -109,14 +113,14 @@ def test_junk_file_on_active_raises_names_path_and_clears(make_pair, store: str)
     env.chown_all()
     env.a.start()
     env.b.start()
-    (alarm,) = wait_for(lambda: active_alarms(env), 5 * INTERVAL, what="alarm raised")
+    (alarm,) = wait_for(lambda: active_alarms(env), WAIT_S, what="alarm raised")
     assert alarm["cause"] == "junk_file"
     assert "conf/sedXyZ12" in alarm["additional_info"]
     doc = json.loads(env.hasync("check", "--json").stdout)
     assert doc["cause"] == "junk_file"
     assert {"dir": "conf", "path": "sedXyZ12"}.items() <= doc["out_of_sync"][0].items()
     junk.unlink()
-    wait_for(lambda: not active_alarms(env), 5 * INTERVAL, what="alarm cleared")
+    wait_for(lambda: not active_alarms(env), WAIT_S, what="alarm cleared")
     assert len(alarms(env)) == 1
 
 
@@ -132,7 +136,7 @@ def test_standby_disk_full_raises_disk_full(make_pair, store: str) -> None:  # t
         (env.src / "conf" / "small.yaml").write_text("fits")
         env.a.start()
         env.b.start()
-        (alarm,) = wait_for(lambda: active_alarms(env), 5 * INTERVAL, what="alarm raised")
+        (alarm,) = wait_for(lambda: active_alarms(env), WAIT_S, what="alarm raised")
         assert alarm["cause"] == "disk_full"
         assert "udf/big.jar" in alarm["additional_info"]
         assert (mount / "conf" / "small.yaml").read_text() == "fits"
@@ -142,7 +146,7 @@ def test_standby_disk_full_raises_disk_full(make_pair, store: str) -> None:  # t
         assert a_check["cause"] == "disk_full" and a_check["lag_s"] > 0, a_check
         # Room again: the alarm clears.
         (env.src / "udf" / "big.jar").unlink()
-        wait_for(lambda: not active_alarms(env), 5 * INTERVAL, what="alarm cleared")
+        wait_for(lambda: not active_alarms(env), WAIT_S, what="alarm cleared")
     finally:
         env.stop()
         subprocess.run(["umount", "-l", str(mount)], check=False)
@@ -152,7 +156,7 @@ def test_check_json_and_nagios_when_in_sync(make_pair) -> None:  # type: ignore[
     env: PairEnv = make_pair(interval_s=INTERVAL)
     env.a.start()
     env.b.start()
-    env.wait_in_sync()
+    env.wait_standby_in_sync()
     doc = json.loads(env.hasync("check", "--json", check=True).stdout)
     assert set(doc) == {"in_sync", "cause", "peer_reachable", "lag_s", "out_of_sync", "checked_at"}
     assert doc["in_sync"] is True and doc["cause"] is None and doc["lag_s"] == 0 and doc["out_of_sync"] == []
@@ -199,13 +203,13 @@ def test_alarm_survives_standby_kill9_and_clears_once(make_pair, store: str) -> 
     env.a.start()
     env.b.start()
     env.a.stop()
-    (alarm,) = wait_for(lambda: active_alarms(env), 4 * INTERVAL, what="alarm raised")
+    (alarm,) = wait_for(lambda: active_alarms(env), WAIT_S, what="alarm raised")
     env.b.kill9()
     env.b.start()
     time.sleep(INTERVAL * 1.5)
     assert [a["raised_at"] for a in active_alarms(env)] == [alarm["raised_at"]]  # no duplicate after restart
     env.a.start()
-    wait_for(lambda: not active_alarms(env), 5 * INTERVAL, what="alarm cleared")
+    wait_for(lambda: not active_alarms(env), WAIT_S, what="alarm cleared")
     assert len(alarms(env)) == 1
 
 
@@ -282,12 +286,12 @@ def test_notifications_once_even_when_both_nodes_see_the_fault(make_pair, receiv
     env.chown_all()
     env.a.start()
     env.b.start()
-    (alarm,) = wait_for(lambda: active_alarms(env), 5 * INTERVAL, what="alarm raised")
+    (alarm,) = wait_for(lambda: active_alarms(env), WAIT_S, what="alarm raised")
     # The active sees the junk file too (its own check reports it); still one raise downstream.
     a_check = json.loads(env.hasync("check", "--json", node="a").stdout)
     assert a_check["cause"] == "junk_file"
     junk.unlink()
-    wait_for(lambda: not active_alarms(env), 5 * INTERVAL, what="alarm cleared")
+    wait_for(lambda: not active_alarms(env), WAIT_S, what="alarm cleared")
     wait_for(
         lambda: len(http.bodies("/hook")) >= 2 and len(syslog.messages) >= 4 and alertmanager_resolved(http),
         20,
@@ -306,9 +310,9 @@ def test_notifications_delivered_when_the_receiver_comes_back(make_pair, receive
     env.a.start()
     env.b.start()
     env.a.stop()
-    (alarm,) = wait_for(lambda: active_alarms(env), 4 * INTERVAL, what="alarm raised")
+    (alarm,) = wait_for(lambda: active_alarms(env), WAIT_S, what="alarm raised")
     env.a.start()
-    wait_for(lambda: not active_alarms(env), 5 * INTERVAL, what="alarm cleared")
+    wait_for(lambda: not active_alarms(env), WAIT_S, what="alarm cleared")
     # Receivers come back after both events happened: both are delivered, in order, once.
     http.start()
     syslog2 = SyslogReceiver(syslog_port)

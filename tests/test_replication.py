@@ -289,13 +289,38 @@ def test_local_changes_on_the_standby_are_repaired(make_pair) -> None:  # type: 
     (env.src / "conf" / "editor.swp").unlink()
     env.a.start()
     env.b.start()
-    env.wait_in_sync()
+    env.wait_standby_in_sync()  # its first reconcile is over: its watcher is on
     # Someone edits, deletes and adds files on the standby: the standby's watcher notices
-    # and the copy is made exact again, with no change on the active.
+    # and the copy is made exact again, with no change on the active (long before the full
+    # reconcile of every full_reconcile_s, 300 s, would).
     (env.dst / "conf" / "flink-conf.yaml").write_text("edited on the standby")
     (env.dst / "udf" / "lib-07.jar").unlink()
     (env.dst / "udf" / "stray.jar").write_text("not on the active")
     os.chmod(env.dst / "conf" / "script.sh", 0o600)
-    env.wait_in_sync(15)
+    env.wait_in_sync(30)
     log = (env.pair.base / "logs" / "node-b" / "ha.log").read_text()
     assert "changed locally, repairing" in log
+
+
+def test_local_change_during_a_repair_is_repaired_too(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair()
+    build_tree(env.src)
+    (env.src / "conf" / "editor.swp").unlink()
+    big = env.src / "udf" / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(100):
+            f.write(os.urandom(1 << 20))
+    env.a.start()
+    env.b.start()
+    env.wait_in_sync(120)
+    env.wait_standby_in_sync()
+    # A local edit of the big file: its repair holds the standby's writer lock while 100 MiB come back.
+    with open(env.dst / "udf" / "big.bin", "r+b") as f:
+        f.write(b"edited on the standby")
+    wait_for(lambda: temp_files(env.dst), 30, interval=0.002, what="the big file's repair in progress")
+    # A second local change while that repair runs: its event is looked at once the repair's writes
+    # are done, and it must bring a repair of its own (not wait for the full reconcile, 300 s away).
+    (env.dst / "udf" / "lib-07.jar").unlink()
+    env.wait_in_sync(30)
+    log = (env.pair.base / "logs" / "node-b" / "ha.log").read_text()
+    assert "changed locally, repairing dir=udf path=lib-07.jar" in log

@@ -106,6 +106,7 @@ class StandbySide(Side):
         self.missing: set[str] = set()
         self._deferred: set[str] = set()
         self._kick_task: asyncio.Task[None] | None = None
+        self._kick_again = False
         self._poll_abort = asyncio.Event()
         self._writes: ThreadPoolExecutor | None = None  # the WritePipe's thread, made on first use
         self.resumes = PartialTransfers(cfg.node.state_dir)
@@ -229,7 +230,9 @@ class StandbySide(Side):
         self.kick()
 
     def kick(self) -> None:
-        """Reconcile soon (debounced), without waiting for the long-poll to return."""
+        """Reconcile soon (debounced), without waiting for the long-poll to return. A kick while a
+        kicked reconcile runs (a local change looked at once its writes were done) brings another."""
+        self._kick_again = True
         if self._kick_task is None or self._kick_task.done():
             self._kick_task = asyncio.create_task(self._kicked())
 
@@ -244,11 +247,13 @@ class StandbySide(Side):
         return True
 
     async def _kicked(self) -> None:
-        await asyncio.sleep(0.05)
-        try:
-            await self.reconcile()
-        except Exception:
-            log.exception("reconcile after a local change failed")
+        while self._kick_again:
+            await asyncio.sleep(0.05)
+            self._kick_again = False  # kicks from now on come after what this reconcile sees
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile after a local change failed")
 
     async def _periodic_save(self) -> None:
         while True:
