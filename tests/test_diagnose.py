@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hasync.collect import L_DONE, L_ERR
+from hasync.protocol import FRAME_HEADER
 from pairlib import ROOT, PairEnv, wait_for
 
 INTERVAL = 2.0
@@ -238,3 +243,59 @@ def test_ha_log_reads_rotated_gz_within_the_window_only(make_pair) -> None:  # t
     code, doc = diagnose(env, "--alarm", alarm["fingerprint"], "--window", "900")
     ha = step(doc, "ha_log")
     assert ha["verdict"] == "fault" and "rename failed inside the window" in ha["evidence"]
+
+
+def _diag(env: PairEnv, body: dict[str, Any]) -> tuple[int, str]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{env.pair.port_b}/v1/diag",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {env.b.token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _log_frames(env: PairEnv, start: str, end: str) -> list[bytes]:
+    """The kinds of the frames GET /v1/collect/logs answers for that window."""
+    query = urllib.parse.urlencode({"start": start, "end": end})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{env.pair.port_b}/v1/collect/logs?{query}",
+        headers={"Authorization": f"Bearer {env.b.token}"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        data = r.read()
+    kinds, pos = [], 0
+    while pos < len(data):
+        kind, n = FRAME_HEADER.unpack_from(data, pos)
+        kinds.append(kind)
+        pos += FRAME_HEADER.size + n
+    return kinds
+
+
+EXTREME_WINDOWS = [
+    ("2026-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00"),
+    ("2026-01-01T00:00:00-23:59", "9999-12-31T23:59:59+23:59"),
+    ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"),
+]
+
+
+def test_log_summary_with_extreme_times_is_a_clean_answer(make_pair) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9 #12, variant: a window at the ends of the calendar raised OverflowError in logcut
+    (end + CLOCK_SLACK): `/v1/diag log_summary` answered a bare 500 with a traceback in the HA log and
+    `/v1/collect/logs` an OverflowError error frame. Request times are parsed by one helper
+    (logcut.window_time) and clamped; a time without an offset or too long is a 400."""
+    env: PairEnv = make_pair()
+    env.b.start()
+    for start, end in EXTREME_WINDOWS:
+        status, text = _diag(env, {"op": "log_summary", "start": start, "end": end})
+        assert status == 200, (start, end, status, text)
+        assert json.loads(text)["errors"] >= 0
+        kinds = _log_frames(env, start, end)
+        assert L_ERR not in kinds and kinds[-1] == L_DONE, (start, end, kinds)
+    for bad in ("2026-01-01T00:00:00", "x" * 100, 5):
+        status, text = _diag(env, {"op": "log_summary", "start": bad, "end": "2026-01-01T00:00:00+00:00"})
+        assert status == 400 and "start" in text, (bad, status, text)
+    assert "Traceback" not in env.b.output()

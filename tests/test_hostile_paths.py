@@ -590,3 +590,55 @@ def test_out_of_range_numbers_from_the_peer_refuse_that_path_only(numbers: tuple
     assert "Traceback" not in out and "OverflowError" not in out, out[-2000:]
     assert not (env.dst / "evil").exists() and not (env.dst / "conf" / "x").exists()
     HOSTILE_TRIED["peer_numbers"] = len(bad) + 6
+
+
+class BadFeedActive(NumbersActive):
+    """A fake active whose change feed is of the wrong shape: `feed` replaces keys of a good answer
+    (a key given as None is left out)."""
+
+    def __init__(self, port: int, feed: dict[str, Any]) -> None:
+        super().__init__(port)
+        self.feed = feed
+        self.polls = 0
+
+    async def changes(self, request: web.Request) -> web.Response:
+        self.polls += 1
+        await asyncio.sleep(0.2)
+        doc: dict[str, Any] = {
+            "instance": "i",
+            "seq": 1 + self.polls,
+            "reset": False,
+            "changes": [],
+            "roots": {"conf": b"\x01" * 16, "udf": b"\x02" * 16},
+            "with_owner": True,
+        }
+        doc.update(self.feed)
+        return web.Response(body=pack({k: v for k, v in doc.items() if v is not None}), content_type=MSGPACK)
+
+
+BAD_FEEDS: dict[str, dict[str, Any]] = {
+    "change-without-path": {"changes": [["conf"], ["conf", b"feed-good.txt", list(GOOD_ROW)]]},
+    "change-a-number": {"changes": [5]},
+    "changes-a-map": {"changes": {"a": 1}},
+    "no-changes-key": {"changes": None},
+}
+
+
+@pytest.mark.parametrize("feed", BAD_FEEDS.values(), ids=BAD_FEEDS.keys())
+def test_malformed_change_feed_entries_are_refused_not_a_loop_traceback(make_pair, feed: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9 #8, variant: a change feed of the wrong shape (`["conf"]`, `5`, a map, no `changes`) raised
+    ValueError/TypeError/KeyError outside the per-entry check in Standby._apply_changes: "standby loop error"
+    with a traceback every second or so, forever. It is refused whole (protocol.dec_changes) as a peer
+    fault, logged once, reported as sync_error, and the standby falls back to full reconciles."""
+    HOSTILE_TRIED["malformed_change_feed"] = HOSTILE_TRIED.get("malformed_change_feed", 0) + 1
+    env: PairEnv = make_pair()
+    fake = BadFeedActive(env.pair.port_a, feed)
+    with fake:
+        env.b.start()
+        wait_for(lambda: fake.polls >= 4, 30, what="the standby to poll the change feed four times")
+        out = env.b.output()
+        assert "standby loop error" not in out and "Traceback" not in out, out[-2000:]
+        assert out.count("refused the change feed") == 1, out[-2000:]  # a state change, not each poll
+        st = json.loads(env.hasync("status", "--json").stdout)
+        assert st["cause"] == "sync_error" and st["in_sync"] is False, st
+        assert st["peer_error"]["cause"] == "sync_error" and "change feed" in st["peer_error"]["message"], st

@@ -470,3 +470,28 @@ def test_the_connection_cap_fits_the_open_file_limit() -> None:
 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=limit, check=True)
     assert r.stdout.strip() == str(1024 - 256)  # the soft limit raised to the hard one, 256 kept for files
+
+
+def test_client_dropping_mid_body_leaves_no_traceback_in_the_ha_log(make_pair) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9 #5/#6, variant: a client (the token holder: the peer, a CLI killed mid-request) that sends a
+    whole head and part of a body, then goes away, made aiohttp log "ERROR [http] Error handling request"
+    with a 40-line ConnectionResetError traceback (about 2.2 KB) into the HA log, once per connection and
+    without any rate limit; `diagnose` and `collect` count those as errors. Now the guard's middleware
+    takes it for what it is, the client's doing: one INFO line per client and limits.log_rate_s."""
+    env: PairEnv = make_pair()
+    env.b.start()
+    head = (
+        "POST /v1/diag HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {env.b.token}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+    ).encode()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", env.pair.port_b), timeout=5) as s:
+            s.sendall(head)
+            time.sleep(0.2)  # the handler is reading the body when the client goes away
+    url = f"http://127.0.0.1:{env.pair.port_b}/v1/diag"
+    body = json.dumps({"op": "roots"}).encode()
+    # A request sent after the drops is answered: the agent's event loop has handled the drops before it.
+    wait_for(lambda: http(url, env.b.token, body)[0] == 200, 10, what="the agent to answer after the five drops")
+    out = env.b.output()
+    assert "Traceback" not in out and "Error handling request" not in out, out[-2500:]
+    assert out.count("went away before its answer") <= 1, out[-2500:]  # rate-limited, not one per connection

@@ -301,3 +301,12 @@ def test_parse_lines_reads_cut_text_back(logset) -> None:  # type: ignore[no-unt
         entries[3].ts,
         entries[1].ts,
     ]
+
+
+def test_window_to_the_ends_of_the_calendar_reads_everything(logset) -> None:  # type: ignore[no-untyped-def]
+    """datetime.min/max as bounds (any offset) are clamped in iter_window: no OverflowError from
+    `end + CLOCK_SLACK` or a file's UTC offset, every entry is in the window (issue 9 #12 variant)."""
+    log_dir, entries, _ = logset
+    for tz in (UTC, timezone(timedelta(hours=23, minutes=59)), timezone(-timedelta(hours=23, minutes=59))):
+        records, stats = cut(log_dir, datetime.min.replace(tzinfo=tz), datetime.max.replace(tzinfo=tz))
+        assert len(records) == len(entries) and not stats.errors, (tz, len(records), stats.errors)

@@ -31,7 +31,9 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
+from hasync.errors import BadRequest
 from hasync.halog import LOG_NAME, ROTATED_RE
 
 # An entry's first line: a timestamp, then a space. Bytes, so lines outside the window are never decoded.
@@ -50,6 +52,29 @@ MAX_ENTRY = 4 << 20  # past this an entry's further lines are dropped (and count
 STATS_EVERY = 4096  # lines between updates of the progress counters
 _EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 _LATEST = datetime(9999, 12, 30, tzinfo=UTC) - CLOCK_SLACK
+MAX_TIME_TEXT = 64  # an ISO 8601 time with microseconds and offset is 32 characters
+
+
+def clamp(dt: datetime) -> datetime:
+    """An aware time within the years the cut computes with: the window's arithmetic (`end + CLOCK_SLACK`,
+    a file's UTC offset) never leaves datetime's range. No log entry is that old or that new."""
+    return min(max(dt, _EARLIEST), _LATEST)
+
+
+def window_time(value: Any, name: str) -> datetime:
+    """A bound of a log window from a request (`/v1/diag` log_summary, `/v1/collect/logs`): an ISO 8601
+    time with a UTC offset, clamped (`clamp`). Anything else raises BadRequest (400)."""
+    if value is None:
+        raise BadRequest(f"missing {name}: an ISO 8601 time with a UTC offset")
+    if not isinstance(value, str) or len(value) > MAX_TIME_TEXT:
+        raise BadRequest(f"{name} {value!r:.40} is not an ISO 8601 time")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name}={value!r:.40} is not an ISO 8601 time") from None
+    if dt.tzinfo is None:
+        raise BadRequest(f"{name} must carry a UTC offset")
+    return clamp(dt)
 
 
 @dataclass(frozen=True)
@@ -177,6 +202,7 @@ def iter_window(log_dir: Path, start: datetime, end: datetime, *, stats: CutStat
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("iter_window needs aware datetimes (with a UTC offset)")
+    start, end = clamp(start), clamp(end)
     st = stats if stats is not None else CutStats()
     done: set[str] = set()
     after: datetime | None = None

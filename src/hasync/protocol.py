@@ -114,6 +114,35 @@ def dec_entry(row: list[Any]) -> tuple[Entry, bytes | None]:
     return entry, dir_hash
 
 
+MAX_SEQ = 2**63 - 1
+
+
+def dec_changes(doc: Any) -> dict[str, Any]:
+    """A `/v1/changes` answer (section 7.4), its shape checked: raises ValueError. Each change is
+    `[dir, path, entry or nil]`; its path and entry are checked one by one (dec_path, dec_entry) by the
+    caller, so that one bad entry refuses that entry only, while a feed of the wrong shape is refused whole."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"change feed {doc!r:.60} is not a map")
+    missing = [k for k in ("instance", "seq", "reset", "changes", "roots") if k not in doc]
+    if missing:
+        raise ValueError(f"change feed lacks {', '.join(missing)}")
+    if not isinstance(doc["instance"], str) or type(doc["reset"]) is not bool:
+        raise ValueError(f"change feed instance {doc['instance']!r:.40} or reset {doc['reset']!r:.20} malformed")
+    _int(doc["seq"], 0, MAX_SEQ, "change feed seq")
+    roots = doc["roots"]
+    if not isinstance(roots, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, bytes)) for k, v in roots.items()
+    ):
+        raise ValueError(f"change feed roots {roots!r:.60} is not a map of dir to hash")
+    changes = doc["changes"]
+    if not isinstance(changes, list):
+        raise ValueError(f"change feed changes {changes!r:.60} is not an array")
+    for change in changes:
+        if not isinstance(change, list) or len(change) != 3 or not isinstance(change[0], str):
+            raise ValueError(f"change {change!r:.60} is not an array [dir, path, entry or nil]")
+    return doc
+
+
 def dec_head(payload: bytes) -> tuple[bytes, Entry | ValueError, int]:
     """A file header (F_HEAD, section 8): (raw path, its metadata or why it is refused, resume offset).
     The path is decoded by the caller (dec_path), so that a bad number refuses that file only."""

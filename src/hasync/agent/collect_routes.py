@@ -24,14 +24,11 @@ from hasync.collect import (
     masked_config,
     render,
 )
-from hasync.errors import BadRequest
 from hasync.halog import utc_offset
-from hasync.logcut import CutStats, iter_window
+from hasync.logcut import CutStats, iter_window, window_time
 from hasync.protocol import API, frame, pack
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from hasync.agent.server import Agent
 
 LEVEL_ALIASES = {"WARNING": "WARN", "CRITICAL": "ERROR"}  # as halog writes them
@@ -43,21 +40,6 @@ def add_routes(agent: Agent, app: web.Application) -> None:
     app.router.add_get(f"{API}/collect/info", routes.info)  # identity and wall clock, for the offset measurement
     app.router.add_get(f"{API}/collect/logs", routes.logs)  # HA log entries in ?start=&end=[&levels=], masked, framed
     app.router.add_get(f"{API}/collect/config", routes.config)  # this node's config file, secrets masked
-
-
-def _aware(request: web.Request, name: str) -> datetime:
-    from datetime import datetime
-
-    value = request.query.get(name)
-    if value is None:
-        raise BadRequest(f"missing query parameter {name}")
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{name}={value[:40]!r} is not an ISO 8601 time") from None
-    if dt.tzinfo is None:
-        raise BadRequest(f"{name} must carry a UTC offset")
-    return dt
 
 
 class _CollectRoutes:
@@ -82,8 +64,8 @@ class _CollectRoutes:
         return web.json_response({"file": cfg.path.name, "text": text})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        start = _aware(request, "start")
-        end = _aware(request, "end")
+        start = window_time(request.query.get("start"), "start")
+        end = window_time(request.query.get("end"), "end")
         # ?levels=ERROR,WARN: only those entries (the diagnosis wants no more).
         wanted = (v.strip() for v in request.query.get("levels", "").upper().split(","))
         levels = {LEVEL_ALIASES.get(v, v) for v in wanted if v}

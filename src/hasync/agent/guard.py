@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from hasync.halog import kv
+from hasync.halog import Throttle, clip, kv
 
 if TYPE_CHECKING:
     from aiohttp.web_protocol import RequestHandler
@@ -181,6 +181,9 @@ class ConnectionGuard:
         self.evicted = 0
         self.refused = 0
         self.refusing = 0  # refused connections still open (MAX_REFUSED)
+        # Clients that went away before their answer (mid-body, mid-stream), per address: one line each
+        # per limits.log_rate_s (past 1024 addresses: one key).
+        self.gone = Throttle[str](limits.log_rate_s, overflow="(other clients)")
 
     def fit_to_fd_limit(self) -> None:
         """Raise the soft open-file limit; lower the cap to what the limit leaves (logged once)."""
@@ -204,13 +207,32 @@ class ConnectionGuard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Callable[[web.Request], object]) -> web.StreamResponse:
         conn = self._by_inner.get(request.protocol)
-        if conn is None:  # not served through the guard (an in-process test server)
-            return await handler(request)  # type: ignore[no-any-return,misc]
-        conn.started()
+        if conn is not None:  # else not served through the guard (an in-process test server)
+            conn.started()
         try:
             return await handler(request)  # type: ignore[no-any-return,misc]
+        except ConnectionError:
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                raise  # not this client's connection: a fault of ours, aiohttp logs it
+            # The client went away mid-body or mid-answer (ConnectionResetError from request.read or a
+            # write): its doing, not a fault here. Without this aiohttp logs a traceback per connection.
+            self._client_gone(request)
+            return web.Response(status=400)  # written nowhere: aiohttp finds the transport closed
         finally:
-            conn.finished()
+            if conn is not None:
+                conn.finished()
+
+    def _client_gone(self, request: web.Request) -> None:
+        """One INFO line per client address and limits.log_rate_s, the repetitions counted in the next."""
+        now = time.monotonic()
+        for who, held, span in self.gone.due(now):
+            log.info("clients went away before their answer %s", kv(peer=who, more=held, in_last_s=f"{span:.0f}"))
+        key = self.gone.key(request.remote or "?")
+        if self.gone.hit(key, now):
+            log.info(
+                "client went away before its answer %s", kv(peer=key, method=request.method, path=clip(request.path))
+            )
 
     def admit(self, conn: _Guarded) -> bool:
         if len(self.conns) >= self.cap:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hasync.diagnose import facts
@@ -48,13 +47,6 @@ def path_args(cfg: Config, raw: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _time(args: dict[str, Any], key: str) -> datetime:
-    try:
-        return datetime.fromisoformat(args[key])
-    except (KeyError, TypeError, ValueError):
-        raise BadRequest(f'"{key}" must be an ISO 8601 time') from None
-
-
 def run_op(cfg: Config, op: str, args: dict[str, Any]) -> Any:
     """One diagnosis operation on this node (what POST /v1/diag runs in the agent). Bad arguments
     raise BadRequest (400); any other exception is a bug (500)."""
@@ -74,8 +66,9 @@ def run_op(cfg: Config, op: str, args: dict[str, Any]) -> Any:
     if op == "log_summary":
         from hasync.collect import Masker
         from hasync.diagnose.logsummary import summarize
+        from hasync.logcut import window_time
 
-        start, end = _time(args, "start"), _time(args, "end")
+        start, end = window_time(args.get("start"), '"start"'), window_time(args.get("end"), '"end"')
         return summarize(cfg.node.log_dir, start, end, Masker.for_config(cfg).text)
     if op == "roots":
         return {d.name: str(d.path) for d in cfg.sync.dirs}

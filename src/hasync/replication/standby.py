@@ -28,7 +28,19 @@ from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_o
 from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
 from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
-from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, dec_entry, dec_head, dec_path, enc_path, unpack
+from hasync.protocol import (
+    F_DATA,
+    F_DONE,
+    F_END,
+    F_ERR,
+    F_HEAD,
+    dec_changes,
+    dec_entry,
+    dec_head,
+    dec_path,
+    enc_path,
+    unpack,
+)
 from hasync.quickcheck import QuickIndex, index_path
 from hasync.replication.apply import Applier, FileWriter, WritePipe
 from hasync.replication.base import Side
@@ -92,6 +104,9 @@ class StandbySide(Side):
         self.backups = BackupSets(cfg.backup.dir, cfg.cluster.role_name, cfg.backup.max_copies, cfg.backup.set_period_s)
         self.errors: dict[tuple[str, str], FileError] = {}
         self.peer_error: PeerError | None = None
+        # The active's change feed refused for its shape (a peer fault, sync_error): cleared by the next
+        # well-formed feed; meanwhile the standby falls back to full reconciles.
+        self.feed_error: PeerError | None = None
         self.instance = ""
         self.seq = 0
         self.with_owner = cfg.is_root
@@ -275,6 +290,13 @@ class StandbySide(Side):
                 until_full = self.cfg.sync.full_reconcile_s - (time.monotonic() - self._last_full)
                 wait = max(0.5, min(LONG_POLL_S, until_full, self.cfg.sync.retry_s if self.errors else LONG_POLL_S))
                 resp = await self._long_poll(wait)
+                try:
+                    resp = dec_changes(resp)
+                except ValueError as exc:
+                    self._feed_refused(exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
                 await self._apply_changes(resp)
                 backoff = 0.2
             except asyncio.CancelledError:
@@ -315,6 +337,15 @@ class StandbySide(Side):
         self.peer_error = exc
         self.in_sync = False
         self._poll_abort.set()
+
+    def _feed_refused(self, exc: ValueError) -> None:
+        """A change feed of the wrong shape: refused whole, logged when it starts or its reason changes."""
+        err = PeerError(f"refused the change feed of {self.cfg.peer.name}: {exc}")
+        if self.feed_error is None or self.feed_error.message != err.message:
+            log.error("refused the change feed of the active %s", kv(peer=self.cfg.peer.name, error=str(exc)))
+        self.feed_error = err
+        self._need_full = True
+        self.in_sync = False
 
     def peer_ok(self) -> None:
         if self.peer_error is not None:
@@ -465,6 +496,9 @@ class StandbySide(Side):
 
     # -- the change feed ---------------------------------------------------
     async def _apply_changes(self, resp: dict[str, Any]) -> None:
+        if self.feed_error is not None:
+            log.info("change feed of the active accepted again %s", kv(peer=self.cfg.peer.name))
+            self.feed_error = None
         if resp["reset"] or resp["instance"] != self.instance:
             self._need_full = True
             return
@@ -514,14 +548,14 @@ class StandbySide(Side):
         await self._after_apply()
 
     def _update_in_sync(self) -> None:
-        ok = self.peer_error is None and not self.errors and not self._need_full
+        ok = self.peer_error is None and self.feed_error is None and not self.errors and not self._need_full
         if ok:
             for name, remote in self.remote_roots.items():
                 tree = self.trees.get(name)
                 if remote is None or tree is None or tree.root_hash() != remote:
                     ok = False
                     break
-        if not ok and (self.errors or self.peer_error is not None):
+        if not ok and (self.errors or self.peer_error is not None or self.feed_error is not None):
             self._out_reported = True
         # Logged once at start and after a fault, not after every batch that had changes in flight.
         if ok and (self.in_sync is None or self._out_reported):
@@ -550,6 +584,8 @@ class StandbySide(Side):
         """The one cause to report: peer problems first, then the most frequent file cause."""
         if self.peer_error is not None:
             return self.peer_error.cause
+        if self.feed_error is not None:
+            return self.feed_error.cause
         if not self.errors:
             return None
         order = [Cause.SOURCE_MISSING, Cause.DISK_FULL, Cause.JUNK_FILE, Cause.PERMISSION_DENIED, Cause.SYNC_ERROR]
@@ -856,13 +892,14 @@ class StandbySide(Side):
 
     # -- status ------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
+        peer_error = self.peer_error or self.feed_error
         return {
             "in_sync": self.in_sync,
             "pending": self.pending,
             "last_sync_at": self.last_sync_at,
             "peer_error": None
-            if self.peer_error is None
-            else {"cause": self.peer_error.cause.value, "message": self.peer_error.message},
+            if peer_error is None
+            else {"cause": peer_error.cause.value, "message": peer_error.message},
             "errors": [e.as_json() for e in sorted(self.errors.values(), key=lambda e: (e.dir, e.path))],
             "cause": None if self.main_cause() is None else str(self.main_cause()),
             "seq": self.seq,
