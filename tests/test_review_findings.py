@@ -8,19 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from hasync.demo import write_pair
 from hasync.protocol import MSGPACK, pack
 from pairlib import PairEnv, wait_for
 from test_hostile_paths import GOOD_ROW, NumbersActive
@@ -102,75 +98,6 @@ def test_log_summary_with_extreme_times_is_a_clean_answer(make_pair, start: str,
     assert "Traceback" not in env.b.output()
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (("--bogus", "check", "--nagios"), "--bogus"),  # an option error before the command name
-        (("check", "--nagios=1"), "--nagios"),  # the flag itself given a value
-    ],
-)
-def test_nagios_option_errors_anywhere_are_unknown_on_stdout(
-    tmp_path: Path, args: tuple[str, ...], message: str
-) -> None:
-    """Issue 10 #3, variants: these exited 2 with nothing on stdout (Nagios: "(No output on stdout)")."""
-    r = subprocess.run(
-        [sys.executable, "-m", "hasync", *args, "-c", str(tmp_path / "none.toml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 3, r
-    assert r.stdout.startswith("HASYNC UNKNOWN - ") and message in r.stdout, r.stdout
-
-
-def _load_error(base: Path, extra: str) -> subprocess.CompletedProcess[str]:
-    pair = write_pair(base, extra=extra)
-    return subprocess.run(
-        [sys.executable, "-m", "hasync", "status", "--json", "-c", str(pair.config_b)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=base,
-    )
-
-
-SECRET = "S3cretPassw0rd"
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        f'[alarms]\nstore = "postgresql:/hasync:{SECRET}@db.example/hasync"\n',  # one slash short
-        f'[alarms]\nstore = "postgresql//hasync:{SECRET}@db.example/hasync"\n',  # the colon forgotten
-        f'[alarms]\n[[alarms.notify]]\nkind = "webhook"\nurl = "webhook:http://u:{SECRET}@hooks.example"\n',
-        f'[alarms]\n[[alarms.notify]]\nkind = "alertmanager"\nurl = "http:/u:{SECRET}@am.example:9093"\n',
-    ],
-    ids=["store-one-slash", "store-no-colon", "webhook-prefixed", "alertmanager-one-slash"],
-)
-def test_password_of_a_mistyped_url_never_shown(base: Path, extra: str) -> None:
-    """Issue 9 #11, variants: a URL whose scheme is mistyped is refused with the password in clear."""
-    r = _load_error(base, extra)
-    assert r.returncode == 2, r
-    assert SECRET not in r.stdout + r.stderr, r.stderr
-    assert r.stderr.count("\n") == 1, r.stderr
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        '[alarms]\n[[alarms.notify]]\nkind = "syslog"\nurl = "udp://127.0.0.1:0"\n',
-        '[alarms]\n[[alarms.notify]]\nkind = "webhook"\nurl = "http://127.0.0.1:0/hook"\n',
-        '[alarms]\nstore = "postgresql://hasync@127.0.0.1:0/hasync"\n',
-    ],
-    ids=["syslog", "webhook", "store"],
-)
-def test_port_zero_in_a_url_is_a_config_error(base: Path, extra: str) -> None:
-    """Issue 9 #10, variant: configuration.md says a port outside 1-65535 is a config error; port 0 loads."""
-    r = _load_error(base, extra)
-    assert r.returncode == 2, r
-    assert "alarms.notify[0].url" in r.stderr or "alarms.store" in r.stderr, r.stderr
-
-
 def test_client_dropping_mid_body_leaves_no_traceback_in_the_ha_log(make_pair) -> None:  # type: ignore[no-untyped-def]
     """Issue 9 #5/#6, variant: a client (the token holder: the peer, a CLI killed mid-request) that sends a
     whole head and part of a body, then goes away, made aiohttp log "ERROR [http] Error handling request"
@@ -195,32 +122,3 @@ def _answered_after(env: PairEnv) -> bool:
     """A request sent after the drops is answered: the agent's event loop has handled the drops before it."""
     status, _ = _diag(env, {"op": "roots"})
     return status == 200
-
-
-@pytest.mark.parametrize(
-    "key,old,new",
-    [
-        ("backup.dir", 'dir = "backup/node-b"', 'dir = "data/node-b/conf/bk"'),
-        ("state_dir", 'state_dir = "state/node-b"', 'state_dir = "data/node-b/conf/state"'),
-        ("sync.dirs", 'path = "data/node-b/udf"', 'path = "data/node-b/conf/udf"'),
-    ],
-    ids=["backup-in-sync-dir", "state-in-sync-dir", "sync-dir-in-sync-dir"],
-)
-def test_hasync_directories_inside_a_sync_dir_are_a_config_error(base: Path, key: str, old: str, new: str) -> None:
-    """Careless operator (not in issues 9/10): a [backup] dir inside a sync dir loads; on a live pair the
-    standby then treats its own backup sets as drift, fails "Invalid argument (on the standby)" on conf/bk
-    and raises alarm 45641 for good. Directories of hasync inside a sync dir (or sync dirs inside each
-    other) should be refused at load, naming the key."""
-    pair = write_pair(base)
-    text = pair.config_b.read_text()
-    assert old in text
-    pair.config_b.write_text(text.replace(old, new, 1))
-    r = subprocess.run(
-        [sys.executable, "-m", "hasync", "status", "--json", "-c", str(pair.config_b)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=base,
-    )
-    assert r.returncode == 2, r.stdout[-300:]
-    assert key in r.stderr and r.stderr.count("\n") == 1, r.stderr
