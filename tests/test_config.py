@@ -275,4 +275,4 @@ def test_malformed_config_one_line_naming_file_and_key(cfg: Path, mutate: Mutati
 
 
 def test_malformed_configs_are_many() -> None:
-    assert len(MALFORMED) >= 60 and len({i for i, _, _ in MALFORMED}) == len(MALFORMED)
+    assert len(MALFORMED) >= 95 and len({i for i, _, _ in MALFORMED}) == len(MALFORMED)
