@@ -156,6 +156,14 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("interval-1e300", sub("interval_s = 60", "interval_s = 1e300"), "check.interval_s"),
     ("interval-zero", sub("interval_s = 60", "interval_s = 0"), "check.interval_s"),
     ("interval-string", sub("interval_s = 60", 'interval_s = "soon"'), "check.interval_s"),
+    # strict types: no lax coercion of a boolean or a numeric string into a number, of 5.0 into an int, of
+    # 1 or "yes" into a flag (a TOML integer for a float key stays fine: `interval_s = 60`)
+    ("interval-true", sub("interval_s = 60", "interval_s = true"), "check.interval_s"),
+    ("interval-numeric-string", sub("interval_s = 60", 'interval_s = "2"'), "check.interval_s"),
+    ("max-copies-float", sub("max_copies = 5", "max_copies = 5.0"), "backup.max_copies"),
+    ("peer-timeout-string", put("peer", 'timeout_s = "5"'), "peer.timeout_s"),
+    ("audit-enabled-one", put("audit", "enabled = 1"), "audit.enabled"),
+    ("on-raise-string", put("diagnose", 'on_raise = "yes"'), "diagnose.on_raise"),
     ("raise-after-zero", put("check", "raise_after = 0"), "check.raise_after"),
     ("clear-after-float", put("check", "clear_after = 1.5"), "check.clear_after"),
     ("takeover-after-huge", put("check", "takeover_after = 99999999999"), "check.takeover_after"),
@@ -207,6 +215,14 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("state-dir-under-file", file_at("state"), "node.state_dir"),
     ("log-dir-under-file", file_at("logs"), "node.log_dir"),
     ("backup-dir-is-file", file_at("backup/node-a"), "backup.dir"),
+    # a directory of hasync inside a sync dir, or a sync dir inside another (live: the standby takes its own
+    # files for drift and raises alarm 45641 for good)
+    ("backup-in-sync-dir", sub('dir = "backup/node-a"', 'dir = "data/node-a/conf/bk"'), "backup.dir"),
+    ("state-in-sync-dir", sub('state_dir = "state/node-a"', 'state_dir = "data/node-a/conf/state"'), "node.state_dir"),
+    ("log-in-sync-dir", sub('log_dir = "logs/node-a"', 'log_dir = "data/node-a/udf"'), "node.log_dir"),
+    ("backup-in-sync-dir-dotdot", sub('dir = "backup/node-a"', 'dir = "backup/../data/node-a/udf/x"'), "backup.dir"),
+    ("sync-dir-in-sync-dir", sub('path = "data/node-a/udf"', 'path = "data/node-a/conf/udf"'), "sync.dirs[1].path"),
+    ("sync-dir-twice", sub('path = "data/node-a/udf"', 'path = "data/node-a/conf"'), "sync.dirs[0].path"),
     # the token file
     ("token-not-utf8", token_bytes(b"\xff\xfe\x00token\n"), "security.token_file"),
     ("token-empty", token_bytes(b"  \n"), "security.token_file"),
@@ -221,12 +237,19 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("store-bad-ipv6", put("alarms", f'store = "postgresql://u:{SECRET}@[::1/db"'), "alarms.store"),
     ("store-bad-port", put("alarms", f'store = "postgresql://u:{SECRET}@db:99999/x"'), "alarms.store"),
     ("store-space", put("alarms", f'store = "postgresql://u:{SECRET}@db /x"'), "alarms.store"),
+    ("store-one-slash", put("alarms", f'store = "postgresql:/hasync:{SECRET}@db.example/hasync"'), "alarms.store"),
+    ("store-no-colon", put("alarms", f'store = "postgresql//hasync:{SECRET}@db.example/hasync"'), "alarms.store"),
+    ("store-port-zero", put("alarms", 'store = "postgresql://hasync@127.0.0.1:0/hasync"'), "alarms.store"),
     # notifiers (their passwords never printed)
     ("notify-kind", notify("email", "http://x"), "alarms.notify[0].kind"),
     ("webhook-ftp", notify("webhook", f"ftp://u:{SECRET}@x/hook"), "alarms.notify[0].url"),
     ("webhook-no-host", notify("webhook", "http://"), "alarms.notify[0].url"),
     ("webhook-bad-port", notify("webhook", f"http://u:{SECRET}@x:70000/hook"), "alarms.notify[0].url"),
     ("webhook-bad-ipv6", notify("webhook", f"http://u:{SECRET}@[::1/hook"), "alarms.notify[0].url"),
+    ("webhook-prefixed", notify("webhook", f"webhook:http://u:{SECRET}@hooks.example"), "alarms.notify[0].url"),
+    ("alertmanager-one-slash", notify("alertmanager", f"http:/u:{SECRET}@am.example:9093"), "alarms.notify[0].url"),
+    ("webhook-port-zero", notify("webhook", "http://127.0.0.1:0/hook"), "alarms.notify[0].url"),
+    ("syslog-port-zero", notify("syslog", "udp://127.0.0.1:0"), "alarms.notify[0].url"),
     ("alertmanager-scheme", notify("alertmanager", "127.0.0.1:9093"), "alarms.notify[0].url"),
     ("syslog-http", notify("syslog", "http://x"), "alarms.notify[0].url"),
     ("syslog-facility", notify("syslog", "udp://x:514?facility=local9"), "alarms.notify[0].url"),
@@ -252,4 +275,4 @@ def test_malformed_config_one_line_naming_file_and_key(cfg: Path, mutate: Mutati
 
 
 def test_malformed_configs_are_many() -> None:
-    assert len(MALFORMED) >= 60 and len({i for i, _, _ in MALFORMED}) == len(MALFORMED)
+    assert len(MALFORMED) >= 95 and len({i for i, _, _ in MALFORMED}) == len(MALFORMED)

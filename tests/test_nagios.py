@@ -64,6 +64,24 @@ def test_option_errors_are_unknown_on_stdout(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stdout == "" and "No such option" in r.stderr
 
 
+def test_option_errors_anywhere_are_unknown_on_stdout(tmp_path: Path) -> None:
+    """With `--nagios` anywhere in argv, an error before the command name or on the flag itself is a plugin
+    answer too (these exited 2 with nothing on stdout: Nagios shows "(No output on stdout)")."""
+    none = str(tmp_path / "none.toml")
+    for args, message in (
+        (("--bogus", "check", "--nagios", "-c", none), "No such option '--bogus'"),
+        (("check", "--nagios=1", "-c", none), "Option '--nagios' does not take a value."),
+        (("--nagios", "check", "-c", none), "No such option '--nagios'"),
+        (("chekc", "--nagios", "-c", none), "No such command 'chekc'"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "hasync", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 3, (args, r)
+        assert r.stdout.startswith("HASYNC UNKNOWN - ") and message in r.stdout, (args, r.stdout)
+        assert r.stdout.count("\n") == 1 and "|" not in r.stdout, r.stdout
+    r = subprocess.run([sys.executable, "-m", "hasync", "--bogus", "check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "" and "No such option" in r.stderr  # without --nagios: usage error
+
+
 def test_own_agent_down_is_critical_on_both_nodes(make_pair) -> None:  # type: ignore[no-untyped-def]
     env: PairEnv = make_pair(interval_s=INTERVAL)
     (env.src / "conf" / "a.yaml").write_text("a")

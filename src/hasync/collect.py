@@ -144,8 +144,10 @@ class Window:
 # -- masking -----------------------------------------------------------------------------------------------------
 _SECRET_WORDS = r"(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key|credential)"
 SECRET_KEY_RE = re.compile(_SECRET_WORDS, re.IGNORECASE)
-# scheme://user:PASSWORD@ (group 2 is the password), also in a URL that does not parse
-URL_PASSWORD_RE = re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s:/@]*):([^\s@]*)@", re.IGNORECASE)
+# user:PASSWORD@ in any text (group 2 is the password): after scheme://, after a mistyped scheme
+# ("postgresql:/u:", "webhook:http://u:") or with none at all; a quote before the colon is JSON ("k":"a@b"), and
+# "//" after it is a scheme ("http://user@h"), not a password
+URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*:/+[^\s:/@\"']*|[^\s:/@\"']+):(?!//)([^\s@]*)@", re.IGNORECASE)
 _QUERY_PW_RE = re.compile(r"([?&;](?:pwd|access_token|" + _SECRET_WORDS[3:-1] + r")=)[^&\s#\"']*", re.IGNORECASE)
 _KV_RE = re.compile("(" + _SECRET_WORDS + r"[\w.-]*=)(\"(?:[^\"\\\n]|\\.)*\"|[^\s&\"']*)", re.IGNORECASE)
 _JSON_KV_RE = re.compile(r'("[^"\n]*' + _SECRET_WORDS + r'[^"\n]*"\s*:\s*)"(?:[^"\\\n]|\\.)*"', re.IGNORECASE)
@@ -205,7 +207,7 @@ class Masker:
     def text(self, s: str) -> str:
         if self._known_re is not None:
             s = self._known_re.sub(MASK, s)
-        if "://" in s and "@" in s:
+        if "@" in s and ":" in s:
             s = URL_PASSWORD_RE.sub(r"\1:" + MASK + "@", s)
         if "Bearer" in s or "Basic" in s:
             s = _AUTH_RE.sub(r"\1 " + MASK, s)

@@ -8,7 +8,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from hasync.errors import ConfigError
 
@@ -25,7 +34,10 @@ TiB = 1 << 40
 
 class _Section(BaseModel):
     # inf and nan are refused in every float setting ("interval_s = inf" would mean: never check).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Strict: a number must be a TOML number and a flag a TOML boolean (`interval_s = true` or `= "2"` is an
+    # error, not 1.0 or 2.0); a TOML integer is still a float (`interval_s = 60`). Paths and arrays say
+    # `Strict(False)`: TOML gives str and list for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 def _no_nul(value: Any) -> Any:
@@ -41,7 +53,7 @@ def _one_line(value: str) -> str:
 
 
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_one_line)]
-FilePath = Annotated[Path, AfterValidator(_no_nul)]
+FilePath = Annotated[Path, Strict(False), AfterValidator(_no_nul)]
 
 
 def _host_port(value: str) -> str:
@@ -96,9 +108,9 @@ class SyncDir(_Section):
 
 
 class SyncSection(_Section):
-    dirs: tuple[SyncDir, ...] = Field(min_length=1, description="the synchronized directories")
+    dirs: tuple[SyncDir, ...] = Field(min_length=1, strict=False, description="the synchronized directories")
     exclude: tuple[Annotated[str, Field(min_length=1), AfterValidator(_one_line)], ...] = Field(
-        (), description="glob patterns, relative to each sync dir"
+        (), strict=False, description="glob patterns, relative to each sync dir"
     )
     full_reconcile_s: float = Field(300.0, ge=1, le=WEEK_S, description="period of the full reconcile")
     retry_s: float = Field(10.0, ge=0.1, le=DAY_S, description="retry failed paths after this")
@@ -152,7 +164,7 @@ class NotifySection(_Section):
 
 class AlarmsSection(_Section):
     store: str = Field("sqlite", description='"sqlite" or a postgresql:// URL')
-    notify: tuple[NotifySection, ...] = ()
+    notify: tuple[NotifySection, ...] = Field((), strict=False)
     resend_s: float = Field(60.0, ge=1, le=DAY_S, description="Alertmanager: re-send firing alerts this often")
     resolved_retention_s: float = Field(
         900.0, ge=0, le=WEEK_S, description="Alertmanager: keep re-sending a resolved alert"
@@ -174,7 +186,7 @@ class ConsoleUser(_Section):
 
 
 class ConsoleSection(_Section):
-    users: tuple[ConsoleUser, ...] = ()
+    users: tuple[ConsoleUser, ...] = Field((), strict=False)
 
 
 class DiagnoseSection(_Section):
@@ -341,6 +353,24 @@ def ensure_dirs(cfg: Config) -> None:
             raise ConfigError(f"{cfg.path}: {key}: cannot create {path}: {exc.strerror}") from None
 
 
+def _check_nesting(cfg_path: Path, node: NodeSection, dirs: tuple[SyncDir, ...], backup_dir: Path) -> None:
+    """ConfigError when a directory of hasync (state, log, backup) is inside a sync dir, or a sync dir inside
+    another: the standby would take its own files for drift (or sync a dir twice) and fail for good.
+    Compared as resolved absolute paths (symbolic links followed as far as they exist)."""
+    real = [(d, d.path.resolve()) for d in dirs]
+    own = (("node.state_dir", node.state_dir), ("node.log_dir", node.log_dir), ("backup.dir", backup_dir))
+    for key, path in own:
+        for d, root in real:
+            if path.resolve().is_relative_to(root):
+                raise ConfigError(f"{cfg_path}: {key}: {path} is inside sync dir {d.name!r} ({d.path})")
+    for i, (d, root) in enumerate(real):
+        for other, other_root in real:
+            if other is not d and root.is_relative_to(other_root):
+                raise ConfigError(
+                    f"{cfg_path}: sync.dirs[{i}].path: {d.path} is inside sync dir {other.name!r} ({other.path})"
+                )
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Load, validate and resolve a node config; raise ConfigError with one line."""
     cfg_path = Path(path)
@@ -406,6 +436,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         problem = _dir_problem(where)
         if problem:
             raise ConfigError(f"{cfg_path}: {key}: {problem}")
+    _check_nesting(cfg_path, node, dirs, backup.dir)
     if sec.token_file is None:
         raise ConfigError(f"{cfg_path}: security.token_file: missing required key")
     token = _read_token(sec.token_file, f"{cfg_path}: security.token_file")

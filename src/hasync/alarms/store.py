@@ -143,7 +143,11 @@ class AlarmStore(Protocol):
 def mask_url(url: str) -> str:
     """`url` with any password (user info or ``password=`` query parameter) replaced by ``***``.
 
-    A URL that cannot be split is masked by pattern, like any text in a bundle (`collect.Masker`)."""
+    Then masked by pattern like any text in a bundle (`collect.Masker`): a ``user:password@`` is masked
+    also where the scheme is mistyped (``postgresql:/u:pw@h``, ``webhook:http://u:pw@h``) or the URL
+    cannot be split. Every message that quotes a configured URL shows it through this function."""
+    from hasync.collect import Masker
+
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
@@ -156,17 +160,18 @@ def mask_url(url: str) -> str:
             pairs = parse_qsl(query, keep_blank_values=True)
             if any(k.lower() == "password" for k, _ in pairs):
                 query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        url = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
-        from hasync.collect import Masker
-
-        return Masker().text(url)
+        pass
+    return Masker().text(url)
 
 
 def url_secrets(url: str) -> list[str]:
     """The password of `url` as written and decoded, to scrub from driver messages (also when `url`
-    cannot be split: then found by the pattern `collect.Masker` masks URLs with)."""
-    out: list[str] = []
+    cannot be split or its scheme is mistyped: then found by the pattern `collect.Masker` masks URLs with)."""
+    from hasync.collect import URL_PASSWORD_RE
+
+    out: list[str] = [m.group(2) for m in URL_PASSWORD_RE.finditer(url)]
     try:
         parts = urlsplit(url)
         query = parts.query
@@ -174,14 +179,19 @@ def url_secrets(url: str) -> list[str]:
         if ":" in userinfo:
             out.append(userinfo.partition(":")[2])
     except ValueError:
-        from hasync.collect import URL_PASSWORD_RE
-
-        out.extend(m.group(2) for m in URL_PASSWORD_RE.finditer(url))
         query = url.partition("?")[2].partition("#")[0]
     out.extend(v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() == "password")
     for s in list(out):
         out.extend({unquote(s), quote(s, safe="")})
     return sorted({s for s in out if s}, key=len, reverse=True)
+
+
+def url_port(url: str) -> int | None:
+    """The port `url` names (None: none given); ValueError unless it is 1-65535 (`urlsplit` lets 0 through)."""
+    port = urlsplit(url).port
+    if port == 0:
+        raise ValueError("port 0 is out of range 1-65535")
+    return port
 
 
 def one_line(message: object, secrets: Sequence[str] = ()) -> str:
@@ -206,8 +216,7 @@ def check_store(store: str) -> None:
     if any(ch.isspace() or ord(ch) < 32 for ch in store):
         raise ValueError(f"{mask_url(store)!r}: a URL must not contain spaces or control characters")
     try:
-        parts = urlsplit(store)
-        parts.port  # noqa: B018 - validates the port
+        url_port(store)
     except ValueError as exc:
         raise ValueError(f"{mask_url(store)!r}: not a valid URL ({exc})") from None
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from hasync.alarms import rfc5424
-from hasync.alarms.store import mask_url
+from hasync.alarms.store import mask_url, url_port
 
 SYSLOG_DEFAULT_PORT = 514
 SYSLOG_UDP_SCHEMES = ("syslog+udp", "udp", "syslog")
@@ -32,7 +32,7 @@ def _split(url: str) -> tuple[str, str, int | None, str]:
         raise ValueError("must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
-        port = parts.port
+        port = url_port(url)
     except ValueError as exc:
         raise ValueError(f"not a valid URL ({exc})") from None
     return parts.scheme.lower(), parts.hostname or "", port, parts.query

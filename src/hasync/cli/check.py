@@ -11,21 +11,7 @@ from hasync.cli import main
 from hasync.cli.common import config_option, handle_errors, human_bytes, print_json
 
 
-class _PluginCommand(click.Command):
-    """`check`: with `--nagios` an option error is a plugin answer too (UNKNOWN, exit 3), not a usage
-    message on stderr and exit 2, which Nagios shows as CRITICAL "(No output on stdout)"."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        nagios = "--nagios" in args
-        try:
-            return super().parse_args(ctx, args)
-        except click.ClickException as exc:
-            if not nagios:
-                raise
-            _plugin_exit("UNKNOWN", exc.format_message())
-
-
-@main.command(cls=_PluginCommand)
+@main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as one JSON document")
 @click.option("--nagios", is_flag=True, help="Nagios plugin output and exit codes (0 OK, 2 CRITICAL, 3 UNKNOWN)")
@@ -38,7 +24,7 @@ def check(config_path: str, as_json: bool, nagios: bool, deep: bool) -> None:
     (with --nagios: CRITICAL, this node's agent is not running). With --deep a difference the audit
     found is out of sync (exit 1) even though it was repaired."""
     if nagios and deep:
-        _plugin_exit("UNKNOWN", "--deep does not go with --nagios (a deep check reads every file)")
+        plugin_exit("UNKNOWN", "--deep does not go with --nagios (a deep check reads every file)")
     if nagios:
         _nagios(config_path)
         return
@@ -60,8 +46,9 @@ def _plain(config_path: str, as_json: bool, deep: bool = False) -> None:
     sys.exit(0 if doc["in_sync"] else 1)
 
 
-def _plugin_exit(state: str, text: str) -> NoReturn:
-    """Print the plugin line of an answer without a verdict and exit with its code."""
+def plugin_exit(state: str, text: str) -> NoReturn:
+    """Print the plugin line of an answer without a verdict and exit with its code (also the group's
+    answer to a command-line error with `--nagios`, `hasync.cli._Hasync`)."""
     from hasync.check import nagios_line
 
     line, code = nagios_line(state, text)
@@ -78,11 +65,11 @@ def _nagios(config_path: str) -> None:
     try:
         line, code = asyncio.run(_nagios_answer(config_path))
     except HasyncError as exc:
-        _plugin_exit("UNKNOWN", exc.message)
+        plugin_exit("UNKNOWN", exc.message)
     except KeyboardInterrupt:
-        _plugin_exit("UNKNOWN", "interrupted")
+        plugin_exit("UNKNOWN", "interrupted")
     except Exception as exc:  # a plugin answers whatever happens: a bug is UNKNOWN with its message
-        _plugin_exit("UNKNOWN", f"internal error: {type(exc).__name__}: {exc}")
+        plugin_exit("UNKNOWN", f"internal error: {type(exc).__name__}: {exc}")
     click.echo(line)
     sys.exit(code)
 
