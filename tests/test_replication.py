@@ -321,6 +321,7 @@ def test_local_change_during_a_repair_is_repaired_too(make_pair) -> None:  # typ
     # A second local change while that repair runs: its event is looked at once the repair's writes
     # are done, and it must bring a repair of its own (not wait for the full reconcile, 300 s away).
     (env.dst / "udf" / "lib-07.jar").unlink()
-    env.wait_in_sync(30)
+    env.wait_in_sync(30)  # without the second repair: not before the full reconcile, 300 s away
+    assert (env.dst / "udf" / "lib-07.jar").read_bytes() == (env.src / "udf" / "lib-07.jar").read_bytes()
     log = (env.pair.base / "logs" / "node-b" / "ha.log").read_text()
-    assert "changed locally, repairing dir=udf path=lib-07.jar" in log
+    assert "changed locally, repairing dir=udf path=big.bin" in log  # one line per repair, not one per path
