@@ -32,7 +32,7 @@ Generated trees live under ``<work>/trees`` and are reused by later runs with th
 everything else lives under ``<work>/run``, which is recreated on each run (and removed at the end
 unless ``--keep``). Results: a table on stdout and ``bench/out/replication.json``.
 
-Run:  /work/venv/bin/python bench/replication.py [--quick] [--only 1,2,3,4] [--work DIR] [--seed N]
+Run:  .venv/bin/python bench/replication.py [--quick] [--only 1,2,3,4] [--work DIR] [--seed N]
 """
 
 from __future__ import annotations
