@@ -187,9 +187,6 @@ class Applier:
         self.fds = DirFds(d.path)
         self.root_fd = self.fds.get("")
         self.pending: list[_Pending] = []
-        # Files renamed into place, whose tree entry holds their stat after the rename: the standby's own
-        # event for each may trust that entry while the stat still matches (Side._own_write).
-        self.placed: set[str] = set()
         self.pending_bytes = 0
         self.flushing: asyncio.Task[None] | None = None  # the batch being made durable (standby pipelining)
         self._dir_modes: dict[str, Entry] = {}
@@ -355,8 +352,6 @@ class Applier:
             parents.add(p.parent)
             same_file = placed.st_ino == p.entry.ino
             self.tree.put(p.rel, p.entry._replace(ctime_ns=placed.st_ctime_ns if same_file else 0))
-            if same_file:
-                self.placed.add(p.rel)
         if self.fsync_each:
             # A few files: make the renames durable now. Big batches get one syncfs at the end.
             for parent in parents:

@@ -113,12 +113,6 @@ class Side:
         """A path's entry really changed (the role decides what that means)."""
         raise NotImplementedError
 
-    def _own_write(self, dir_name: str, rel: str) -> bool:
-        """Whether the event on `rel` is this node's own write (the standby's rename into place), looked at
-        once: then its tree entry, made from the stat after the rename, is the cache to check the stat
-        against (ino, size, mtime and ctime: any later write changes the ctime). The active writes nothing."""
-        return False
-
     def _touched(self, path: str | Path) -> None:
         """An event arrived for `path` (before it is looked at): a scan in progress looks at it again after."""
         if self._scanning is not None:
@@ -301,14 +295,12 @@ class Side:
                 self._merge(d, tree, rel, st, sub)
             return
         read = lambda: read_file_entry(pfd, name)
-        # An event on the path: its cached digest is not trusted, whatever its stat says (prev None), unless
-        # the event is this node's own rename of a file whose stat after the rename is still what it is.
-        prev = old if self._own_write(d.name, rel) else None
+        # An event on the path: its cached digest is not trusted, whatever its stat says (prev None).
         try:
             if stat.S_ISREG(st.st_mode) and st.st_size > BIG_FILE:
-                new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", prev, time.time_ns())
+                new = await asyncio.to_thread(stat_entry, name, st, read, lambda: "", None, time.time_ns())
             else:
-                new = stat_entry(name, st, read, lambda: os.readlink(name, dir_fd=pfd), prev, time.time_ns())
+                new = stat_entry(name, st, read, lambda: os.readlink(name, dir_fd=pfd), None, time.time_ns())
         except FileNotFoundError:
             if tree.remove(rel) is not None:
                 self._changed(d.name, rel)

@@ -53,7 +53,6 @@ TREE_BATCH = 256
 RETRIES = 5
 BUSY_RETRY_S = 0.5  # a file that kept changing while read is asked for again after this
 FSYNC_EACH_MAX = 16  # up to this many files, fsync each; above, one syncfs per batch
-MAX_PLACED = 200_000  # own renames awaiting their event (Applier.placed), per sync dir
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -121,7 +120,6 @@ class StandbySide(Side):
         self._last_full = 0.0
         self.missing: set[str] = set()
         self._deferred: set[str] = set()
-        self._placed: dict[str, set[str]] = {}  # per sync dir: files this node renamed into place, event pending
         self._kick_task: asyncio.Task[None] | None = None
         self._kick_again = False
         self._poll_abort = asyncio.Event()
@@ -233,13 +231,6 @@ class StandbySide(Side):
         if self._deferred:
             paths, self._deferred = self._deferred, set()
             await super().refresh(paths)
-
-    def _own_write(self, dir_name: str, rel: str) -> bool:
-        placed = self._placed.get(dir_name)
-        if placed is None or rel not in placed:
-            return False
-        placed.discard(rel)
-        return True
 
     def _changed(self, dir_name: str, rel: str) -> None:
         if self._kick_task is None or self._kick_task.done():  # one line per repair, not one per path
@@ -624,10 +615,6 @@ class StandbySide(Side):
         if not (plan.fetch or plan.make or plan.chmod or plan.delete):
             return
         applier = Applier(d, tree, self.backups, self.cfg.is_root, fsync_each=len(plan.fetch) <= FSYNC_EACH_MAX)
-        placed = self._placed.setdefault(d.name, set())
-        if len(placed) > MAX_PLACED:  # events that never came (an overflow, a rescan): forget, re-read instead
-            placed.clear()
-        applier.placed = placed
         self._dirty.add(d.name)
         try:
             for rel in plan.delete:

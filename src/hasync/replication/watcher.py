@@ -34,6 +34,7 @@ from pathlib import Path
 
 from inotify_simple import INotify, flags
 
+from hasync.fsutil import is_tmp_name
 from hasync.halog import kv
 
 log = logging.getLogger("hasync.watcher")
@@ -55,6 +56,7 @@ ROOT_MASK = _EVENTS | flags.ONLYDIR | flags.EXCL_UNLINK  # a root configured thr
 QUIET_S = 0.005  # a batch is handed on once no event came for this long...
 MAX_BATCH_S = 0.2  # ...or once its first event is this old
 BACKOFF_S = (1.0, 60.0)  # first and longest wait before a failed instance is reopened
+MAX_OWN_MOVES = 10_000  # rename halves awaiting their MOVED_TO
 STABLE_S = 600.0  # a failure this long after the last one waits the shortest backoff again
 
 
@@ -81,6 +83,8 @@ class DirWatcher:
         self.root = root
         self._sink = sink
         self._lock = threading.Lock()  # watches are added from the scan's worker thread
+        # Cookies of renames away from a hasync temp name: the standby's own rename into place (see _read).
+        self._own_moves: set[int] = set()
         self._ino: INotify | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wd: dict[int, str] = {}
@@ -265,6 +269,18 @@ class DirWatcher:
                     if reldir == "" and mask & (flags.MOVE_SELF | flags.DELETE_SELF):
                         b.root_moved = True
                     b.paths.add(reldir)
+                    continue
+                if is_tmp_name(ev.name):
+                    # hasync's own temp files are never synchronized: nothing to look at. Renamed away, it is
+                    # the standby placing a file it wrote and recorded (apply.py): the rename's other half,
+                    # the final name's MOVED_TO, is no change either. Any later write gives its own event.
+                    if mask & flags.MOVED_FROM:
+                        if len(self._own_moves) >= MAX_OWN_MOVES:  # halves that never came (moved out of view)
+                            self._own_moves.clear()
+                        self._own_moves.add(ev.cookie)
+                    continue
+                if mask & flags.MOVED_TO and ev.cookie in self._own_moves:
+                    self._own_moves.discard(ev.cookie)
                     continue
                 rel = f"{reldir}/{ev.name}" if reldir else ev.name
                 b.paths.add(rel)
