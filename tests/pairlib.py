@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -12,13 +13,15 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+from aiohttp import web
 from ephemeral_port_reserve import reserve
 
 from hasync.demo import Pair, write_pair
@@ -255,3 +258,35 @@ def cleanup_base(base: Path) -> None:
             except OSError:
                 pass
     shutil.rmtree(base, ignore_errors=True)
+
+
+class FakePeer:
+    """A fake peer agent on 127.0.0.1:`port`, served by aiohttp on its own thread and event loop, for
+    tests of what the real agent does with hostile answers. Subclasses add their routes in `routes`."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.runner: web.AppRunner | None = None
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        async def start() -> None:
+            app = web.Application()
+            self.routes(app)
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

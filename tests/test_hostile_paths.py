@@ -32,7 +32,7 @@ from hasync.protocol import F_DATA, F_DONE, F_END, F_HEAD, MSGPACK, dec_entry, d
 from hasync.replication.active import ActiveSide
 from hasync.replication.apply import Applier
 from hasync.replication.partials import Partial, Partials
-from pairlib import PairEnv, snapshot, wait_for
+from pairlib import FakePeer, PairEnv, snapshot, wait_for
 
 HOSTILE_TRIED: dict[str, int] = {}  # test name -> hostile inputs tried (reported in the closing note)
 
@@ -457,16 +457,13 @@ def test_fuzzed_file_headers_decode_in_range_or_are_refused(fields: list[Any]) -
         HOSTILE_TRIED["fuzzed_heads"] = HOSTILE_TRIED.get("fuzzed_heads", 0) + 1
 
 
-class NumbersActive:
+class NumbersActive(FakePeer):
     """A fake active listing good files beside entries and file headers with out-of-range numbers."""
 
     BODY = b"good"
 
     def __init__(self, port: int) -> None:
-        self.port = port
-        self.loop = asyncio.new_event_loop()
-        self.runner: web.AppRunner | None = None
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        super().__init__(port)
         digest = blake3.blake3(self.BODY).digest()
         self.rows: dict[bytes, list[Any]] = {
             b"good-1.txt": list(GOOD_ROW),
@@ -531,26 +528,11 @@ class NumbersActive:
         doc = {"instance": "i", "seq": 1, "reset": False, "changes": [], "roots": {}, "with_owner": True}
         return web.Response(body=pack(doc), content_type=MSGPACK)
 
-    def __enter__(self) -> NumbersActive:
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_get("/v1/info", self.info)
-            app.router.add_post("/v1/tree", self.tree)
-            app.router.add_post("/v1/files", self.files)
-            app.router.add_get("/v1/changes", self.changes)
-            self.runner = web.AppRunner(app)
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/info", self.info)
+        app.router.add_post("/v1/tree", self.tree)
+        app.router.add_post("/v1/files", self.files)
+        app.router.add_get("/v1/changes", self.changes)
 
 
 @pytest.fixture

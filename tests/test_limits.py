@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hasync import config
 from hasync.agent.server import Agent
 from hasync.protocol import MSGPACK, pack
-from pairlib import PairEnv, wait_for
+from pairlib import FakePeer, PairEnv, wait_for
 
 LIMITS = "\n[limits]\n"
 
@@ -354,14 +354,12 @@ def test_a_bug_of_ours_is_500_and_logged(make_pair, caplog: pytest.LogCaptureFix
     assert any("request failed" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
-class HugeInfo:
+class HugeInfo(FakePeer):
     """A fake active whose answers (/v1/info first) are `size` bytes, sent in chunks (never held whole)."""
 
     def __init__(self, port: int, size: int) -> None:
-        self.port, self.size = port, size
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runner: web.AppRunner | None = None
+        super().__init__(port)
+        self.size = size
         self.sent = 0
 
     async def info(self, request: web.Request) -> web.StreamResponse:
@@ -378,23 +376,8 @@ class HugeInfo:
         await resp.write_eof()
         return resp
 
-    def __enter__(self) -> HugeInfo:
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_route("*", "/v1/{what:.*}", self.info)  # every answer is huge
-            self.runner = web.AppRunner(app)
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/v1/{what:.*}", self.info)  # every answer is huge
 
 
 @pytest.fixture

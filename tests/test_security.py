@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from hasync.protocol import F_DATA, F_DONE, F_END, F_HEAD, FRAMES, MSGPACK, frame, pack, unpack
-from pairlib import PairEnv, snapshot, wait_for
+from pairlib import FakePeer, PairEnv, snapshot, wait_for
 
 
 def http(url: str, token: str | None = None) -> tuple[int, bytes]:
@@ -65,14 +64,11 @@ def test_wrong_token_on_standby_reports_auth_failed(make_pair) -> None:  # type:
     assert not (env.dst / "conf" / "x.yaml").exists()
 
 
-class HostileActive:
+class HostileActive(FakePeer):
     """A fake active agent that lists and streams hostile paths."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
-        self.loop = asyncio.new_event_loop()
-        self.runner: web.AppRunner | None = None
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        super().__init__(port)
 
     def entry(self, kind: str = "f", size: int = 4) -> list[Any]:
         import blake3
@@ -147,26 +143,11 @@ class HostileActive:
             content_type=MSGPACK,
         )
 
-    def __enter__(self) -> HostileActive:
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_get("/v1/info", self.info)
-            app.router.add_post("/v1/tree", self.tree)
-            app.router.add_post("/v1/files", self.files)
-            app.router.add_get("/v1/changes", self.changes)
-            self.runner = web.AppRunner(app)
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/info", self.info)
+        app.router.add_post("/v1/tree", self.tree)
+        app.router.add_post("/v1/files", self.files)
+        app.router.add_get("/v1/changes", self.changes)
 
 
 @pytest.fixture
