@@ -216,15 +216,7 @@ class DirWatcher:
         """Remove the watches of `top` and below (moved away), or of those not in `keep` (after a scan)."""
         prefix = top + "/" if top else ""
         with self._lock:
-            drop = [r for r in self._rel if (r == top or r.startswith(prefix)) and (keep is None or r not in keep)]
-            for r in drop:
-                wd = self._rel.pop(r)
-                self._wd.pop(wd, None)
-                if self._ino is not None:
-                    try:
-                        self._ino.rm_watch(wd)
-                    except OSError:
-                        pass
+            self._drop([r for r in self._rel if (r == top or r.startswith(prefix)) and (keep is None or r not in keep)])
             self.unwatched -= {
                 r for r in self.unwatched if (r == top or r.startswith(prefix)) and (keep is None or r not in keep)
             }
@@ -296,7 +288,11 @@ class DirWatcher:
     def _forget_moved(self, top: str) -> None:
         """A watched directory was renamed away (lock held): its watches' paths are stale."""
         prefix = top + "/"
-        for r in [r for r in self._rel if r == top or r.startswith(prefix)]:
+        self._drop([r for r in self._rel if r == top or r.startswith(prefix)])
+
+    def _drop(self, rels: list[str]) -> None:
+        """Remove the watches of these watched directories (lock held)."""
+        for r in rels:
             wd = self._rel.pop(r)
             self._wd.pop(wd, None)
             if self._ino is not None:
