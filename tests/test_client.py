@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 
-from hasync.agent.client import AgentClient
 from hasync.errors import Cause, PeerError
+from hasync.peer.client import AgentClient
 
 
 class ResettingServer:

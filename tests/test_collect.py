@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 import pytest
 
-from hasync.agent.client import AgentClient
 from hasync.alarms.model import Identity
 from hasync.alarms.store import open_store
 from hasync.clock import OFFSET_ENV as CLOCK_OFFSET_ENV
@@ -35,6 +34,7 @@ from hasync.collect import (
 )
 from hasync.errors import UsageError
 from hasync.logcut import LogRecord, parse_lines
+from hasync.peer.client import AgentClient
 from pairlib import PairEnv
 from test_logcut import PER_FILE, TRACEBACK, Entry, base_time, fmt, in_window, make_entries, write_log_set
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from hasync import config
 from hasync.agent.server import Agent
-from hasync.protocol import MSGPACK, pack
+from hasync.peer.protocol import MSGPACK, pack
 from pairlib import PairEnv, cleanup_base, make_base, new_pair, snapshot
 
 EXAMPLES = int(os.environ.get("HASYNC_FUZZ_EXAMPLES", "3000"))

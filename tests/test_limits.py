@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hasync import config
 from hasync.agent.server import Agent
-from hasync.protocol import MSGPACK, pack
+from hasync.peer.protocol import MSGPACK, pack
 from pairlib import FakePeer, PairEnv, wait_for
 
 LIMITS = "\n[limits]\n"
@@ -189,7 +189,7 @@ def test_slow_clients_neither_stop_healthz_nor_replication(make_pair) -> None:  
 def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(make_pair) -> None:  # type: ignore[no-untyped-def]
     env: PairEnv = make_pair(extra=LIMITS + "max_connections = 8\n")
     env.a.start()  # alone: the standby's connections would count too
-    from hasync.protocol import unpack
+    from hasync.peer.protocol import unpack
 
     url = f"http://127.0.0.1:{env.pair.port_a}/v1/info"
     info = unpack(wait_for(lambda: (r := http(url, env.a.token))[0] == 200 and r[1], 30, what="the first scan"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hasync.protocol import unpack
+from hasync.peer.protocol import unpack
 from pairlib import ROOT, PairEnv, snapshot, wait_for
 
 FAST_S = 15  # well under the periodic rescan (300 s): only the watcher can bring a change this fast

@@ -17,8 +17,8 @@ from hasync.fsutil import atomic_write
 from hasync.halog import kv
 
 if TYPE_CHECKING:
-    from hasync.agent.client import AgentClient
     from hasync.audit import Finding
+    from hasync.peer.client import AgentClient
     from hasync.replication.active import ActiveSide
     from hasync.replication.standby import StandbySide
 

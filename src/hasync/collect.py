@@ -47,8 +47,8 @@ from hasync.errors import HasyncError, PeerError, UsageError
 from hasync.logcut import ENTRY_RE, CutStats, LogRecord, iter_window
 
 if TYPE_CHECKING:
-    from hasync.agent.client import AgentClient
     from hasync.config import Config
+    from hasync.peer.client import AgentClient
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 200_000_000
@@ -544,7 +544,7 @@ class ClockOffset:
 
 async def measure_offset(peer: AgentClient, samples: int = INFO_SAMPLES) -> tuple[ClockOffset, dict[str, Any]]:
     """The peer's clock offset and its identity (from ``GET /v1/collect/info``)."""
-    from hasync.protocol import API
+    from hasync.peer.protocol import API
 
     best: tuple[float, float] | None = None
     info: dict[str, Any] = {}
@@ -574,7 +574,7 @@ async def stream_peer_log(
     ``("ERROR", "WARN")``) keeps only entries of those levels. `logcut.parse_lines` reads the text back."""
     import aiohttp
 
-    from hasync.protocol import API, FRAME_HEADER, MAX_FRAME, unpack
+    from hasync.peer.protocol import API, FRAME_HEADER, MAX_FRAME, unpack
 
     params = {"start": start.isoformat(), "end": end.isoformat()}
     if levels:
@@ -726,7 +726,7 @@ async def _local_alarms(cfg: Config, part: NodePart) -> list[dict[str, Any]]:
 
 
 async def _local_status(cfg: Config, part: NodePart) -> dict[str, Any]:
-    from hasync.agent.client import AgentClient
+    from hasync.peer.client import AgentClient
 
     async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as me:
         try:
@@ -745,8 +745,8 @@ async def _local_status(cfg: Config, part: NodePart) -> dict[str, Any]:
 
 async def peer_part(cfg: Config, window: Window, spool_dir: Path, masker: Masker, progress: ProgressFn) -> NodePart:
     """The peer's part through its agent; when the peer cannot be reached, a part that says why."""
-    from hasync.agent.client import AgentClient
-    from hasync.protocol import API
+    from hasync.peer.client import AgentClient
+    from hasync.peer.protocol import API
 
     part = NodePart(cfg.peer.name, False, window, hostname=cfg.peer.hostname)
     async with AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name) as peer:
@@ -799,9 +799,9 @@ async def peer_part(cfg: Config, window: Window, spool_dir: Path, masker: Masker
 # -- alarms ------------------------------------------------------------------------------------------------------
 async def find_alarm(cfg: Config, fingerprint: str) -> tuple[dict[str, Any], str]:
     """The alarm `fingerprint` names (its active one, else its latest) and the node whose store has it."""
-    from hasync.agent.client import AgentClient
     from hasync.alarms.store import SQLITE_FILE, open_store
-    from hasync.protocol import API
+    from hasync.peer.client import AgentClient
+    from hasync.peer.protocol import API
 
     if cfg.alarms.store != "sqlite" or (cfg.node.state_dir / SQLITE_FILE).exists():
         store = await asyncio.to_thread(open_store, cfg.alarms.store, cfg.node.state_dir)

@@ -40,10 +40,10 @@ from hasync.errors import Cause, PeerError
 from hasync.halog import kv
 
 if TYPE_CHECKING:
-    from hasync.agent.client import AgentClient
     from hasync.alarms.model import Alarm, Identity
     from hasync.alarms.notify import Dispatcher
     from hasync.alarms.store import AlarmStore
+    from hasync.peer.client import AgentClient
 
 log = logging.getLogger("hasync.alarm")
 

@@ -26,7 +26,7 @@ from hasync.collect import (
 )
 from hasync.halog import utc_offset
 from hasync.logcut import CutStats, iter_window, window_time
-from hasync.protocol import API, frame, pack
+from hasync.peer.protocol import API, frame, pack
 
 if TYPE_CHECKING:
     from hasync.agent.server import Agent

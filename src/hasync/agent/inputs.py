@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from hasync.errors import BadRequest, TooLarge
-from hasync.protocol import unpack
+from hasync.peer.protocol import unpack
 
 MAX_DEPTH = 32  # nesting of a JSON or msgpack body; ours are at most 6 deep
 T = TypeVar("T")

@@ -36,7 +36,7 @@ from hasync.errors import (
 )
 from hasync.fsutil import StateLock
 from hasync.halog import Throttle, clip, kv
-from hasync.protocol import API, FRAMES, MSGPACK, dec_path, pack
+from hasync.peer.protocol import API, FRAMES, MSGPACK, dec_path, pack
 from hasync.replication.active import ActiveSide
 from hasync.replication.base import Side
 from hasync.replication.standby import StandbySide
@@ -63,8 +63,8 @@ class Agent:
     """One node's agent: the role's side, the periodic check, the alarms, the HTTP API."""
 
     def __init__(self, cfg: Config) -> None:
-        from hasync.agent.client import AgentClient
         from hasync.metrics import Metrics
+        from hasync.peer.client import AgentClient
 
         self.cfg = cfg
         self.ready = False  # set once the side has started (the active has scanned its dirs)
@@ -457,9 +457,9 @@ class Agent:
 
     async def run_diagnosis(self, fix: bool, alarm: dict[str, Any] | None) -> dict[str, Any]:
         """The procedure run by this agent (on demand, or when the alarm is raised)."""
-        from hasync.agent.client import AgentClient
         from hasync.diagnose import runner
         from hasync.diagnose.nodes import LocalNode
+        from hasync.peer.client import AgentClient
 
         status = await self.status_doc(brief=True) if self.role == "standby" else None
         async with AgentClient(self.cfg.local_url(), self.cfg.token, self.cfg.peer.timeout_s, "local") as me:

@@ -39,8 +39,8 @@ async def list_alarms(
     shared, or when `enough` says this node's own list already answers the caller."""
     import asyncio
 
-    from hasync.agent.client import AgentClient
     from hasync.alarms.store import is_postgres_url, open_store
+    from hasync.peer.client import AgentClient
 
     store = await asyncio.to_thread(open_store, cfg.alarms.store, cfg.node.state_dir)
     try:

@@ -96,10 +96,10 @@ async def _nagios_answer(config_path: str) -> tuple[str, int]:
 async def check_once(cfg: Any, deep: bool = False, fallback: bool = True) -> dict[str, Any]:
     """Ask the local agent to check (`deep`: after a full audit of both nodes), or check in this
     process when no agent runs (PeerAgentDown without `fallback`)."""
-    from hasync.agent.client import AgentClient
     from hasync.audit import DEEP_TIMEOUT_S
     from hasync.errors import PeerAgentDown
-    from hasync.protocol import API
+    from hasync.peer.client import AgentClient
+    from hasync.peer.protocol import API
 
     timeout = 2 * DEEP_TIMEOUT_S if deep else max(30.0, cfg.check.interval_s)
     async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as local:

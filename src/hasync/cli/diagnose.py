@@ -44,11 +44,11 @@ def diagnose(config_path: str, fingerprint: str | None, fix: bool, window_s: flo
 
 async def _diagnose(cfg: Any, fingerprint: str | None, fix: bool, window_s: float | None) -> dict[str, Any]:
     from hasync import halog
-    from hasync.agent.client import AgentClient
     from hasync.cli.alarms import list_alarms
     from hasync.diagnose import runner
     from hasync.errors import PeerAgentDown, UsageError
-    from hasync.protocol import API
+    from hasync.peer.client import AgentClient
+    from hasync.peer.protocol import API
     from hasync.roles import provider
 
     role = "active" if provider(cfg).active_node() == cfg.node.name else "standby"

@@ -31,8 +31,8 @@ def status(config_path: str, as_json: bool) -> None:
 
 
 async def _status(cfg: Any) -> dict[str, Any]:
-    from hasync.agent.client import AgentClient
     from hasync.errors import PeerAgentDown, PeerError
+    from hasync.peer.client import AgentClient
     from hasync.roles import provider
 
     async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as local:

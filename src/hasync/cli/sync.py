@@ -105,9 +105,9 @@ async def _active_up(info: Any, name: str, deadline: float) -> bool:
 async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool, wait_s: float = 0.0) -> dict[str, Any]:
     import time
 
-    from hasync.agent.client import AgentClient
     from hasync.errors import PeerAgentDown
     from hasync.fsutil import StateLock
+    from hasync.peer.client import AgentClient
     from hasync.roles import provider
 
     deadline = time.monotonic() + wait_s
@@ -144,7 +144,7 @@ async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool, wait_s: fl
 
 
 async def _via_agent(client: Any, bar: _Bar) -> dict[str, Any]:
-    from hasync.protocol import API
+    from hasync.peer.protocol import API
 
     result: dict[str, Any] = {}
     async for event in client.stream_json("POST", f"{API}/sync"):

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from hasync.diagnose.nodes import Node
 
 if TYPE_CHECKING:
-    from hasync.agent.client import AgentClient
     from hasync.config import Config
+    from hasync.peer.client import AgentClient
 
 
 @dataclass

@@ -10,8 +10,8 @@ from hasync.errors import BadRequest, PathRefused
 from hasync.fsutil import validate_relpath
 
 if TYPE_CHECKING:
-    from hasync.agent.client import AgentClient
     from hasync.config import Config
+    from hasync.peer.client import AgentClient
 
 DIAG = "/v1/diag"
 

@@ -14,11 +14,11 @@ from hasync.diagnose.nodes import AgentNode, LocalNode, Node
 from hasync.diagnose.steps import collect, ha_log, network, recheck, storage, sync_files
 from hasync.errors import Cause, PeerError
 from hasync.halog import kv
-from hasync.protocol import API
+from hasync.peer.protocol import API
 
 if TYPE_CHECKING:
-    from hasync.agent.client import AgentClient
     from hasync.config import Config
+    from hasync.peer.client import AgentClient
 
 log = logging.getLogger("hasync.diagnose")
 

@@ -42,7 +42,7 @@ from hasync.manifest import (
     stat_key,
     trusted,
 )
-from hasync.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, FRAME_HEADER, enc_path, frame, pack
+from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, FRAME_HEADER, enc_path, frame, pack
 from hasync.replication.base import BIG_FILE, Side
 
 log = logging.getLogger("hasync.active")
@@ -206,7 +206,7 @@ class ActiveSide(Side):
 
     @staticmethod
     def enc(tree: Tree | None, rel: str, e: Entry) -> list[object]:
-        from hasync.protocol import enc_entry
+        from hasync.peer.protocol import enc_entry
 
         return enc_entry(e, tree.dir_hash(rel) if tree is not None and e.kind == DIR else None)
 

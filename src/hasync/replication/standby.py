@@ -28,7 +28,7 @@ from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_o
 from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
 from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
-from hasync.protocol import (
+from hasync.peer.protocol import (
     F_DATA,
     F_DONE,
     F_END,
@@ -96,7 +96,7 @@ class StandbySide(Side):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        from hasync.agent.client import AgentClient
+        from hasync.peer.client import AgentClient
 
         self.client = AgentClient(
             cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, cfg.limits.max_response_bytes

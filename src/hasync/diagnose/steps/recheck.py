@@ -7,7 +7,7 @@ import json
 from hasync.diagnose.context import Context
 from hasync.diagnose.model import Step
 from hasync.errors import PeerError
-from hasync.protocol import API
+from hasync.peer.protocol import API
 
 TITLE = "Wait for the sync and check whether the alarm is cleared"
 

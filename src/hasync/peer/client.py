@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerStarting, PeerUnreachable
-from hasync.protocol import API, F_DONE, FRAME_HEADER, MAX_FRAME, MSGPACK, pack, unpack
+from hasync.peer.protocol import API, F_DONE, FRAME_HEADER, MAX_FRAME, MSGPACK, pack, unpack
 
 _REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
 MAX_RESPONSE_BYTES = 64 << 20  # limits.max_response_bytes' default: answers read whole (not file streams)
