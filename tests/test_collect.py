@@ -19,11 +19,10 @@ from urllib.parse import quote
 
 import pytest
 
+from hasync.alarms.backends import open_store
 from hasync.alarms.model import Identity
-from hasync.alarms.store import open_store
 from hasync.clock import OFFSET_ENV as CLOCK_OFFSET_ENV
 from hasync.collect import (
-    Masker,
     dump_toml,
     iso,
     parse_duration,
@@ -34,6 +33,7 @@ from hasync.collect import (
 )
 from hasync.errors import UsageError
 from hasync.logcut import LogRecord, parse_lines
+from hasync.masking import Masker
 from hasync.peer.client import AgentClient
 from pairlib import PairEnv
 from test_logcut import PER_FILE, TRACEBACK, Entry, base_time, fmt, in_window, make_entries, write_log_set

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hasync.collect import L_DONE, L_ERR
-from hasync.peer.protocol import FRAME_HEADER
+from hasync.peer.frames import FRAME_HEADER
 from pairlib import ROOT, PairEnv, wait_for
 
 INTERVAL = 2.0

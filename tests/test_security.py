@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_HEAD, FRAMES, MSGPACK, frame, pack, unpack
+from hasync.peer.frames import frame
+from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_HEAD, FRAMES, MSGPACK, pack, unpack
 from pairlib import FakePeer, PairEnv, snapshot, wait_for
 
 

@@ -25,7 +25,8 @@ from hasync.alarms.guard import GuardedStore
 from hasync.alarms.model import Identity
 from hasync.alarms.pg_store import PgStore
 from hasync.alarms.sqlite_store import SqliteStore
-from hasync.alarms.store import AlarmStore, StoreError, StoreUnavailable, mask_url, url_secrets
+from hasync.alarms.store import AlarmStore, StoreError, StoreUnavailable
+from hasync.masking import mask_url, url_secrets
 from pairlib import PairEnv, wait_for
 from receivers import free_port_both
 

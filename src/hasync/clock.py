@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 OFFSET_ENV = "HASYNC_TEST_CLOCK_OFFSET_S"
 
@@ -33,3 +33,13 @@ def now() -> float:
 
 def now_utc() -> datetime:
     return datetime.fromtimestamp(now(), UTC)
+
+
+def iso(when: float | datetime | None, timespec: str = "seconds", tz: tzinfo | None = None) -> str | None:
+    """ISO 8601 with its UTC offset (in `tz`, default this host's zone) of a datetime or epoch seconds; None stays None.
+
+    Status documents and the HA log show seconds in local time; alarm times (SPEC §3) milliseconds in UTC."""
+    if when is None:
+        return None
+    dt = datetime.fromtimestamp(when, UTC) if isinstance(when, int | float) else when
+    return dt.astimezone(tz).isoformat(timespec=timespec)

@@ -45,6 +45,8 @@ from typing import IO, TYPE_CHECKING, Any
 from hasync import __version__
 from hasync.errors import HasyncError, PeerError, UsageError
 from hasync.logcut import ENTRY_RE, CutStats, LogRecord, iter_window
+from hasync.masking import MASK, Masker
+from hasync.peer.protocol import API, unpack
 
 if TYPE_CHECKING:
     from hasync.config import Config
@@ -52,13 +54,12 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 200_000_000
-MASK = "***"
 BATCH_BYTES = 256 << 10  # log text handed on at a time: the memory a cut holds, whatever the window
 MAX_CARRY = 1 << 20  # an unfinished line longer than this is spooled before its end arrives
 INFO_SAMPLES = 5
 MANIFEST_ROOM = 16 << 10  # kept free under max_bytes for the manifest itself
 
-# The log stream of GET /v1/collect/logs: frames as in protocol.FRAME_HEADER (1 byte type, 4 bytes length).
+# The log stream of GET /v1/collect/logs: frames as in peer/frames.py (1 byte type, 4 bytes length).
 L_DATA = b"D"  # UTF-8 log text, masked; frames split anywhere, even inside a character
 L_PROGRESS = b"P"  # msgpack {"read": int, "total": int}: on-disk bytes of the files read so far
 L_DONE = b"Z"  # msgpack: the cut's stats (logcut.CutStats as JSON); the end of the stream
@@ -139,113 +140,6 @@ class Window:
             "before_s": (self.at - self.start).total_seconds(),
             "after_s": (self.end - self.at).total_seconds(),
         }
-
-
-# -- masking -----------------------------------------------------------------------------------------------------
-_SECRET_WORDS = r"(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key|credential)"
-SECRET_KEY_RE = re.compile(_SECRET_WORDS, re.IGNORECASE)
-# user:PASSWORD@ in any text (group 2 is the password): after scheme://, after a mistyped scheme
-# ("postgresql:/u:", "webhook:http://u:") or with none at all; a quote before the colon is JSON ("k":"a@b"), and
-# "//" after it is a scheme ("http://user@h"), not a password
-URL_PASSWORD_RE = re.compile(r"(\b[a-z][a-z0-9+.-]*:/+[^\s:/@\"']*|[^\s:/@\"']+):(?!//)([^\s@]*)@", re.IGNORECASE)
-_QUERY_PW_RE = re.compile(r"([?&;](?:pwd|access_token|" + _SECRET_WORDS[3:-1] + r")=)[^&\s#\"']*", re.IGNORECASE)
-_KV_RE = re.compile("(" + _SECRET_WORDS + r"[\w.-]*=)(\"(?:[^\"\\\n]|\\.)*\"|[^\s&\"']*)", re.IGNORECASE)
-_JSON_KV_RE = re.compile(r'("[^"\n]*' + _SECRET_WORDS + r'[^"\n]*"\s*:\s*)"(?:[^"\\\n]|\\.)*"', re.IGNORECASE)
-_AUTH_RE = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-_KEYWORD_RE = re.compile(r"pass|secret|token|pwd|api[_-]?key|private[_-]?key|credential")  # on lowered text
-
-
-def _keyed_line(s: str) -> str:
-    s = _QUERY_PW_RE.sub(r"\1" + MASK, s)
-    s = _KV_RE.sub(r"\1" + MASK, s)
-    return _JSON_KV_RE.sub(r'\1"' + MASK + '"', s)
-
-
-MIN_SECRET_LEN = 4  # shorter known values are not replaced everywhere (they would wreck the text); patterns still apply
-
-
-def is_secret_key(key: str) -> bool:
-    """A key whose value is a secret: password, password_hash, token, secret, api_key ... but not a ``*_file`` path."""
-    return bool(SECRET_KEY_RE.search(key)) and not key.lower().endswith(("_file", "_path", "_dir"))
-
-
-class Masker:
-    """Replaces secrets by ``***``: known values (the pair token, the config's passwords) and secret-shaped text.
-
-    Every pattern works within one line, so any text made of whole lines can be masked in
-    one call, however many lines it holds.
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        known = sorted({s for s in secrets if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
-        self.known = tuple(known)
-        self._known_re = re.compile("|".join(re.escape(s) for s in known)) if known else None
-
-    @classmethod
-    def for_config(cls, cfg: Config) -> Masker:
-        """The token, every URL password and every secret-key value of `cfg`."""
-        from hasync.alarms.store import url_secrets
-
-        found: list[str] = [cfg.token]
-
-        def walk(obj: Any, key: str = "") -> None:
-            if isinstance(obj, dict):
-                for k, v in obj.items():
-                    walk(v, str(k))
-            elif isinstance(obj, (list, tuple)):
-                for v in obj:
-                    walk(v, key)
-            elif isinstance(obj, str):
-                if is_secret_key(key):
-                    found.append(obj)
-                if "://" in obj:
-                    found.extend(url_secrets(obj))
-
-        walk(cfg.model_dump(mode="json"))
-        return cls(found)
-
-    def text(self, s: str) -> str:
-        if self._known_re is not None:
-            s = self._known_re.sub(MASK, s)
-        if "@" in s and ":" in s:
-            s = URL_PASSWORD_RE.sub(r"\1:" + MASK + "@", s)
-        if "Bearer" in s or "Basic" in s:
-            s = _AUTH_RE.sub(r"\1 " + MASK, s)
-        return self._keyed(s)
-
-    @staticmethod
-    def _keyed(s: str) -> str:
-        """Values after secret-named keys. The case-blind patterns are slow on megabytes of log, so they
-        run only on the lines where a case-sensitive search of the lowered text finds a keyword."""
-        low = s.lower()
-        if len(low) != len(s):  # lowering changed lengths (rare scripts): positions would not match
-            return _keyed_line(s)
-        out: list[str] = []
-        done = 0
-        for m in _KEYWORD_RE.finditer(low):
-            if m.start() < done:
-                continue
-            begin = s.rfind("\n", 0, m.start()) + 1
-            stop = s.find("\n", m.end())
-            stop = len(s) if stop < 0 else stop + 1
-            out += (s[done:begin], _keyed_line(s[begin:stop]))
-            done = stop
-        if not out:
-            return s
-        out.append(s[done:])
-        return "".join(out)
-
-    def json(self, obj: Any, key: str = "") -> Any:
-        """A copy of a JSON document with secret-key values and secret text masked."""
-        if isinstance(obj, dict):
-            return {k: self.json(v, str(k)) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [self.json(v, key) for v in obj]
-        if obj is not None and not isinstance(obj, bool) and is_secret_key(key):
-            return MASK
-        if isinstance(obj, str):
-            return self.text(obj)
-        return obj
 
 
 # -- configs -----------------------------------------------------------------------------------------------------
@@ -572,40 +466,28 @@ async def stream_peer_log(
     """The peer's HA log entries in [start, end] (its clock), masked, handed to `on_data` piece by piece
     (pieces split anywhere, even inside a character); returns the peer's cut stats. `levels` (e.g.
     ``("ERROR", "WARN")``) keeps only entries of those levels. `logcut.parse_lines` reads the text back."""
-    import aiohttp
-
-    from hasync.peer.protocol import API, FRAME_HEADER, MAX_FRAME, unpack
-
     params = {"start": start.isoformat(), "end": end.isoformat()}
     if levels:
         params["levels"] = ",".join(levels)
-    # No total limit (a big window takes time); the peer sends progress at least every second.
-    timeout = aiohttp.ClientTimeout(total=None, connect=peer.timeout_s, sock_read=max(30.0, 3 * peer.timeout_s))
-    try:
-        async with peer.session.get(peer.base_url + f"{API}/collect/logs", params=params, timeout=timeout) as resp:
-            await peer.check_response(resp)
-            while True:
-                kind, n = FRAME_HEADER.unpack(await resp.content.readexactly(FRAME_HEADER.size))
-                if n > MAX_FRAME:
-                    raise PeerError(f"{peer.name} agent sent a log frame of {n} bytes")
-                payload = await resp.content.readexactly(n) if n else b""
-                if kind == L_DATA:
-                    on_data(payload)
-                elif kind == L_PROGRESS:
-                    if progress is not None:
-                        p = unpack(payload)
-                        progress(int(p["read"]), int(p["total"]))
-                elif kind == L_DONE:
-                    stats: dict[str, Any] = unpack(payload)
-                    return stats
-                elif kind == L_ERR:
-                    raise PeerError(f"{peer.name} agent could not cut its log: {unpack(payload)['message']}")
-                else:
-                    raise PeerError(f"{peer.name} agent sent an unknown log frame {kind!r}")
-    except PeerError:
-        raise
-    except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
-        raise peer.map_error(exc) from exc
+    # The peer sends progress at least every second: a long quiet spell means it hangs.
+    frames = peer.frames(
+        "GET", f"{API}/collect/logs", end=L_DONE, params=params, read_timeout_s=max(30.0, 3 * peer.timeout_s)
+    )
+    async for kind, payload in frames:
+        if kind == L_DATA:
+            on_data(payload)
+        elif kind == L_PROGRESS:
+            if progress is not None:
+                p = unpack(payload)
+                progress(int(p["read"]), int(p["total"]))
+        elif kind == L_DONE:
+            stats: dict[str, Any] = unpack(payload)
+            return stats
+        elif kind == L_ERR:
+            raise PeerError(f"{peer.name} agent could not cut its log: {unpack(payload)['message']}")
+        else:
+            raise PeerError(f"{peer.name} agent sent an unknown log frame {kind!r}")
+    raise PeerError(f"{peer.name} agent ended its log stream without its stats")
 
 
 async def fetch_peer_logs(
@@ -708,7 +590,8 @@ async def local_part(cfg: Config, window: Window, spool_dir: Path, masker: Maske
 
 
 async def _local_alarms(cfg: Config, part: NodePart) -> list[dict[str, Any]]:
-    from hasync.alarms.store import SQLITE_FILE, open_store
+    from hasync.alarms.backends import open_store
+    from hasync.alarms.store import SQLITE_FILE
 
     if cfg.alarms.store == "sqlite" and not (cfg.node.state_dir / SQLITE_FILE).exists():
         part.notes.append(f"{part.name}: no alarm store yet ({cfg.node.state_dir / SQLITE_FILE})")
@@ -799,7 +682,8 @@ async def peer_part(cfg: Config, window: Window, spool_dir: Path, masker: Masker
 # -- alarms ------------------------------------------------------------------------------------------------------
 async def find_alarm(cfg: Config, fingerprint: str) -> tuple[dict[str, Any], str]:
     """The alarm `fingerprint` names (its active one, else its latest) and the node whose store has it."""
-    from hasync.alarms.store import SQLITE_FILE, open_store
+    from hasync.alarms.backends import open_store
+    from hasync.alarms.store import SQLITE_FILE
     from hasync.peer.client import AgentClient
     from hasync.peer.protocol import API
 
@@ -861,7 +745,7 @@ async def collect(
 ) -> Bundle:
     """Gather both nodes' parts for `window` (this node's clock) and write the bundle to `target` atomically."""
     report: ProgressFn = progress or (lambda what, done, total: None)
-    masker = Masker.for_config(cfg)
+    masker = cfg.masker()
     spool_dir = target.parent
     results = await asyncio.gather(
         local_part(cfg, window, spool_dir, masker, report),

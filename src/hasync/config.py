@@ -20,6 +20,8 @@ from pydantic import (
 )
 
 from hasync.errors import ConfigError
+from hasync.masking import Masker, mask_url, one_line, secrets_in, url_secrets
+from hasync.urls import check_notify_url, check_store, notifier_key
 
 DEFAULT_CONFIG = "hasync.toml"
 
@@ -150,9 +152,6 @@ class NotifySection(_Section):
     @field_validator("url")
     @classmethod
     def _receiver_url(cls, v: str, info: ValidationInfo) -> str:
-        from hasync.alarms.store import mask_url, one_line, url_secrets
-        from hasync.alarms.targets import check_notify_url
-
         kind = info.data.get("kind")
         if kind is not None:
             try:
@@ -173,8 +172,6 @@ class AlarmsSection(_Section):
     @field_validator("store")
     @classmethod
     def _store(cls, v: str) -> str:
-        from hasync.alarms.store import check_store
-
         check_store(v)
         return v
 
@@ -273,6 +270,10 @@ class Config(_Section):
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.node.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def masker(self) -> Masker:
+        """Masks the token, every URL password and every secret-key value of this config."""
+        return Masker([self.token, *secrets_in(self.model_dump(mode="json"))])
 
     def peer_url(self) -> str:
         scheme = "https" if self.security.tls_cert else "http"
@@ -403,8 +404,6 @@ def load(path: str | os.PathLike[str]) -> Config:
         if d.name in seen:
             raise ConfigError(f"{cfg_path}: sync.dirs[{i}].name: duplicate dir name {d.name!r}")
         seen.add(d.name)
-    from hasync.alarms.targets import notifier_key
-
     keys: set[str] = set()
     for i, n in enumerate(cfg.alarms.notify):
         key = notifier_key(n.kind, n.url)

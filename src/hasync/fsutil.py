@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -11,6 +12,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from hasync.errors import LockHeld, PathRefused
 
@@ -59,24 +61,25 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
-    """Write `data` to `path` so that a crash leaves the old or the new file, never a mix.
-    `durable=False` skips the fsyncs: after a power loss the file may be missing or empty (for
-    state whose loss only costs work, never data)."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file to write `path` through, atomically (as Borg's SaveFile): a crash leaves the old or the new file,
+    never a mix.
+
+    The file is a temp file (`tmp_name`, skipped by every scan, removed at start-up) in the target
+    directory; when the block ends it is flushed, fsynced, renamed over `path` and the directory fsynced.
+    If the block raises, the temp file is removed and `path` is untouched. `durable=False` skips the
+    fsyncs: after a power loss the file may be missing or empty (for state whose loss only costs work)."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / tmp_name()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
             if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with _suppress_enoent():
@@ -84,6 +87,12 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         raise
     if durable:
         fsync_dir(directory)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Write `data` to `path` through `atomic_file`."""
+    with atomic_file(path, mode, durable) as f:
+        f.write(data)
 
 
 def fsync_dir(directory: Path | str) -> None:

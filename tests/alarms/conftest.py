@@ -9,7 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hasync.alarms.store import AlarmStore, open_store
+from hasync.alarms.backends import open_store
+from hasync.alarms.store import AlarmStore
 
 __all__ = ["Stores"]
 

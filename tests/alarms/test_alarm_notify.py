@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hasync.alarms import rfc5424
+from hasync.alarms.backends import open_store
 from hasync.alarms.model import Identity, OutboxItem
 from hasync.alarms.notify import (
     ALERTNAME,
@@ -22,9 +23,10 @@ from hasync.alarms.notify import (
     WebhookNotifier,
     build_notifiers,
 )
-from hasync.alarms.store import AlarmStore, open_store
+from hasync.alarms.store import AlarmStore
 from hasync.config import NotifySection
 from hasync.errors import ConfigError
+from hasync.urls import facility_code
 
 from .conftest import Stores
 from .receivers import (
@@ -521,7 +523,7 @@ def test_syslog_structured_data_is_escaped_and_udp_size_bounded() -> None:
         "raise",
         alarm,
         hostname="node a\u00e9",
-        facility=rfc5424.facility_code("local0"),
+        facility=facility_code("local0"),
         max_bytes=rfc5424.UDP_MAX_BYTES,
     )
     assert len(msg) <= rfc5424.UDP_MAX_BYTES
@@ -533,7 +535,7 @@ def test_syslog_structured_data_is_escaped_and_udp_size_bounded() -> None:
     assert "\n" not in parsed.msg
     assert rfc5424.octet_frame(b"abc") == b"3 abc"
     with pytest.raises(ValueError):
-        rfc5424.facility_code("nope")
+        facility_code("nope")
 
 
 # -- configuration -------------------------------------------------------

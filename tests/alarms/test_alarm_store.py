@@ -13,9 +13,11 @@ from typing import TypeVar
 import psycopg
 import pytest
 
+from hasync.alarms.backends import open_store
 from hasync.alarms.model import Alarm, Identity
-from hasync.alarms.store import MIGRATIONS, SCHEMA_VERSION, AlarmStore, StoreError, mask_url, open_store
+from hasync.alarms.store import MIGRATIONS, SCHEMA_VERSION, AlarmStore, StoreError
 from hasync.errors import HasyncError
+from hasync.masking import mask_url
 
 from .conftest import Stores
 from .pgfixtures import url_with

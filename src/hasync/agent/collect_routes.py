@@ -19,14 +19,14 @@ from hasync.collect import (
     L_ERR,
     L_PROGRESS,
     LOG_FRAMES,
-    Masker,
     cut_json,
     masked_config,
     render,
 )
 from hasync.halog import utc_offset
 from hasync.logcut import CutStats, iter_window, window_time
-from hasync.peer.protocol import API, frame, pack
+from hasync.peer.frames import frame
+from hasync.peer.protocol import API, pack
 
 if TYPE_CHECKING:
     from hasync.agent.server import Agent
@@ -60,7 +60,7 @@ class _CollectRoutes:
 
     async def config(self, request: web.Request) -> web.Response:
         cfg = self.agent.cfg
-        text = await asyncio.to_thread(masked_config, cfg.path, Masker.for_config(cfg))
+        text = await asyncio.to_thread(masked_config, cfg.path, cfg.masker())
         return web.json_response({"file": cfg.path.name, "text": text})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
@@ -74,7 +74,7 @@ class _CollectRoutes:
         records = iter_window(cfg.node.log_dir, start, end, stats=stats)
         if levels:
             records = (r for r in records if r.level in levels)
-        batches = render(records, Masker.for_config(cfg), cfg.node.name)
+        batches = render(records, cfg.masker(), cfg.node.name)
         resp = web.StreamResponse(headers={"Content-Type": LOG_FRAMES})
         await resp.prepare(request)
 

@@ -548,10 +548,11 @@ class Agent:
         fails later is a reported fault, not a stop (`hasync.alarms.guard`); otherwise StoreError stops."""
         from functools import partial
 
+        from hasync.alarms.backends import open_store, store_location
         from hasync.alarms.guard import GuardedStore
         from hasync.alarms.notify import Dispatcher, build_notifiers
-        from hasync.alarms.store import is_postgres_url, open_store, store_location
         from hasync.keeper import AlarmKeeper
+        from hasync.urls import is_postgres_url
 
         store, state_dir = self.cfg.alarms.store, self.cfg.node.state_dir
         if guarded:

@@ -33,10 +33,11 @@ import aiohttp
 
 from hasync.alarms import rfc5424
 from hasync.alarms.model import ALARM_ID, Alarm, OutboxItem, iso
-from hasync.alarms.store import AlarmStore, StoreError, mask_url, one_line, url_secrets
-from hasync.alarms.targets import http_url, notifier_key, syslog_target
+from hasync.alarms.store import AlarmStore, StoreError
 from hasync.config import NotifySection
 from hasync.errors import ConfigError, HasyncError
+from hasync.masking import mask_url, one_line, url_secrets
+from hasync.urls import http_url, notifier_key, syslog_target
 
 log = logging.getLogger("hasync.notify")
 

@@ -24,10 +24,8 @@ from hasync.alarms.store import (
     SCHEMA_VERSION,
     StoreError,
     StoreUnavailable,
-    mask_url,
-    one_line,
-    url_secrets,
 )
+from hasync.masking import mask_url, one_line, url_secrets
 
 log = logging.getLogger("hasync.alarms")
 

@@ -8,33 +8,13 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from hasync.urls import FACILITIES
+
 APP_NAME = "hasync"
 MSGID = "ALM45641"
 # SD-ID with the IANA example enterprise number (RFC 5612): hasync has no number of its own.
 SD_ID = "alarm@32473"
 
-FACILITIES = {
-    "kern": 0,
-    "user": 1,
-    "mail": 2,
-    "daemon": 3,
-    "auth": 4,
-    "syslog": 5,
-    "lpr": 6,
-    "news": 7,
-    "uucp": 8,
-    "cron": 9,
-    "authpriv": 10,
-    "ftp": 11,
-    "local0": 16,
-    "local1": 17,
-    "local2": 18,
-    "local3": 19,
-    "local4": 20,
-    "local5": 21,
-    "local6": 22,
-    "local7": 23,
-}
 # Alarm severity -> syslog severity of the raise; a clear is always "notice".
 SEVERITIES = {"Critical": 2, "Major": 3, "Minor": 4, "Warning": 4}
 CLEAR_SEVERITY = 5
@@ -54,17 +34,6 @@ def _sd_value(value: object) -> str:
     text = "" if value is None else str(value)
     text = " ".join(text.splitlines())[:SD_VALUE_MAX]
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
-
-
-def facility_code(name: str | int) -> int:
-    """A facility given by name (``daemon``, ``local0``...) or number."""
-    if isinstance(name, int) or name.isdigit():
-        code = int(name)
-        if 0 <= code <= 23:
-            return code
-    elif name.lower() in FACILITIES:
-        return FACILITIES[name.lower()]
-    raise ValueError(f"unknown syslog facility {name!r}")
 
 
 def format_event(

@@ -24,8 +24,8 @@ from hasync.alarms.store import (
     SCHEMA_VERSION,
     StoreError,
     StoreUnavailable,
-    one_line,
 )
+from hasync.masking import one_line
 
 T = TypeVar("T")
 

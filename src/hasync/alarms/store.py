@@ -1,4 +1,4 @@
-"""The alarm store interface, its errors and `open_store`: SQLite by default, PostgreSQL by URL.
+"""The alarm store interface and its errors; `alarms.backends.open_store` opens one (SQLite or PostgreSQL).
 
 Every backend keeps the same promises, checked by one contract test suite:
 
@@ -18,19 +18,15 @@ Every backend keeps the same promises, checked by one contract test suite:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from hasync.alarms.model import Alarm, Event, Identity, OutboxItem
 from hasync.errors import HasyncError
 
 DEFAULT_LEASE_S = 60.0
 SQLITE_FILE = "alarms.db"
-PG_SCHEMES = ("postgresql", "postgres")
 
 # (version, description): the same numbering in both backends.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -138,109 +134,3 @@ class AlarmStore(Protocol):
     def schema_version(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-def mask_url(url: str) -> str:
-    """`url` with any password (user info or ``password=`` query parameter) replaced by ``***``.
-
-    Then masked by pattern like any text in a bundle (`collect.Masker`): a ``user:password@`` is masked
-    also where the scheme is mistyped (``postgresql:/u:pw@h``, ``webhook:http://u:pw@h``) or the URL
-    cannot be split. Every message that quotes a configured URL shows it through this function."""
-    from hasync.collect import Masker
-
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user, sep, _pw = userinfo.partition(":")
-            netloc = f"{user}:***@{hostport}" if sep else netloc
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            if any(k.lower() == "password" for k, _ in pairs):
-                query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
-        url = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        pass
-    return Masker().text(url)
-
-
-def url_secrets(url: str) -> list[str]:
-    """The password of `url` as written and decoded, to scrub from driver messages (also when `url`
-    cannot be split or its scheme is mistyped: then found by the pattern `collect.Masker` masks URLs with)."""
-    from hasync.collect import URL_PASSWORD_RE
-
-    out: list[str] = [m.group(2) for m in URL_PASSWORD_RE.finditer(url)]
-    try:
-        parts = urlsplit(url)
-        query = parts.query
-        userinfo = parts.netloc.rpartition("@")[0]
-        if ":" in userinfo:
-            out.append(userinfo.partition(":")[2])
-    except ValueError:
-        query = url.partition("?")[2].partition("#")[0]
-    out.extend(v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() == "password")
-    for s in list(out):
-        out.extend({unquote(s), quote(s, safe="")})
-    return sorted({s for s in out if s}, key=len, reverse=True)
-
-
-def url_port(url: str) -> int | None:
-    """The port `url` names (None: none given); ValueError unless it is 1-65535 (`urlsplit` lets 0 through)."""
-    port = urlsplit(url).port
-    if port == 0:
-        raise ValueError("port 0 is out of range 1-65535")
-    return port
-
-
-def one_line(message: object, secrets: Sequence[str] = ()) -> str:
-    """A driver's message as one line, without any of `secrets`."""
-    text = str(message)
-    for s in secrets:
-        text = text.replace(s, "***")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return re.sub(r"\s+", " ", lines[0]) if lines else type(message).__name__
-
-
-def is_postgres_url(store: str) -> bool:
-    return store.split(":", 1)[0].lower() in PG_SCHEMES and "://" in store
-
-
-def check_store(store: str) -> None:
-    """ValueError (password masked) unless `store` is ``"sqlite"`` or a postgresql:// URL that can be split."""
-    if store == "sqlite":
-        return
-    if not is_postgres_url(store):
-        raise ValueError(f'{mask_url(store)!r}: unknown store, expected "sqlite" or a postgresql:// URL')
-    if any(ch.isspace() or ord(ch) < 32 for ch in store):
-        raise ValueError(f"{mask_url(store)!r}: a URL must not contain spaces or control characters")
-    try:
-        url_port(store)
-    except ValueError as exc:
-        raise ValueError(f"{mask_url(store)!r}: not a valid URL ({exc})") from None
-
-
-def store_location(store: str, state_dir: Path) -> str:
-    """Where the store `[alarms].store` names is, safe to show (password masked): `AlarmStore.location`."""
-    return f"sqlite:{Path(state_dir) / SQLITE_FILE}" if store == "sqlite" else mask_url(store)
-
-
-def open_store(store: str, state_dir: Path, **options: Any) -> AlarmStore:
-    """Open (creating and migrating as needed) the store `[alarms].store` names.
-
-    ``"sqlite"`` is ``state_dir/alarms.db``; a ``postgresql://`` URL is a PostgreSQL
-    database. `options` go to the backend (e.g. ``connect_timeout_s``, ``busy_timeout_s``,
-    SQLite's ``move_aside_damaged``).
-    """
-    if store == "sqlite":
-        from hasync.alarms.sqlite_store import SqliteStore
-
-        return SqliteStore(Path(state_dir) / SQLITE_FILE, **options)
-    try:
-        check_store(store)
-    except ValueError as exc:
-        raise StoreError(f"alarm store {exc}") from None
-    from hasync.alarms.pg_store import PgStore
-
-    return PgStore(store, **options)

@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from hasync import __version__
+from hasync.cli import agent, alarms, check, collect, demo, diagnose, status, sync
+from hasync.cli.common import plugin_exit
 
 
 def wants_nagios(args: Sequence[str]) -> bool:
@@ -33,8 +35,6 @@ class _Hasync(click.Group):
         argv = list(sys.argv[1:] if args is None else args)
         if not (standalone_mode and wants_nagios(argv)):
             return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
-        from hasync.cli.check import plugin_exit
-
         try:
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
@@ -50,4 +50,5 @@ def main() -> None:
     """hasync keeps the standby node of an active/standby pair an exact copy of the active."""
 
 
-from hasync.cli import agent, alarms, check, collect, demo, diagnose, status, sync  # noqa: E402,F401  (registers the commands)
+for _module in (agent, alarms, check, collect, demo, diagnose, status, sync):
+    main.add_command(getattr(_module, _module.__name__.rpartition(".")[2]))

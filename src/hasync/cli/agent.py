@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from hasync.cli import main
+import click
+
 from hasync.cli.common import config_option, handle_errors
 
 
-@main.command()
+@click.command()
 @config_option
 @handle_errors
 def agent(config_path: str) -> None:

@@ -8,11 +8,10 @@ from typing import Any
 
 import click
 
-from hasync.cli import main
 from hasync.cli.common import config_option, handle_errors, json_option, print_json
 
 
-@main.command()
+@click.command()
 @config_option
 @click.option("--all", "include_cleared", is_flag=True, help="include cleared alarms")
 @json_option
@@ -39,8 +38,9 @@ async def list_alarms(
     shared, or when `enough` says this node's own list already answers the caller."""
     import asyncio
 
-    from hasync.alarms.store import is_postgres_url, open_store
+    from hasync.alarms.backends import open_store
     from hasync.peer.client import AgentClient
+    from hasync.urls import is_postgres_url
 
     store = await asyncio.to_thread(open_store, cfg.alarms.store, cfg.node.state_dir)
     try:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from hasync.cli import main
-from hasync.cli.common import config_option, handle_errors, human_bytes, print_json
+from hasync.cli.common import config_option, handle_errors, human_bytes, plugin_exit, print_json
 
 
-@main.command()
+@click.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as one JSON document")
 @click.option("--nagios", is_flag=True, help="Nagios plugin output and exit codes (0 OK, 2 CRITICAL, 3 UNKNOWN)")
@@ -44,16 +43,6 @@ def _plain(config_path: str, as_json: bool, deep: bool = False) -> None:
     else:
         _print(doc)
     sys.exit(0 if doc["in_sync"] else 1)
-
-
-def plugin_exit(state: str, text: str) -> NoReturn:
-    """Print the plugin line of an answer without a verdict and exit with its code (also the group's
-    answer to a command-line error with `--nagios`, `hasync.cli._Hasync`)."""
-    from hasync.check import nagios_line
-
-    line, code = nagios_line(state, text)
-    click.echo(line)
-    sys.exit(code)
 
 
 def _nagios(config_path: str) -> None:

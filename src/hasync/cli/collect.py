@@ -7,11 +7,10 @@ from typing import Any
 
 import click
 
-from hasync.cli import main
 from hasync.cli.common import config_option, handle_errors, human_bytes, json_option, print_json
 
 
-@main.command()
+@click.command()
 @config_option
 @click.option("--alarm", "fingerprint", metavar="FP", help="center the window on this alarm's raise time")
 @click.option("--at", "at_text", metavar="TIME", help="center the window on TIME: ISO 8601 (no offset: local) or 'now'")

@@ -6,7 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -58,3 +58,14 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def plugin_exit(state: str, text: str) -> NoReturn:
+    """Print the plugin line of an answer without a verdict and exit with its code (also the group's
+    answer to a command-line error with `--nagios`, `hasync.cli._Hasync`).
+    Here, not in cli/check.py: the group imports no command module for it."""
+    from hasync.check import nagios_line
+
+    line, code = nagios_line(state, text)
+    click.echo(line)
+    sys.exit(code)

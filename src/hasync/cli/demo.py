@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from hasync.cli import main
 from hasync.cli.common import handle_errors
 
 
-@main.command()
+@click.command()
 @click.option("--dir", "work_dir", default="hasync-demo", show_default=True, help="working folder")
 @handle_errors
 def demo(work_dir: str) -> None:

@@ -7,11 +7,10 @@ from typing import Any
 
 import click
 
-from hasync.cli import main
 from hasync.cli.common import config_option, handle_errors, json_option, print_json
 
 
-@main.command()
+@click.command()
 @config_option
 @click.option("--alarm", "fingerprint", metavar="FP", help="the alarm to diagnose (default: the active one)")
 @click.option("--fix", is_flag=True, help="prune backup sets and delete junk files; nothing else is changed")

@@ -7,11 +7,10 @@ from typing import Any
 
 import click
 
-from hasync.cli import main
 from hasync.cli.common import config_option, handle_errors, json_option, print_json
 
 
-@main.command()
+@click.command()
 @config_option
 @json_option
 @handle_errors

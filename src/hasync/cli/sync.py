@@ -7,11 +7,10 @@ from typing import Any
 
 import click
 
-from hasync.cli import main
 from hasync.cli.common import config_option, handle_errors, human_bytes, json_option, print_json
 
 
-@main.command()
+@click.command()
 @config_option
 @click.option("--once", is_flag=True, help="reconcile once and exit (the only mode for now)")
 @click.option(

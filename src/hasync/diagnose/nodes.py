@@ -64,12 +64,11 @@ def run_op(cfg: Config, op: str, args: dict[str, Any]) -> Any:
     if op == "delete_junk":
         return facts.delete_junk(cfg, path_args(cfg, args.get("paths")))
     if op == "log_summary":
-        from hasync.collect import Masker
         from hasync.diagnose.logsummary import summarize
         from hasync.logcut import window_time
 
         start, end = window_time(args.get("start"), '"start"'), window_time(args.get("end"), '"end"')
-        return summarize(cfg.node.log_dir, start, end, Masker.for_config(cfg).text)
+        return summarize(cfg.node.log_dir, start, end, cfg.masker().text)
     if op == "roots":
         return {d.name: str(d.path) for d in cfg.sync.dirs}
     raise BadRequest(f"unknown diagnosis operation {op[:40]!r}")

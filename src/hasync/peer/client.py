@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 
 from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerStarting, PeerUnreachable
-from hasync.peer.protocol import API, F_DONE, FRAME_HEADER, MAX_FRAME, MSGPACK, pack, unpack
+from hasync.peer.frames import FrameError, read_frames
+from hasync.peer.protocol import API, F_DONE, MSGPACK, pack, unpack
 
 _REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
 MAX_RESPONSE_BYTES = 64 << 20  # limits.max_response_bytes' default: answers read whole (not file streams)
@@ -36,7 +37,7 @@ class AgentClient:
     """Authenticated calls to one agent; every failure becomes a PeerError subclass.
 
     An answer read whole (msgpack, JSON) may be at most `max_response_bytes` long; file and log
-    streams are read frame by frame, each frame at most protocol.MAX_FRAME. Past either, the call
+    streams are read frame by frame, each frame at most frames.MAX_FRAME. Past either, the call
     fails with a PeerError (cause sync_error: the agent answers, but not as the protocol says).
     """
 
@@ -242,6 +243,41 @@ class AgentClient:
             raise self.map_error(exc) from exc
         return self._decode(path, raw, as_json=True)
 
+    async def frames(
+        self,
+        method: str,
+        path: str,
+        *,
+        end: bytes,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        read_timeout_s: float | None = None,
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """The frames of a frame stream (peer/frames.py) as (type, payload), through the frame of type `end`.
+        No total time limit (a long stream takes time); `read_timeout_s` (default 3 x timeout_s) without a
+        byte means the agent hangs."""
+        read_s = self.timeout_s * 3 if read_timeout_s is None else read_timeout_s
+        data = None if body is None else pack(body)
+        headers = {"Content-Type": MSGPACK} if data is not None else {}
+        try:
+            async with self.session.request(
+                method,
+                self.base_url + path,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_read=read_s),
+            ) as resp:
+                await self.check_response(resp)
+                async for kind, payload in read_frames(resp.content.read, resp.content.readexactly, end):
+                    yield kind, payload
+        except PeerError:
+            raise
+        except FrameError as exc:
+            raise PeerError(f"{self.name} agent at {self.base_url} sent {path} a bad frame stream: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
+            raise self.map_error(exc) from exc
+
     async def files(
         self, dir_name: str, paths: list[bytes], resume: list[tuple[bytes, int, bytes]] | None = None
     ) -> AsyncIterator[tuple[bytes, bytes]]:
@@ -250,41 +286,8 @@ class AgentClient:
         body: dict[str, Any] = {"dir": dir_name, "paths": paths}
         if resume:
             body["resume"] = [list(r) for r in resume]
-        try:
-            async with self.session.post(
-                self.base_url + f"{API}/files",
-                data=pack(body),
-                headers={"Content-Type": MSGPACK},
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_read=self.timeout_s * 3),
-            ) as resp:
-                await self.check_response(resp)
-                reader = resp.content
-                buf = bytearray()
-                while True:
-                    # Small frames are parsed out of large reads (few awaits); a big frame's payload
-                    # is read once to its end (no growing-buffer copies).
-                    while len(buf) < 5:
-                        more = await reader.read(1 << 20)
-                        if not more:
-                            raise asyncio.IncompleteReadError(bytes(buf), None)
-                        buf += more
-                    kind, n = FRAME_HEADER.unpack_from(buf, 0)
-                    if n > MAX_FRAME:
-                        raise PeerError(f"{self.name} agent sent a frame of {n} bytes")
-                    if len(buf) - 5 >= n:
-                        payload = bytes(buf[5 : 5 + n])
-                        del buf[: 5 + n]
-                    else:
-                        head = bytes(buf[5:])
-                        buf.clear()
-                        payload = head + await reader.readexactly(n - len(head))
-                    yield kind, payload
-                    if kind == F_DONE:
-                        return
-        except PeerError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
-            raise self.map_error(exc) from exc
+        async for kind, payload in self.frames("POST", f"{API}/files", end=F_DONE, body=body):
+            yield kind, payload
 
     async def stream_json(
         self,

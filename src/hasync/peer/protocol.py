@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from typing import Any
 
 import msgpack
@@ -16,14 +15,12 @@ MSGPACK = "application/x-msgpack"
 FRAMES = "application/x-hasync-frames"
 AUTH_HEADER = "Authorization"
 
-# File stream frames: 1 byte type, 4 bytes big-endian payload length, payload.
-FRAME_HEADER = struct.Struct(">cI")
+# File stream frames (peer/frames.py: 1 byte type, 4 bytes big-endian payload length, payload).
 F_HEAD = b"H"  # msgpack [path, kind, mode, size, mtime_ns, uid, gid]
 F_DATA = b"D"  # raw bytes of the file, in order
 F_END = b"E"  # msgpack [digest, ok, reason]: ok false = changed while read, retry
 F_ERR = b"X"  # msgpack [path, cause, message]: could not be read at all
 F_DONE = b"Z"  # empty: end of the stream
-MAX_FRAME = 4 << 20
 
 
 def pack(obj: Any) -> bytes:
@@ -33,10 +30,6 @@ def pack(obj: Any) -> bytes:
 
 def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return FRAME_HEADER.pack(kind, len(payload)) + payload
 
 
 def enc_path(path: str) -> bytes:

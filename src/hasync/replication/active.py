@@ -42,7 +42,8 @@ from hasync.manifest import (
     stat_key,
     trusted,
 )
-from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, FRAME_HEADER, enc_path, frame, pack
+from hasync.peer.frames import FRAME_HEADER, frame
+from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, enc_path, pack
 from hasync.replication.base import BIG_FILE, Side
 
 log = logging.getLogger("hasync.active")

@@ -1,7 +1,6 @@
-"""Where notifications go: the `[[alarms.notify]]` URLs parsed and checked, light enough for config loading.
-
-The config loader checks every notifier URL with `check_notify_url` (a bad one is a config
-error at load, for every command), and the notifiers parse them with the same functions.
+"""The URLs a config names, parsed and checked: the alarm store (`[alarms].store`) and the notifiers'
+receivers (`[[alarms.notify]]`). Light enough for config loading, which checks every URL with these
+functions (a bad one is a config error at load, for every command); the store and notifiers parse with them too.
 """
 
 from __future__ import annotations
@@ -9,13 +8,74 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from hasync.alarms import rfc5424
-from hasync.alarms.store import mask_url, url_port
+from hasync.masking import mask_url
+
+PG_SCHEMES = ("postgresql", "postgres")
 
 SYSLOG_DEFAULT_PORT = 514
 SYSLOG_UDP_SCHEMES = ("syslog+udp", "udp", "syslog")
 SYSLOG_TCP_SCHEMES = ("syslog+tcp", "tcp")
 NOTIFY_KINDS = ("alertmanager", "webhook", "syslog")
+
+FACILITIES = {
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    "local0": 16,
+    "local1": 17,
+    "local2": 18,
+    "local3": 19,
+    "local4": 20,
+    "local5": 21,
+    "local6": 22,
+    "local7": 23,
+}
+
+
+def facility_code(name: str | int) -> int:
+    """A facility given by name (``daemon``, ``local0``...) or number."""
+    if isinstance(name, int) or name.isdigit():
+        code = int(name)
+        if 0 <= code <= 23:
+            return code
+    elif name.lower() in FACILITIES:
+        return FACILITIES[name.lower()]
+    raise ValueError(f"unknown syslog facility {name!r}")
+
+
+def url_port(url: str) -> int | None:
+    """The port `url` names (None: none given); ValueError unless it is 1-65535 (`urlsplit` lets 0 through)."""
+    port = urlsplit(url).port
+    if port == 0:
+        raise ValueError("port 0 is out of range 1-65535")
+    return port
+
+
+def is_postgres_url(store: str) -> bool:
+    return store.split(":", 1)[0].lower() in PG_SCHEMES and "://" in store
+
+
+def check_store(store: str) -> None:
+    """ValueError (password masked) unless `store` is ``"sqlite"`` or a postgresql:// URL that can be split."""
+    if store == "sqlite":
+        return
+    if not is_postgres_url(store):
+        raise ValueError(f'{mask_url(store)!r}: unknown store, expected "sqlite" or a postgresql:// URL')
+    if any(ch.isspace() or ord(ch) < 32 for ch in store):
+        raise ValueError(f"{mask_url(store)!r}: a URL must not contain spaces or control characters")
+    try:
+        url_port(store)
+    except ValueError as exc:
+        raise ValueError(f"{mask_url(store)!r}: not a valid URL ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -59,7 +119,7 @@ def syslog_target(url: str) -> SyslogTarget:
         "tcp" if scheme in SYSLOG_TCP_SCHEMES else "udp",
         host,
         port or SYSLOG_DEFAULT_PORT,
-        rfc5424.facility_code(facility),
+        facility_code(facility),
     )
 
 
