@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import io
 import json
 import subprocess
 import tarfile
@@ -22,15 +21,8 @@ import pytest
 from hasync.alarms.backends import open_store
 from hasync.alarms.model import Identity
 from hasync.clock import OFFSET_ENV as CLOCK_OFFSET_ENV
-from hasync.collect import (
-    dump_toml,
-    iso,
-    parse_duration,
-    parse_size,
-    parse_time,
-    share,
-    stream_peer_log,
-)
+from hasync.clock import iso
+from hasync.collect import parse_duration, parse_size, parse_time, stream_peer_log
 from hasync.errors import UsageError
 from hasync.logcut import LogRecord, parse_lines
 from hasync.masking import Masker
@@ -50,6 +42,11 @@ def extract(bundle: Path) -> dict[str, bytes]:
             assert f is not None
             out[m.name] = f.read()
     return out
+
+
+def stamp(dt: datetime) -> str | None:
+    """A time as the manifest writes it: milliseconds, this host's UTC offset."""
+    return iso(dt, "milliseconds")
 
 
 def log_body(data: bytes) -> str:
@@ -147,7 +144,7 @@ def test_bundle_cuts_both_nodes_exactly_and_corrects_the_peer_clock(make_pair, t
     assert abs(m["clock_offset"]["peer_minus_local_s"] - PEER_SKEW_S) < 0.5
     applied = m["clock_offset"]["applied_to_peer_window_s"]
     assert applied == nodes_offset(m) and abs(applied - m["clock_offset"]["peer_minus_local_s"]) < 0.001
-    assert m["window"]["start"] == iso(start) and m["window"]["end"] == iso(end) and m["window"]["at"] == iso(at)
+    assert m["window"]["start"] == stamp(start) and m["window"]["end"] == stamp(end) and m["window"]["at"] == stamp(at)
     nodes = {n["name"]: n for n in m["nodes"]}
     assert nodes["node-b"]["local"] and nodes["node-b"]["role"] == "standby" and nodes["node-b"]["clock_offset_s"] == 0
     assert nodes["node-a"]["role"] == "active" and nodes["node-a"]["hostname"] == "node-a"
@@ -279,7 +276,7 @@ def test_alarm_window_from_either_store_and_json_output(make_pair, timeline, mon
         assert set(doc) == {"bundle", "manifest"}
         m = doc["manifest"]
         assert m["alarm"]["fingerprint"] == fps[node] and m["alarm"]["found_on"] == found_on
-        assert m["window"]["at"] == iso(raised[node])
+        assert m["window"]["at"] == stamp(raised[node])
         files = extract(Path(doc["bundle"]))
         want = in_window(b_entries, raised[node] - timedelta(minutes=1), raised[node] + timedelta(minutes=1))
         assert log_body(files["node-b/ha.log"]) == "".join(e.text for e in want) and len(want) > 10
@@ -360,52 +357,3 @@ def test_masker() -> None:
     doc = {"password_hash": "x", "token_file": "secrets/pair.token", "nested": [{"api_key": 5, "ok": None}]}
     masked = {"password_hash": "***", "token_file": "secrets/pair.token", "nested": [{"api_key": "***", "ok": None}]}
     assert m.json(doc) == masked
-
-
-def test_dump_toml_round_trip() -> None:
-    data = tomllib.loads(
-        """
-top = "v"
-[cluster]
-source = "c \\"quoted\\" \\u007f"
-n = 3
-f = 1.5
-flag = true
-list = ["a", "b"]
-[node.deep]
-x = 1
-[[sync.dirs]]
-name = "conf"
-path = "data/conf"
-[[sync.dirs]]
-name = "udf"
-path = "data/udf"
-[sync.dirs.sub]
-k = "v"
-[sync]
-exclude = ["*.swp"]
-"key with space" = { inline = 1 }
-"""
-    )
-    assert tomllib.loads(dump_toml(data)) == data
-
-
-def test_share() -> None:
-    assert share([10, 10], 100) == [10, 10]
-    assert share([10, 1000], 100) == [10, 90]
-    assert share([500, 1000], 100) == [50, 50]
-    assert share([5, 7], -3) == [0, 0]
-
-
-def test_member_reader_hashes_what_tar_reads(tmp_path: Path) -> None:
-    from hasync.collect import LogSpool
-
-    spool = LogSpool(tmp_path, Masker())
-    spool.feed("# hasync HA run log of n; times are local, UTC offset +00:00\n")
-    spool.feed("2026-01-01 00:00:00,000 INFO [a] one\n  cont\n2026-01-01 00:00:01,000 INFO [a] two\n")
-    t = spool.trim(10_000, "n")
-    reader = spool.reader(t)
-    data = io.BufferedReader(reader).read()
-    assert len(data) == t.size and reader.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
-    assert (spool.entries, spool.lines) == (2, 3)
-    spool.close()

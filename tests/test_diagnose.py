@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from hasync.collect import L_DONE, L_ERR
 from hasync.peer.frames import FRAME_HEADER
+from hasync.peer.protocol import L_DONE, L_ERR
 from pairlib import ROOT, PairEnv, wait_for
 
 INTERVAL = 2.0

@@ -12,21 +12,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from hasync import __version__, clock
-from hasync.collect import (
-    FRAME_DATA_MAX,
-    L_DATA,
-    L_DONE,
-    L_ERR,
-    L_PROGRESS,
-    LOG_FRAMES,
-    cut_json,
-    masked_config,
-    render,
-)
+from hasync.collect import cut_json, masked_config, render
 from hasync.halog import utc_offset
 from hasync.logcut import CutStats, iter_window, window_time
 from hasync.peer.frames import frame
-from hasync.peer.protocol import API, pack
+from hasync.peer.protocol import API, FRAME_DATA_MAX, FRAMES, L_DATA, L_DONE, L_ERR, L_PROGRESS, pack
 
 if TYPE_CHECKING:
     from hasync.agent.server import Agent
@@ -75,7 +65,7 @@ class _CollectRoutes:
         if levels:
             records = (r for r in records if r.level in levels)
         batches = render(records, cfg.masker(), cfg.node.name)
-        resp = web.StreamResponse(headers={"Content-Type": LOG_FRAMES})
+        resp = web.StreamResponse(headers={"Content-Type": FRAMES})
         await resp.prepare(request)
 
         def progress() -> bytes:

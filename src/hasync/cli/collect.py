@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hasync.cli.common import config_option, handle_errors, human_bytes, json_option, print_json
+from hasync.cli.progress import Bars
+from hasync.errors import HasyncError, UsageError
+
+if TYPE_CHECKING:
+    from hasync.config import Config
 
 
 @click.command()
@@ -50,7 +55,6 @@ def collect(
 
     from hasync import collect as bundle
     from hasync.config import load
-    from hasync.errors import HasyncError, UsageError
 
     if (fingerprint is None) == (at_text is None):
         raise UsageError("give exactly one of --alarm FP and --at TIME")
@@ -67,13 +71,13 @@ def collect(
     assert at is not None
     window = bundle.Window.around(at, window_before, window_after)
     target = bundle.target_path(output, cfg.node.name, at)
-    bar = _Bar(enabled=not as_json and sys.stderr.isatty())
+    role = _role(cfg)
     try:
-        result = asyncio.run(bundle.collect(cfg, window, target, max_bytes=limit, alarm=alarm, progress=bar.update))
+        with Bars(enabled=not as_json and sys.stderr.isatty()) as bars:
+            run = bundle.collect(cfg, window, target, role=role, max_bytes=limit, alarm=alarm, progress=bars.update)
+            result = asyncio.run(run)
     except OSError as exc:
         raise HasyncError(f"cannot write the bundle in {target.parent}: {exc.strerror or exc}") from None
-    finally:
-        bar.close()
     for w in result.warnings:
         click.echo(f"hasync: warning: {w}", err=True)
     if as_json:
@@ -83,37 +87,14 @@ def collect(
     sys.exit(0)
 
 
-class _Bar:
-    """Progress on a terminal: one bar per node's log cut and one for writing the bundle; silent otherwise."""
+def _role(cfg: Config) -> str | None:
+    """This node's role for the bundle, as its role provider says; None when it cannot say."""
+    from hasync.roles import provider  # inside, as every heavy import of a command: CLI start-up time
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def update(self, what: str, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        if self._progress is None:
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description:<16}"),
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._progress.start()
-        if what not in self._tasks:
-            self._tasks[what] = self._progress.add_task(what, total=total or None)
-        self._progress.update(self._tasks[what], completed=done, total=total or None)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    try:
+        return "active" if provider(cfg).active_node() == cfg.node.name else "standby"
+    except HasyncError:
+        return None
 
 
 def _print(path: Any, m: dict[str, Any]) -> None:

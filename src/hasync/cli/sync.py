@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from hasync.cli.common import config_option, handle_errors, human_bytes, json_option, print_json
+from hasync.cli.progress import Bars
 
 
 @click.command()
@@ -150,7 +151,7 @@ async def _via_agent(client: Any, bar: _Bar) -> dict[str, Any]:
         if event.get("event") == "result":
             result = event
         else:
-            bar.update(event)
+            bar.event(event)
     result.pop("event", None)
     result.setdefault("method", "agent")
     return result
@@ -173,9 +174,9 @@ async def _standalone(cfg: Any, bar: _Bar, lock: Any, quick: Any, deadline: floa
         await side.load_local()
         if isinstance(side.peer_error, PeerStarting):
             await _active_up(side.client.info, cfg.peer.name, deadline)
-        r = await side.reconcile(progress=bar.update)
+        r = await side.reconcile(progress=bar.event)
         while isinstance(side.peer_error, PeerStarting) and await _active_up(side.client.info, cfg.peer.name, deadline):
-            r = await side.reconcile(progress=bar.update)
+            r = await side.reconcile(progress=bar.event)
         await asyncio_to_thread(side.save_caches)
         await asyncio_to_thread(side.save_quick_indexes)
     finally:
@@ -236,43 +237,12 @@ async def asyncio_to_thread(fn: Any) -> None:
     await asyncio.to_thread(fn)
 
 
-class _Bar:
-    """A progress bar on a terminal (files and bytes); silent otherwise."""
+class _Bar(Bars):
+    """The sync's progress on one bar: bytes and files, from the first event that knows the totals."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress: Any = None
-        self._task: Any = None
-
-    def update(self, ev: dict[str, Any]) -> None:
-        if not self.enabled or (not ev.get("total_bytes") and not ev.get("total_files") and self._progress is None):
-            return
-        if self._progress is None:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("syncing"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TextColumn("{task.fields[files]} files"),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("sync", total=ev.get("total_bytes") or None, files=0)
-        self._progress.update(self._task, completed=ev.get("bytes", 0), files=ev.get("files", 0))
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    def event(self, ev: dict[str, Any]) -> None:
+        if ev.get("total_bytes") or ev.get("total_files") or self.started:
+            self.update("syncing", ev.get("bytes", 0), ev.get("total_bytes"), note=f"{ev.get('files', 0)} files")
 
 
 def _print(r: dict[str, Any]) -> None:

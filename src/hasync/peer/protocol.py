@@ -22,6 +22,13 @@ F_END = b"E"  # msgpack [digest, ok, reason]: ok false = changed while read, ret
 F_ERR = b"X"  # msgpack [path, cause, message]: could not be read at all
 F_DONE = b"Z"  # empty: end of the stream
 
+# Log stream frames of GET /v1/collect/logs (Content-Type FRAMES), the same framing.
+L_DATA = b"D"  # UTF-8 log text, masked; frames split anywhere, even inside a character
+L_PROGRESS = b"P"  # msgpack {"read": int, "total": int}: on-disk bytes of the files read so far
+L_DONE = b"Z"  # msgpack: the cut's stats (logcut.CutStats as JSON); the end of the stream
+L_ERR = b"X"  # msgpack {"message": str}: the cut failed; the stream ends
+FRAME_DATA_MAX = 256 << 10  # the largest L_DATA payload a sender writes
+
 
 def pack(obj: Any) -> bytes:
     data: bytes = msgpack.packb(obj, use_bin_type=True)
