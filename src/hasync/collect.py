@@ -679,11 +679,11 @@ async def _with_progress(work: Awaitable[Any], poll: Callable[[], None]) -> Any:
 
 async def local_part(cfg: Config, window: Window, spool_dir: Path, masker: Masker, progress: ProgressFn) -> NodePart:
     """This node's logs (cut here), alarms (its store), status (its agent, if running) and masked config."""
-    from hasync.roles import provider
+    from hasync.roles import node_role
 
     part = NodePart(cfg.node.name, True, window, hostname=cfg.node.hostname, reachable=True)
     try:
-        part.role = "active" if provider(cfg).active_node() == cfg.node.name else "standby"
+        part.role = node_role(cfg)
     except HasyncError:
         part.role = None
     part.spool = spool = LogSpool(spool_dir, masker)

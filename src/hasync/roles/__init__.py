@@ -1,32 +1,14 @@
-"""Role providers: who is active. Static now; ZooKeeper election comes with switchover (SPEC §10)."""
+"""Roles: which node is active (the providers) and what each role does (the role table).
 
-from __future__ import annotations
+- `providers`: who is active (`[role]` in the config); `node_role(cfg)` is this node's role.
+- `base`: `Role`, what every role carries and answers, and the table `ROLES` each role registers in.
+- `active`, `standby`: the two roles, each a small class on `Role` that registers itself.
+- `table`: `make_role(name, cfg)`, the table filled (it imports every role module).
 
-from typing import Protocol
+Only the providers are imported here: the CLI asks "which role is this node?" without loading
+the replication code that the role classes carry.
+"""
 
-from hasync.config import Config
+from hasync.roles.providers import RoleName, RoleProvider, StaticRoles, node_role, provider
 
-
-class RoleProvider(Protocol):
-    """Answers which node of the pair is active."""
-
-    def active_node(self) -> str: ...
-
-
-class StaticRoles:
-    """The config's `[role] active` names the active node."""
-
-    def __init__(self, cfg: Config) -> None:
-        assert cfg.role.active is not None
-        self._active = cfg.role.active
-
-    def active_node(self) -> str:
-        return self._active
-
-
-def provider(cfg: Config) -> RoleProvider:
-    if cfg.role.mode == "static":
-        return StaticRoles(cfg)
-    from hasync.errors import ConfigError
-
-    raise ConfigError(f"{cfg.path}: role.mode: 'zookeeper' is not supported yet, use 'static'")
+__all__ = ["RoleName", "RoleProvider", "StaticRoles", "node_role", "provider"]
