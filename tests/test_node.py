@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from ephemeral_port_reserve import reserve
 
+import hasync.node
 from hasync import config
 from hasync.agent.app import Agent
 from hasync.config import Config, ensure_dirs
@@ -157,3 +159,12 @@ def test_switched_pair_replicates_the_other_way(tmp_path: Path) -> None:
             await asyncio.gather(*agents)
 
     run(scenario())
+
+
+def test_the_node_knows_nothing_of_http_serving() -> None:
+    """The CLI runs a check over a Node without the web app: node.py imports neither."""
+    tree = ast.parse(Path(hasync.node.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "hasync.roles.table" in imported  # the scan sees the imports
+    assert not {m for m in imported if m.startswith(("aiohttp", "hasync.agent"))}
