@@ -48,7 +48,7 @@ def test_every_cause_is_in_the_operations_guide() -> None:
 
 def test_every_route_is_in_the_protocol() -> None:
     routes = set()
-    for src in (ROOT / "src" / "hasync" / "agent").glob("*.py"):
+    for src in (ROOT / "src" / "hasync" / "agent").rglob("*.py"):
         routes |= set(re.findall(r'add_(?:get|post|route)\((?:"[A-Z]+", )?f?"(?:\{API\})?([^"]+)"', src.read_text()))
     assert len(routes) >= 10
     text = (DOCS / "protocol.md").read_text()

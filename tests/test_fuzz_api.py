@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hasync import config
-from hasync.agent.server import Agent
+from hasync.agent.app import Agent
+from hasync.node import Node
 from hasync.peer.protocol import MSGPACK, pack
 from pairlib import PairEnv, cleanup_base, make_base, new_pair, snapshot
 
@@ -113,7 +114,7 @@ class Pair:
         self.env.wait_in_sync()
         self.before = self.outside()
         cfg = config.load(self.env.pair.config_a)
-        routes = {(r.method, r.resource.canonical) for r in Agent(cfg).app().router.routes() if r.resource}
+        routes = {(r.method, r.resource.canonical) for r in Agent(Node(cfg)).app().router.routes() if r.resource}
         self.routes = sorted((m, p) for m, p in routes if m != "HEAD")
         self.conns: dict[int, http.client.HTTPConnection] = {}
         self.tried = 0

@@ -24,7 +24,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from hasync import config
-from hasync.agent.server import Agent
+from hasync.agent.app import Agent
+from hasync.node import Node
 from hasync.peer.protocol import MSGPACK, pack
 from pairlib import FakePeer, PairEnv, wait_for
 
@@ -332,15 +333,15 @@ def test_bad_bodies_are_400_not_500(make_pair) -> None:  # type: ignore[no-untyp
 def test_a_bug_of_ours_is_500_and_logged(make_pair, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     env: PairEnv = make_pair()
     cfg = config.load(env.pair.config_a)
-    agent = Agent(cfg)
+    node = Node(cfg)
 
     async def broken(*args: object) -> bool:
         return {}["no such key"]  # type: ignore[no-any-return]
 
-    agent.keep_diagnosis = broken  # type: ignore[method-assign]
+    node.keep_diagnosis = broken  # type: ignore[method-assign]
 
     async def run() -> tuple[int, dict[str, Any]]:
-        async with TestClient(TestServer(agent.app())) as client:
+        async with TestClient(TestServer(Agent(node).app())) as client:
             resp = await client.post(
                 "/v1/alarms/diagnosis",
                 json={"fingerprint": "f", "raised_at": "r", "diagnosis": {}},

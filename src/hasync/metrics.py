@@ -93,6 +93,8 @@ class _Audit(Collector):
 
 
 class Metrics:
+    """One agent's metrics registry: the check's figures (set by the Node), and collectors read at scrape time."""
+
     def __init__(self, side: Side) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -112,17 +114,33 @@ class Metrics:
         self.alarm_store_up = Gauge(
             "hasync_alarm_store_up", "1 while the alarm store works; 0 while alarms are kept in memory", registry=r
         )
-        r.register(_Transfers(side))
+        self._transfers = _Transfers(side)
+        r.register(self._transfers)
         # Through outages too: the last in-sync time keeps ageing while the lag is unknown (NaN), and
         # which node is active (one series per agent, value 1) lets rules and dashboards join on it.
         self.last_sync = _LastSync()
         r.register(self.last_sync)
-        role = Gauge("hasync_role", "This agent's node and role (always 1)", ["node", "role"], registry=r)
-        role.labels(node=side.cfg.node.name, role=side.role).set(1)
-        r.register(_Watcher(side))
+        self._role = Gauge("hasync_role", "This agent's node and role (always 1)", ["node", "role"], registry=r)
+        self._watcher = _Watcher(side)
+        r.register(self._watcher)
+        self._audit: _Audit | None = None
+        self.follow(side)
+
+    def follow(self, side: Side) -> None:
+        """Read transfers and watcher health from `side`, and label the node with its role (at start,
+        and when the node's role is replaced)."""
+        self._transfers.side = side
+        self._watcher.side = side
+        self._role.clear()
+        self._role.labels(node=side.cfg.node.name, role=side.role).set(1)
 
     def watch_audit(self, auditor: Auditor) -> None:
-        self.registry.register(_Audit(auditor))
+        """Read the audit's figures from `auditor` (it replaces the one watched before)."""
+        if self._audit is None:
+            self._audit = _Audit(auditor)
+            self.registry.register(self._audit)
+        else:
+            self._audit.auditor = auditor
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,1 +1,1 @@
-"""The node agent: HTTP server, peer client, authentication."""
+"""The node agent: a Node served over HTTP (`app`), its routes (`routes/`), connection guard and input checks."""

@@ -15,10 +15,11 @@ def agent(config_path: str) -> None:
     import asyncio
 
     from hasync import halog
-    from hasync.agent.server import Agent
+    from hasync.agent.app import Agent
     from hasync.config import ensure_dirs, load
+    from hasync.node import Node
 
     cfg = load(config_path)
     ensure_dirs(cfg)
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level)
-    asyncio.run(Agent(cfg).run())
+    asyncio.run(Agent(Node(cfg)).run())

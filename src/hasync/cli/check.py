@@ -102,32 +102,26 @@ async def check_once(cfg: Any, deep: bool = False, fallback: bool = True) -> dic
 
 
 async def _standalone(cfg: Any, deep: bool = False) -> dict[str, Any]:
-    import asyncio
-
+    """The check run here, over this node's Node (no HTTP app), recorded in its alarm store."""
     from hasync import halog
-    from hasync.agent.server import Agent
-    from hasync.check import StandbyCheck
     from hasync.config import ensure_dirs
     from hasync.fsutil import StateLock
+    from hasync.node import Node
 
     ensure_dirs(cfg)
     halog.setup(cfg.node.log_dir, cfg.log.max_bytes, cfg.log.backup_count, cfg.log.level, stderr=False)
     lock = StateLock(cfg.node.state_dir)
     lock.acquire("check")  # it may remove leftover temp files: never beside another writer
-    agent = Agent(cfg)
+    node = Node(cfg)
     try:
-        await agent.open_alarms(run_dispatcher=False, guarded=False)
-        await agent.side.prepare()
-        if isinstance(agent.checker, StandbyCheck):
-            agent.checker.grace_s = 0.0
-        doc = await agent.deep_check() if deep else (await agent.run_check()).to_json()
-        if agent.dispatcher is not None:
-            await agent.dispatcher.flush_once()
+        await node.open_alarms(run_dispatcher=False, guarded=False)
+        await node.role.prepare_once()
+        doc = await node.deep_check() if deep else (await node.run_check()).to_json()
+        if node.dispatcher is not None:
+            await node.dispatcher.flush_once()
         return doc
     finally:
-        await agent.close_clients()
-        if agent.store is not None:
-            await asyncio.to_thread(agent.store.close)
+        await node.close()
         lock.release()
 
 

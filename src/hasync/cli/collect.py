@@ -89,10 +89,10 @@ def collect(
 
 def _role(cfg: Config) -> str | None:
     """This node's role for the bundle, as its role provider says; None when it cannot say."""
-    from hasync.roles import provider  # inside, as every heavy import of a command: CLI start-up time
+    from hasync.roles import node_role  # inside, as every heavy import of a command: CLI start-up time
 
     try:
-        return "active" if provider(cfg).active_node() == cfg.node.name else "standby"
+        return node_role(cfg)
     except HasyncError:
         return None
 

@@ -48,9 +48,9 @@ async def _diagnose(cfg: Any, fingerprint: str | None, fix: bool, window_s: floa
     from hasync.errors import PeerAgentDown, UsageError
     from hasync.peer.client import AgentClient
     from hasync.peer.protocol import API
-    from hasync.roles import provider
+    from hasync.roles import node_role
 
-    role = "active" if provider(cfg).active_node() == cfg.node.name else "standby"
+    role = node_role(cfg)
     # With no fingerprint, an active alarm in this node's own store is the one to diagnose: the peer
     # (which may be the fault, and cost a timeout) is not asked.
     alarms = await list_alarms(

@@ -32,7 +32,7 @@ def status(config_path: str, as_json: bool) -> None:
 async def _status(cfg: Any) -> dict[str, Any]:
     from hasync.errors import PeerAgentDown, PeerError
     from hasync.peer.client import AgentClient
-    from hasync.roles import provider
+    from hasync.roles import node_role
 
     async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as local:
         try:
@@ -42,7 +42,7 @@ async def _status(cfg: Any) -> dict[str, Any]:
             return doc
         except PeerAgentDown:
             pass
-    role = "active" if provider(cfg).active_node() == cfg.node.name else "standby"
+    role = node_role(cfg)
     doc = {
         "node": cfg.node.name,
         "hostname": cfg.node.hostname,

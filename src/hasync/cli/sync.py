@@ -54,9 +54,9 @@ def _claim_standby(cfg: Any) -> tuple[Any, Any]:
     from hasync.errors import LockHeld
     from hasync.fsutil import StateLock
     from hasync.quickcheck import QuickCheck
-    from hasync.roles import provider
+    from hasync.roles import node_role
 
-    if provider(cfg).active_node() == cfg.node.name:
+    if node_role(cfg) == "active":
         return None, None
     from hasync.config import ensure_dirs
 
@@ -108,14 +108,14 @@ async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool, wait_s: fl
     from hasync.errors import PeerAgentDown
     from hasync.fsutil import StateLock
     from hasync.peer.client import AgentClient
-    from hasync.roles import provider
+    from hasync.roles import node_role
 
     deadline = time.monotonic() + wait_s
     bar = _Bar(show_progress)
     try:
         if lock is not None:
             return await _standalone(cfg, bar, lock, quick, deadline)
-        me_active = provider(cfg).active_node() == cfg.node.name
+        me_active = node_role(cfg) == "active"
         if me_active:
             target = AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, name=cfg.peer.name)
         else:

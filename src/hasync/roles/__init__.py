@@ -1,32 +1,10 @@
-"""Role providers: who is active. Static now; ZooKeeper election comes with switchover (SPEC §10)."""
+"""Roles: which node is active, by the word of a role provider (`[role]` in the config today).
 
-from __future__ import annotations
+`node_role(cfg)` is this node's role. What each role does (its side, its check, its status) is the
+role table in `hasync.node`; this package stays below everything that replicates, so the CLI and the
+bundle ask "which role is this node?" without loading the replication code.
+"""
 
-from typing import Protocol
+from hasync.roles.providers import RoleName, RoleProvider, StaticRoles, node_role, provider
 
-from hasync.config import Config
-
-
-class RoleProvider(Protocol):
-    """Answers which node of the pair is active."""
-
-    def active_node(self) -> str: ...
-
-
-class StaticRoles:
-    """The config's `[role] active` names the active node."""
-
-    def __init__(self, cfg: Config) -> None:
-        assert cfg.role.active is not None
-        self._active = cfg.role.active
-
-    def active_node(self) -> str:
-        return self._active
-
-
-def provider(cfg: Config) -> RoleProvider:
-    if cfg.role.mode == "static":
-        return StaticRoles(cfg)
-    from hasync.errors import ConfigError
-
-    raise ConfigError(f"{cfg.path}: role.mode: 'zookeeper' is not supported yet, use 'static'")
+__all__ = ["RoleName", "RoleProvider", "StaticRoles", "node_role", "provider"]

@@ -1,0 +1,96 @@
+"""The active role: serves its trees, change feed and files; checks the standby's view of the pair.
+
+Mechanism. The active's side (`replication.active.ActiveSide`) keeps its trees current from
+file-system events and never writes to its sync dirs; it answers `/v1/tree`, `/v1/changes` and
+`/v1/files`, and its part of `/v1/info` carries the feed's instance and sequence and the Merkle
+roots the standby compares with. None of these is answered before its first scan is done
+(`Starting`, 503): roots of unscanned dirs would say they are missing.
+
+Its check (`check.ActiveCheck`) asks the standby for its brief status over its own peer client and
+adds its own unreadable files; where the standby has read the feed to (`since` of its last
+`/v1/changes`) dates the lag. The active owns the alarm only when the standby cannot: its verdicts
+carry the standby's hostname, configured or learned from the standby's answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from hasync import clock
+from hasync.check import ActiveCheck, OutOfSync, Verdict
+from hasync.config import Config
+from hasync.errors import Starting
+from hasync.node.role import Role, register
+from hasync.peer.client import AgentClient
+from hasync.replication.active import ActiveSide
+from hasync.roles.providers import RoleName
+
+
+def error_doc(o: OutOfSync) -> dict[str, Any]:
+    """An out-of-sync path as the status document lists it."""
+    return {"dir": o.dir, "path": o.path, "cause": o.cause, "reason": o.reason}
+
+
+@register
+class ActiveRole(Role):
+    name: ClassVar[RoleName] = "active"
+    audits_first = True  # the standby's audit then compares with a repaired active
+
+    side: ActiveSide
+    check: ActiveCheck
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.side = ActiveSide(cfg)
+        self.peer = AgentClient(
+            cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, cfg.limits.max_response_bytes
+        )
+        self.check = ActiveCheck(self.side, self.peer, cfg.check.interval_s)
+
+    def serving(self) -> ActiveSide:
+        if not self.ready:
+            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        return self.side
+
+    async def changes(self, instance: str, since: int, wait: float) -> dict[str, object]:
+        self.check.peer_since = since  # what the standby has read: the lag is dated from there
+        return await self.serving().changes(instance, since, wait)
+
+    def info(self, owner: str | None, since: int | None) -> dict[str, Any]:
+        side = self.serving()  # not before the first scan: its roots would say the dirs are missing
+        if owner is not None:
+            # Owners are compared only when both agents run as root: only then can the standby set them.
+            side.set_owner_mode(self.cfg.is_root and owner == "1")
+        body: dict[str, Any] = {
+            "instance": side.instance,
+            "seq": side.seq,
+            "roots": side.roots(),
+            "with_owner": side.with_owner,
+        }
+        if since is not None:
+            t = side.oldest_change_after(since)
+            body["lag_s"] = 0.0 if t is None else max(0.0, clock.now() - t)
+        return body
+
+    async def status(self, brief: bool, last: Verdict | None) -> dict[str, Any]:
+        if brief:
+            # What a peer asks for: never ask the peer back (two actives would wait on each other).
+            return {"errors": [error_doc(o) for o in self.check.own_errors()]}
+        v = await self.check.verdict()
+        peer = self.check.last_peer_status or {}
+        doc: dict[str, Any] = {
+            "peer_reachable": v.peer_reachable,
+            "in_sync": v.in_sync,
+            "lag_s": v.lag_s,
+            "last_sync_at": peer.get("last_sync_at"),
+            "pending": peer.get("pending"),
+            "cause": None if v.cause is None else v.cause.value,
+            "errors": [error_doc(o) for o in v.out_of_sync],
+        }
+        if not v.peer_reachable and v.out_of_sync:
+            doc["peer_error"] = {"cause": v.out_of_sync[0].cause, "message": v.out_of_sync[0].reason}
+        return doc
+
+    @property
+    def standby_hostname(self) -> str | None:
+        return self.check.peer_hostname

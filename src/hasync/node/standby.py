@@ -1,0 +1,73 @@
+"""The standby role: pulls the active's trees and changes, applies them, and owns the alarm.
+
+Mechanism. The standby's side (`replication.standby.StandbySide`) long-polls the active's change
+feed and reconciles by a Merkle walk at start and every `full_reconcile_s`; files arrive as a
+framed stream and are applied atomically, old versions backed up. Its peer client is the side's
+own: the one it fetches with is the one its check and status ask with. `POST /v1/sync` (a
+reconcile now) is answered here only; the active's routes (`/v1/tree`, `/v1/changes`,
+`/v1/files`) answer `WrongRole`.
+
+Its check (`check.StandbyCheck`) compares the local Merkle roots with the active's; a difference
+younger than one interval is in flight. Run once without an agent (`hasync check` with no agent
+running) nothing syncs, so any difference is a fault at once. Its status document is its own view:
+what it could not apply, and the lag of what it lacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from hasync.check import StandbyCheck, Verdict
+from hasync.config import Config
+from hasync.errors import PeerError
+from hasync.node.role import Role, iso, register
+from hasync.replication.standby import StandbySide
+from hasync.roles.providers import RoleName
+
+
+@register
+class StandbyRole(Role):
+    name: ClassVar[RoleName] = "standby"
+    audits_first = False  # the active audits first: compared with a repaired active
+    diagnosis_status = True
+
+    side: StandbySide
+    check: StandbyCheck
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.side = StandbySide(cfg)
+        self.peer = self.side.client
+        self.check = StandbyCheck(self.side, cfg.check.interval_s)
+
+    async def prepare_once(self) -> None:
+        await self.side.prepare()
+        self.check.grace_s = 0.0  # no agent syncs meanwhile: any difference is a fault now
+
+    def pulling(self) -> StandbySide:
+        return self.side
+
+    async def status(self, brief: bool, last: Verdict | None) -> dict[str, Any]:
+        side = self.side
+        snap = side.snapshot()
+        lag: float | None = 0.0 if snap["in_sync"] else None
+        if not snap["in_sync"] and last is not None and not last.in_sync:
+            # The standby's own check knows how long it has lacked what it could not apply; the
+            # active, whose change feed the standby has read past it, does not (its lag would say 0).
+            lag = last.lag_s
+        if not snap["in_sync"] and side.peer_error is None and not brief:
+            try:
+                feed_lag = float((await self.peer.info(since=side.seq)).get("lag_s", 0.0))
+                lag = max(feed_lag, lag or 0.0)
+            except PeerError:
+                pass
+        return {
+            "peer_reachable": side.peer_error is None,
+            "in_sync": snap["in_sync"],
+            "lag_s": lag,
+            "last_sync_at": iso(snap["last_sync_at"]),
+            "pending": snap["pending"],
+            "cause": snap["cause"],
+            "errors": snap["errors"],
+            "peer_error": snap["peer_error"],
+        }
