@@ -34,9 +34,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from hasync import clock
 from hasync.alarms.model import Alarm, Event, Identity, OutboxItem
 from hasync.alarms.store import DEFAULT_LEASE_S, AlarmStore, StoreError, StoreUnavailable
 from hasync.halog import kv
+from hasync.tasks import Backoff, periodic
 
 log = logging.getLogger("hasync.alarms")
 
@@ -76,7 +78,7 @@ class StoreHealth:
         return {
             "ok": self.ok,
             "error": self.error,
-            "since": self.since.astimezone().isoformat(timespec="seconds"),
+            "since": clock.iso(self.since),
             "location": self.location,
             "kept": self.kept,
             "dropped": self.dropped,
@@ -238,30 +240,32 @@ class GuardedStore:
 
     async def run(self, stop: asyncio.Event, on_recover: Callable[[], None] | None = None) -> None:
         """Until `stop`: while the store is down, retry with backoff; call `on_recover` when it is back."""
-        delay = self.retry_initial_s
-        first = self._inner is None and self._error == NOT_OPENED
-        while not stop.is_set():
-            wait = 0.0 if first else 1.0 if self._ok else delay
-            first = False
-            try:
-                await asyncio.wait_for(stop.wait(), wait)
-                return
-            except TimeoutError:
-                pass
+        # The wait after a fault is `retry_initial_s`; each failed retry doubles it.
+        backoff = Backoff(self.retry_initial_s, self.retry_max_s)
+
+        async def retry() -> None:
             if self._ok:
-                delay = self.retry_initial_s
-                continue
-            try:
+                backoff.reset()
+                return
+            back = False
+            try:  # a bug (logged by `periodic`) must not end the retries: the store would stay down for good
                 back = await asyncio.to_thread(self.open)
-            except Exception:  # a bug must not end the retries: the store would stay down for good
-                log.exception("alarm store retry failed")
-                back = False
-            if back:
-                delay = self.retry_initial_s
-                if on_recover is not None:
-                    on_recover()
-            else:
-                delay = min(self.retry_max_s, delay * 2)
+            finally:
+                if not back:
+                    backoff.next()
+            backoff.reset()
+            if on_recover is not None:
+                on_recover()
+
+        never_opened = self._inner is None and self._error == NOT_OPENED
+        await periodic(
+            retry,
+            lambda: 1.0 if self._ok else backoff.current_s,
+            stop,
+            log,
+            "alarm store retry",
+            first_now=never_opened,
+        )
 
     def close(self) -> None:
         with self._mu:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -138,14 +139,19 @@ class PgStore(SqlStore):
 
     # -- plumbing -----------------------------------------------------------
 
-    def _error(self, what: str, exc: BaseException) -> StoreError:
-        return StoreUnavailable(f"alarm store {self.location}: {what}: {one_line(exc, self._secrets)}")
+    @contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        """The one map of psycopg's errors to the store's (as httpx's `map_exceptions`): StoreUnavailable
+        "alarm store <masked URL>: <what>: <error, secrets masked>"; our own errors pass as they are.
+        Not chained (``from None``): the driver's error may hold the password."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"alarm store {self.location}: {what}: {one_line(exc, self._secrets)}") from None
 
     def _connect(self) -> Conn:
-        try:
+        with self._mapped("bad URL"):
             params: dict[str, Any] = conninfo_to_dict(self._url)
-        except psycopg.Error as exc:
-            raise self._error("bad URL", exc) from None
         params.setdefault("connect_timeout", max(1, round(self._connect_timeout_s)))
         params.setdefault("application_name", "hasync")
         # Notice a silently dropped connection instead of waiting on it forever.
@@ -153,25 +159,22 @@ class PgStore(SqlStore):
         params.setdefault("keepalives_idle", 30)
         params.setdefault("keepalives_interval", 10)
         params.setdefault("keepalives_count", 3)
-        try:
+        with self._mapped("cannot connect"):
             conn: Conn = psycopg.connect(autocommit=True, row_factory=dict_row, **params)
-        except psycopg.Error as exc:
-            raise self._error("cannot connect", exc) from None
-        try:
-            conn.execute("SET TIME ZONE 'UTC'")
-            conn.execute(f"SET statement_timeout = {int(self._statement_timeout_s * 1000)}")
-        except psycopg.Error as exc:
-            conn.close()
-            raise self._error("cannot set up the session", exc) from None
+        with self._mapped("cannot set up the session"):
+            try:
+                conn.execute("SET TIME ZONE 'UTC'")
+                conn.execute(f"SET statement_timeout = {int(self._statement_timeout_s * 1000)}")
+            except BaseException:
+                conn.close()
+                raise
         self._conn = conn
         return conn
 
     def _drop(self) -> None:
         if self._conn is not None:
-            try:
+            with suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
             self._conn = None
 
     def _run(self, what: str, fn: Callable[[Conn], T]) -> T:
@@ -181,18 +184,17 @@ class PgStore(SqlStore):
                 raise StoreUnavailable(f"alarm store {self.location}: store is closed")
             for attempt in (1, 2):
                 conn = self._conn if self._conn is not None and not self._conn.closed else self._connect()
-                try:
-                    with conn.transaction():
-                        return fn(conn)
-                except psycopg.OperationalError as exc:
-                    if conn.broken or conn.closed:
+                with self._mapped(what):
+                    try:
+                        with conn.transaction():
+                            return fn(conn)
+                    except psycopg.OperationalError:
+                        if not (conn.broken or conn.closed):
+                            raise
                         self._drop()
-                        if attempt == 1:
-                            log.warning("alarm store connection lost, reconnecting store=%s", self.location)
-                            continue
-                    raise self._error(what, exc) from None
-                except psycopg.Error as exc:
-                    raise self._error(what, exc) from None
+                        if attempt == 2:
+                            raise
+                log.warning("alarm store connection lost, reconnecting store=%s", self.location)
             raise AssertionError("unreachable")
 
     def _migrate(self) -> None:
