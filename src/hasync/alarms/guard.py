@@ -251,10 +251,11 @@ class GuardedStore:
             try:  # a bug (logged by `periodic`) must not end the retries: the store would stay down for good
                 back = await asyncio.to_thread(self.open)
             finally:
-                if not back:
+                if back:
+                    backoff.reset()
+                else:
                     backoff.next()
-            backoff.reset()
-            if on_recover is not None:
+            if back and on_recover is not None:
                 on_recover()
 
         never_opened = self._inner is None and self._error == NOT_OPENED
