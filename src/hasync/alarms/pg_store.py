@@ -16,16 +16,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from hasync.alarms.model import Alarm, Event, Identity, OutboxItem, utc
-from hasync.alarms.sql import SqlStore
-from hasync.alarms.store import (
-    ALARM_COLS,
-    MIGRATIONS,
-    OUTBOX_COLS,
-    SCHEMA_VERSION,
-    StoreError,
-    StoreUnavailable,
-)
+from hasync.alarms.model import Alarm, Identity, OutboxItem, utc
+from hasync.alarms.sql import SCHEMA_VERSION_TABLE, SqlStore
+from hasync.alarms.store import ALARM_COLS, OUTBOX_COLS, StoreError, StoreUnavailable
 from hasync.masking import mask_url, one_line, url_secrets
 
 log = logging.getLogger("hasync.alarms")
@@ -36,47 +29,6 @@ Conn = psycopg.Connection[DictRow]
 
 # Serializes migrations of agents opening the same database at once.
 _MIGRATION_LOCK_KEY = 45641
-
-_SQL: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE alarms (
-            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            fingerprint TEXT NOT NULL,
-            alarm_id INTEGER NOT NULL,
-            source TEXT NOT NULL,
-            service_name TEXT NOT NULL,
-            role_name TEXT NOT NULL,
-            host_name TEXT NOT NULL,
-            cause TEXT NOT NULL,
-            additional_info TEXT NOT NULL,
-            raised_at TIMESTAMPTZ NOT NULL,
-            cleared_at TIMESTAMPTZ,
-            updated_at TIMESTAMPTZ NOT NULL,
-            diagnosis JSONB,
-            CHECK (cleared_at IS NULL OR cleared_at >= raised_at)
-        )""",
-        "CREATE UNIQUE INDEX alarms_one_active ON alarms (fingerprint) WHERE cleared_at IS NULL",
-        "CREATE INDEX alarms_fingerprint ON alarms (fingerprint, raised_at)",
-        "CREATE INDEX alarms_raised_at ON alarms (raised_at, id)",
-    ),
-    2: (
-        """CREATE TABLE outbox (
-            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            alarm_row BIGINT NOT NULL REFERENCES alarms (id) ON DELETE CASCADE,
-            event TEXT NOT NULL CHECK (event IN ('raise', 'clear')),
-            notifier TEXT NOT NULL,
-            payload JSONB NOT NULL,
-            created_at TIMESTAMPTZ NOT NULL,
-            next_try_at TIMESTAMPTZ NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            sent_at TIMESTAMPTZ
-        )""",
-        "CREATE INDEX outbox_pending ON outbox (next_try_at, id) WHERE sent_at IS NULL",
-        "CREATE INDEX outbox_alarm ON outbox (alarm_row, notifier, id)",
-    ),
-}
-assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
 
 
 class PgStore(SqlStore):
@@ -90,6 +42,12 @@ class PgStore(SqlStore):
     """
 
     PARAM = "%s"
+    TYPES = {
+        "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "ref": "BIGINT",
+        "ts": "TIMESTAMPTZ",
+        "json": "JSONB",
+    }
 
     def __init__(self, url: str, *, connect_timeout_s: float = 5.0, statement_timeout_s: float = 30.0) -> None:
         self.location = mask_url(url)
@@ -200,34 +158,12 @@ class PgStore(SqlStore):
     def _migrate(self) -> None:
         def fn(conn: Conn) -> None:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
-            )
+            conn.execute(SCHEMA_VERSION_TABLE.format_map(self.TYPES).encode())
             row = conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version").fetchone()
-            have = int(row["v"]) if row else 0
-            if have > SCHEMA_VERSION:
-                raise StoreError(
-                    f"alarm store {self.location}: schema version {have} is newer than this hasync knows"
-                    f" ({SCHEMA_VERSION}); upgrade hasync"
-                )
-            for version, description in MIGRATIONS:
-                if version <= have:
-                    continue
-                for statement in _SQL[version]:
-                    conn.execute(statement.encode())
-                conn.execute(
-                    "INSERT INTO schema_version (version, description, applied_at) VALUES (%s, %s, now())",
-                    (version, description),
-                )
+            for sql, args in self._migrations(int(row["v"]) if row else 0):
+                conn.execute(sql.encode(), args or None)
 
         self._run("cannot migrate the schema", fn)
-
-    def _enqueue(
-        self, conn: Conn, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: datetime
-    ) -> None:
-        sql, args = self._outbox_insert(alarm_row, event, notifier, payload, now)
-        conn.execute(sql.encode(), args)
 
     # -- alarms -------------------------------------------------------------
 
@@ -246,8 +182,8 @@ class PgStore(SqlStore):
                 row = conn.execute(insert.encode(), insert_args).fetchone()
                 if row is not None:
                     alarm = self._alarm(row)
-                    for key in dict.fromkeys(notify):
-                        self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
+                    for sql, args in self._notify(alarm, "raise", notify, when):
+                        conn.execute(sql.encode(), args)
                     return alarm, True
                 row = conn.execute(
                     f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = %s AND cleared_at IS NULL FOR UPDATE",
@@ -280,8 +216,8 @@ class PgStore(SqlStore):
             if row is None:
                 return None
             alarm = self._alarm(row)
-            for key in dict.fromkeys(notify):
-                self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
+            for sql, args in self._notify(alarm, "clear", notify, when):
+                conn.execute(sql.encode(), args)
             return alarm
 
         return self._run("cannot clear alarm", fn)

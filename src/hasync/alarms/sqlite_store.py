@@ -15,63 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hasync.alarms.model import Alarm, Event, Identity, OutboxItem, utc
-from hasync.alarms.sql import SqlStore
-from hasync.alarms.store import (
-    ALARM_COLS,
-    MIGRATIONS,
-    OUTBOX_COLS,
-    SCHEMA_VERSION,
-    StoreError,
-    StoreUnavailable,
-)
+from hasync.alarms.model import Alarm, Identity, OutboxItem, utc
+from hasync.alarms.sql import SCHEMA_VERSION_TABLE, SqlStore
+from hasync.alarms.store import ALARM_COLS, OUTBOX_COLS, StoreUnavailable
 from hasync.masking import one_line
 
 T = TypeVar("T")
 
 # Times are stored as fixed-width UTC text, so text order is time order.
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
-
-_SQL: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE alarms (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            fingerprint TEXT NOT NULL,
-            alarm_id INTEGER NOT NULL,
-            source TEXT NOT NULL,
-            service_name TEXT NOT NULL,
-            role_name TEXT NOT NULL,
-            host_name TEXT NOT NULL,
-            cause TEXT NOT NULL,
-            additional_info TEXT NOT NULL,
-            raised_at TEXT NOT NULL,
-            cleared_at TEXT,
-            updated_at TEXT NOT NULL,
-            diagnosis TEXT,
-            CHECK (cleared_at IS NULL OR cleared_at >= raised_at)
-        )""",
-        "CREATE UNIQUE INDEX alarms_one_active ON alarms (fingerprint) WHERE cleared_at IS NULL",
-        "CREATE INDEX alarms_fingerprint ON alarms (fingerprint, raised_at)",
-        "CREATE INDEX alarms_raised_at ON alarms (raised_at, id)",
-    ),
-    2: (
-        """CREATE TABLE outbox (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            alarm_row INTEGER NOT NULL REFERENCES alarms (id) ON DELETE CASCADE,
-            event TEXT NOT NULL CHECK (event IN ('raise', 'clear')),
-            notifier TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            next_try_at TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            sent_at TEXT
-        )""",
-        "CREATE INDEX outbox_pending ON outbox (next_try_at, id) WHERE sent_at IS NULL",
-        "CREATE INDEX outbox_alarm ON outbox (alarm_row, notifier, id)",
-    ),
-}
-assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
 
 
 log = logging.getLogger("hasync.alarms")
@@ -99,6 +51,7 @@ class SqliteStore(SqlStore):
     store is started; without it (CLI commands) opening fails with StoreUnavailable."""
 
     PARAM = "?"
+    TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "ref": "INTEGER", "ts": "TEXT", "json": "TEXT"}
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0, move_aside_damaged: bool = False) -> None:
         self.path = Path(path)
@@ -239,27 +192,11 @@ class SqliteStore(SqlStore):
                 return fn(conn)
 
     def _migrate(self) -> None:
-        assert self._conn is not None
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version ("
-            "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
-        )
+        self._open_conn().execute(SCHEMA_VERSION_TABLE.format_map(self.TYPES))
         with self._tx() as conn:
             have = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            if have > SCHEMA_VERSION:
-                raise StoreError(
-                    f"alarm store {self.path}: schema version {have} is newer than this hasync knows"
-                    f" ({SCHEMA_VERSION}); upgrade hasync"
-                )
-            for version, description in MIGRATIONS:
-                if version <= have:
-                    continue
-                for statement in _SQL[version]:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                    (version, description, self._ts(datetime.now(UTC))),
-                )
+            for sql, args in self._migrations(have):
+                conn.execute(sql, args)
 
     @staticmethod
     def _active_row(conn: sqlite3.Connection, fingerprint: str) -> sqlite3.Row | None:
@@ -267,11 +204,6 @@ class SqliteStore(SqlStore):
             f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = ? AND cleared_at IS NULL", (fingerprint,)
         ).fetchone()
         return row
-
-    def _enqueue(
-        self, conn: sqlite3.Connection, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: str
-    ) -> None:
-        conn.execute(*self._outbox_insert(alarm_row, event, notifier, payload, now))
 
     # -- alarms -------------------------------------------------------------
 
@@ -295,8 +227,8 @@ class SqliteStore(SqlStore):
             cur = conn.execute(*self._alarm_insert(identity, cause, additional_info, when))
             row = conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (cur.lastrowid,)).fetchone()
             alarm = self._alarm(row)
-            for key in dict.fromkeys(notify):
-                self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
+            for sql, args in self._notify(alarm, "raise", notify, when):
+                conn.execute(sql, args)
             return alarm, True
 
         return self._run("cannot raise alarm", fn)
@@ -313,8 +245,8 @@ class SqliteStore(SqlStore):
                 (when, when, row["id"]),
             )
             alarm = self._alarm(conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (row["id"],)).fetchone())
-            for key in dict.fromkeys(notify):
-                self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
+            for sql, args in self._notify(alarm, "clear", notify, when):
+                conn.execute(sql, args)
             return alarm
 
         return self._run("cannot clear alarm", fn)
