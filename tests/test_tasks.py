@@ -74,39 +74,41 @@ def test_wait_or_stop_tells_stop_from_timeout() -> None:
 # -- periodic -------------------------------------------------------------------------------------------------
 
 
+class Work:
+    """A periodic task's work: counts its runs, raises on those in `fail_on`, sets `stop` at run `stop_at`."""
+
+    def __init__(self, stop: asyncio.Event, stop_at: int, fail_on: tuple[int, ...] = ()) -> None:
+        self.stop = stop
+        self.stop_at = stop_at
+        self.fail_on = fail_on
+        self.runs = 0
+
+    async def __call__(self) -> None:
+        self.runs += 1
+        if self.runs in self.fail_on:
+            raise RuntimeError(f"boom {self.runs}")
+        if self.runs == self.stop_at:
+            self.stop.set()
+
+
 def test_periodic_runs_until_stopped() -> None:
     async def scenario() -> int:
-        stop = asyncio.Event()
-        runs = 0
-
-        async def work() -> None:
-            nonlocal runs
-            runs += 1
-            if runs == 5:
-                stop.set()
-
-        await asyncio.wait_for(periodic(work, 0.001, stop, log, "work"), 5)
-        return runs
+        work = Work(asyncio.Event(), stop_at=5)
+        await asyncio.wait_for(periodic(work, 0.001, work.stop, log, "work"), 5)
+        return work.runs
 
     assert asyncio.run(scenario()) == 5
 
 
 def test_periodic_waits_before_the_first_run_unless_first_now() -> None:
     async def scenario(first_now: bool) -> int:
-        stop = asyncio.Event()
-        runs = 0
-
-        async def work() -> None:
-            nonlocal runs
-            runs += 1
-            stop.set()
-
-        task = asyncio.create_task(periodic(work, 3600, stop, log, "work", first_now=first_now))
+        work = Work(asyncio.Event(), stop_at=1)
+        task = asyncio.create_task(periodic(work, 3600, work.stop, log, "work", first_now=first_now))
         for _ in range(100):  # let the loop run: a run due now happens within a few steps
             await asyncio.sleep(0)
-        stop.set()
+        work.stop.set()
         await asyncio.wait_for(task, 5)
-        return runs
+        return work.runs
 
     assert asyncio.run(scenario(first_now=True)) == 1
     assert asyncio.run(scenario(first_now=False)) == 0
@@ -114,24 +116,15 @@ def test_periodic_waits_before_the_first_run_unless_first_now() -> None:
 
 def test_periodic_survives_a_failing_run_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> int:
-        stop = asyncio.Event()
-        runs = 0
-
-        async def work() -> None:
-            nonlocal runs
-            runs += 1
-            if runs == 1:
-                raise RuntimeError("boom")
-            stop.set()
-
-        await asyncio.wait_for(periodic(work, 0.001, stop, log, "the frobnicator"), 5)
-        return runs
+        work = Work(asyncio.Event(), stop_at=3, fail_on=(1,))
+        await asyncio.wait_for(periodic(work, 0.001, work.stop, log, "the frobnicator"), 5)
+        return work.runs
 
     with caplog.at_level(logging.ERROR, logger="hasync.test_tasks"):
-        assert asyncio.run(scenario()) == 2
+        assert asyncio.run(scenario()) == 3
     [record] = caplog.records
     assert record.getMessage() == "the frobnicator failed"
-    assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+    assert record.exc_info is not None and "boom 1" in str(record.exc_info[1])
 
 
 def test_periodic_stops_promptly_during_a_long_wait() -> None:
@@ -152,21 +145,14 @@ def test_periodic_stops_promptly_during_a_long_wait() -> None:
 
 def test_periodic_asks_a_callable_interval_before_each_wait() -> None:
     async def scenario() -> list[int]:
-        stop = asyncio.Event()
+        work = Work(asyncio.Event(), stop_at=3)
         asked: list[int] = []
-        runs = 0
 
         def interval() -> float:
-            asked.append(runs)
+            asked.append(work.runs)
             return 0.001
 
-        async def work() -> None:
-            nonlocal runs
-            runs += 1
-            if runs == 3:
-                stop.set()
-
-        await asyncio.wait_for(periodic(work, interval, stop, log, "work"), 5)
+        await asyncio.wait_for(periodic(work, interval, work.stop, log, "work"), 5)
         return asked
 
     assert asyncio.run(scenario()) == [0, 1, 2, 3]
