@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hasync.backup import BackupSets
 from hasync.errors import PathRefused
-from hasync.fsutil import DirFds, atomic_write, remove_paths, tmp_name, validate_relpath
+from hasync.fsutil import DirFds, atomic_file, atomic_write, remove_paths, tmp_name, validate_relpath
 from hasync.manifest import Excluder, scan
 
 SAFE = st.text(st.characters(blacklist_characters="/\0", blacklist_categories=["Cs"]), min_size=1, max_size=12).filter(
@@ -43,6 +43,45 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     atomic_write(target, b"new" * 1000)
     assert target.read_bytes() == b"new" * 1000
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_atomic_file_crash_in_the_block_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    atomic_write(target, b"old")
+    with pytest.raises(RuntimeError, match="crash"), atomic_file(target) as f:
+        f.write(b"half of the new")
+        f.flush()
+        assert len(list(tmp_path.iterdir())) == 2  # the temp file is there while the block runs
+        raise RuntimeError("crash")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_atomic_file_creates_a_new_file_with_its_mode_and_parents(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "new"
+    with atomic_file(target, mode=0o600) as f:
+        f.write(b"data")
+        assert not target.exists()  # nothing under the final name before the block ends
+    assert target.read_bytes() == b"data"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in target.parent.iterdir()] == ["new"]
+
+
+@pytest.mark.parametrize(("durable", "fsyncs"), [(True, 2), (False, 0)])
+def test_atomic_file_durable_fsyncs_file_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool, fsyncs: int
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write(tmp_path / "f", b"x", durable=durable)
+    assert len(synced) == fsyncs  # the file, then its directory (the rename)
+    assert (tmp_path / "f").read_bytes() == b"x"
 
 
 def test_dirfds_refuse_symlinked_parent(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from hasync import clock
 from hasync.errors import Cause, PeerError
 from hasync.fsutil import atomic_write
 from hasync.halog import kv
+from hasync.tasks import periodic
 
 if TYPE_CHECKING:
     from hasync.audit import Finding
@@ -377,16 +378,5 @@ def log_transition(prev: Verdict | None, v: Verdict) -> None:
 
 
 async def run_periodic(check: Any, interval_s: float, stop: asyncio.Event) -> None:
-    """Run `check()` every `interval_s` until `stop` is set."""
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), interval_s)
-            return
-        except TimeoutError:
-            pass
-        try:
-            await check()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("sync check failed")
+    """Run `check()` every `interval_s` until `stop` is set (a failing check is logged, the next one runs)."""
+    await periodic(check, interval_s, stop, log, "sync check")

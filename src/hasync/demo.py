@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from hasync.fsutil import atomic_file
+
 SYNC_DIRS = ("conf", "udf")
 DEMO_INTERVAL_S = 5.0  # the demo checks often, to show the alarm within seconds
 CUT_EVERY = 6  # changes between two demonstrations of the alarm
@@ -136,12 +138,11 @@ def seed(data: Path, rng: random.Random | None = None) -> None:
 
 
 def make_jar(path: Path, rng: random.Random, classes: int = 5) -> None:
-    tmp = path.with_name("." + path.name + ".part")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+    # Not durable: a demo's jar lost to a power cut costs nothing.
+    with atomic_file(path, durable=False) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: hasync demo\n")
         for c in range(classes):
             z.writestr(f"com/example/udf/Func{c}.class", rng.randbytes(rng.randint(800, 6000)))
-    os.replace(tmp, path)
 
 
 def _agent(config: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from hasync import clock
+from hasync.fsutil import atomic_file
 
 LOG_NAME = "ha.log"
 ROTATED_RE = re.compile(r"ha\.log\.(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})(?:-\d+)?\.gz")
@@ -146,10 +147,13 @@ class HaLogHandler(logging.handlers.RotatingFileHandler):
             target = self.log_dir / f"{LOG_NAME}.{stamp}-{n}.gz"
         src = Path(self.baseFilename)
         if src.exists():
-            tmp = target.with_name(".hasync-tmp-" + target.name)
-            with open(src, "rb") as fin, gzip.open(tmp, "wb") as fout:
+            # `filename` names the member in the gzip header as gzip(1) would, not after the temp file.
+            with (
+                open(src, "rb") as fin,
+                atomic_file(target) as f,
+                gzip.GzipFile(filename=target.name, mode="wb", fileobj=f) as fout,
+            ):
                 shutil.copyfileobj(fin, fout)
-            os.replace(tmp, target)
             src.unlink()
         rotated = rotated_logs(self.log_dir)
         for old in rotated[: max(0, len(rotated) - self.backupCount)]:

@@ -32,16 +32,27 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
+from hasync import clock
 from hasync.alarms.model import Alarm, Event, Identity, OutboxItem
 from hasync.alarms.store import DEFAULT_LEASE_S, AlarmStore, StoreError, StoreUnavailable
 from hasync.halog import kv
+from hasync.tasks import Backoff, periodic
 
 log = logging.getLogger("hasync.alarms")
 
 MAX_KEPT = 1000
 NOT_OPENED = "not opened yet"
+T = TypeVar("T")
+
+
+class _Down(Enum):
+    DOWN = "down"
+
+
+DOWN = _Down.DOWN  # what `GuardedStore._via` answers while the store is down
 
 
 def _now() -> datetime:
@@ -76,7 +87,7 @@ class StoreHealth:
         return {
             "ok": self.ok,
             "error": self.error,
-            "since": self.since.astimezone().isoformat(timespec="seconds"),
+            "since": clock.iso(self.since),
             "location": self.location,
             "kept": self.kept,
             "dropped": self.dropped,
@@ -156,6 +167,17 @@ class GuardedStore:
     def _up(self) -> AlarmStore | None:
         inner = self._inner
         return inner if self._ok and inner is not None else None
+
+    def _via(self, call: Callable[[AlarmStore], T]) -> T | _Down:
+        """`call` on the store while it is up; DOWN when it is down, or fails now (the fault is reported)."""
+        inner = self._up()
+        if inner is None:
+            return DOWN
+        try:
+            return call(inner)
+        except StoreUnavailable as exc:
+            self._fault(exc)
+            return DOWN
 
     # -- opening, retrying, catching up ------------------------------------------------------------------
     def open(self) -> bool:
@@ -238,30 +260,33 @@ class GuardedStore:
 
     async def run(self, stop: asyncio.Event, on_recover: Callable[[], None] | None = None) -> None:
         """Until `stop`: while the store is down, retry with backoff; call `on_recover` when it is back."""
-        delay = self.retry_initial_s
-        first = self._inner is None and self._error == NOT_OPENED
-        while not stop.is_set():
-            wait = 0.0 if first else 1.0 if self._ok else delay
-            first = False
-            try:
-                await asyncio.wait_for(stop.wait(), wait)
-                return
-            except TimeoutError:
-                pass
+        # The wait after a fault is `retry_initial_s`; each failed retry doubles it.
+        backoff = Backoff(self.retry_initial_s, self.retry_max_s)
+
+        async def retry() -> None:
             if self._ok:
-                delay = self.retry_initial_s
-                continue
-            try:
+                backoff.reset()
+                return
+            back = False
+            try:  # a bug (logged by `periodic`) must not end the retries: the store would stay down for good
                 back = await asyncio.to_thread(self.open)
-            except Exception:  # a bug must not end the retries: the store would stay down for good
-                log.exception("alarm store retry failed")
-                back = False
-            if back:
-                delay = self.retry_initial_s
-                if on_recover is not None:
-                    on_recover()
-            else:
-                delay = min(self.retry_max_s, delay * 2)
+            finally:
+                if back:
+                    backoff.reset()
+                else:
+                    backoff.next()
+            if back and on_recover is not None:
+                on_recover()
+
+        never_opened = self._inner is None and self._error == NOT_OPENED
+        await periodic(
+            retry,
+            lambda: 1.0 if self._ok else backoff.current_s,
+            stop,
+            log,
+            "alarm store retry",
+            first_now=never_opened,
+        )
 
     def close(self) -> None:
         with self._mu:
@@ -278,31 +303,21 @@ class GuardedStore:
         self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
         with self._io:
-            inner = self._up()
-            if inner is not None:
-                try:
-                    alarm, created = inner.raise_alarm(identity, cause, additional_info, at, notify=notify)
-                except StoreUnavailable as exc:
-                    self._fault(exc)
-                else:
-                    with self._mu:
-                        self._known[alarm.fingerprint] = alarm
-                    return alarm, created
+            raised = self._via(lambda s: s.raise_alarm(identity, cause, additional_info, at, notify=notify))
+            if raised is not DOWN:
+                with self._mu:
+                    self._known[raised[0].fingerprint] = raised[0]
+                return raised
             with self._mu:
                 return self._keep_raise(identity, cause, additional_info, at, tuple(notify))
 
     def clear(self, fingerprint: str, at: datetime, *, notify: Sequence[str] = ()) -> Alarm | None:
         with self._io:
-            inner = self._up()
-            if inner is not None:
-                try:
-                    cleared = inner.clear(fingerprint, at, notify=notify)
-                except StoreUnavailable as exc:
-                    self._fault(exc)
-                else:
-                    with self._mu:
-                        self._known.pop(fingerprint, None)
-                    return cleared
+            cleared = self._via(lambda s: s.clear(fingerprint, at, notify=notify))
+            if cleared is not DOWN:
+                with self._mu:
+                    self._known.pop(fingerprint, None)
+                return cleared
             with self._mu:
                 return self._keep_clear(fingerprint, at, tuple(notify))
 
@@ -380,30 +395,22 @@ class GuardedStore:
         return sorted(out, key=lambda a: a.raised_at)
 
     def active(self, fingerprint: str | None = None) -> list[Alarm]:
-        inner = self._up()
-        if inner is not None:
-            try:
-                rows = inner.active(fingerprint)
-            except StoreUnavailable as exc:
-                self._fault(exc)
+        rows = self._via(lambda s: s.active(fingerprint))
+        if rows is DOWN:
+            return self._shadow_active(fingerprint)
+        with self._mu:
+            if fingerprint is None:
+                self._known = {a.fingerprint: a for a in rows}
+            elif rows:
+                self._known[fingerprint] = rows[0]
             else:
-                with self._mu:
-                    if fingerprint is None:
-                        self._known = {a.fingerprint: a for a in rows}
-                    elif rows:
-                        self._known[fingerprint] = rows[0]
-                    else:
-                        self._known.pop(fingerprint, None)
-                return rows
-        return self._shadow_active(fingerprint)
+                self._known.pop(fingerprint, None)
+        return rows
 
     def history(self, limit: int = 1000) -> list[Alarm]:
-        inner = self._up()
-        if inner is not None:
-            try:
-                return inner.history(limit)
-            except StoreUnavailable as exc:
-                self._fault(exc)
+        stored = self._via(lambda s: s.history(limit))
+        if stored is not DOWN:
+            return stored
         with self._mu:
             kept = [e.view for e in self._episodes]
             seen = {(a.fingerprint, a.raised_at) for a in kept}
@@ -412,12 +419,9 @@ class GuardedStore:
         return sorted(rows.values(), key=lambda a: a.raised_at, reverse=True)[:limit]
 
     def get(self, fingerprint_or_id: str | int) -> Alarm | None:
-        inner = self._up()
-        if inner is not None:
-            try:
-                return inner.get(fingerprint_or_id)
-            except StoreUnavailable as exc:
-                self._fault(exc)
+        got = self._via(lambda s: s.get(fingerprint_or_id))
+        if got is not DOWN:
+            return got
         for a in self.history():
             if fingerprint_or_id in (a.id, a.fingerprint):
                 return a
@@ -433,13 +437,8 @@ class GuardedStore:
                 if alarm_id not in self._ids:
                     raise StoreError(f"alarm store {self.location}: no alarm with id {alarm_id}")
                 alarm_id = self._ids[alarm_id]
-        inner = self._up()
-        if inner is not None:
-            try:
-                inner.set_diagnosis(alarm_id, diagnosis)
-                return
-            except StoreUnavailable as exc:
-                self._fault(exc)
+        if self._via(lambda s: s.set_diagnosis(alarm_id, diagnosis)) is not DOWN:
+            return
         with self._mu:
             if alarm_id not in self._diagnoses and len(self._diagnoses) >= self.max_kept:
                 return
@@ -463,14 +462,8 @@ class GuardedStore:
         notifiers: Collection[str] | None = None,
         lease_s: float = DEFAULT_LEASE_S,
     ) -> list[OutboxItem]:
-        inner = self._up()
-        if inner is None:
-            return []
-        try:
-            return inner.due(now, limit, notifiers=notifiers, lease_s=lease_s)
-        except StoreUnavailable as exc:
-            self._fault(exc)
-            return []
+        items = self._via(lambda s: s.due(now, limit, notifiers=notifiers, lease_s=lease_s))
+        return [] if items is DOWN else items
 
     def mark_sent(self, item_id: int, at: datetime | None = None) -> None:
         self._need().mark_sent(item_id, at)
@@ -482,14 +475,8 @@ class GuardedStore:
         return self._need().pending()
 
     def resend_candidates(self, notifier: str, cleared_since: datetime) -> list[Alarm]:
-        inner = self._up()
-        if inner is None:
-            return []
-        try:
-            return inner.resend_candidates(notifier, cleared_since)
-        except StoreUnavailable as exc:
-            self._fault(exc)
-            return []
+        alarms = self._via(lambda s: s.resend_candidates(notifier, cleared_since))
+        return [] if alarms is DOWN else alarms
 
     def prune(self, before: datetime) -> int:
         inner = self._up()

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from hasync import clock
+
 ALARM_ID = 45641
 SEVERITY = "Major"
 AUTO_CLEAR = True
@@ -29,8 +31,8 @@ def utc(dt: datetime) -> datetime:
 
 
 def iso(dt: datetime | None) -> str | None:
-    """ISO 8601 with a UTC offset and milliseconds (SPEC §3), or None."""
-    return None if dt is None else utc(dt).isoformat(timespec="milliseconds")
+    """ISO 8601 in UTC with milliseconds (SPEC §3), or None; a naive datetime is refused (`utc`)."""
+    return None if dt is None else clock.iso(utc(dt), "milliseconds", UTC)
 
 
 def additional_info(cause: str, paths: Sequence[str] = (), *, limit: int = 5) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,7 @@ from hasync.alarms.store import AlarmStore, StoreError
 from hasync.config import NotifySection
 from hasync.errors import ConfigError, HasyncError
 from hasync.masking import mask_url, one_line, url_secrets
+from hasync.tasks import Backoff
 from hasync.urls import http_url, notifier_key, syslog_target
 
 log = logging.getLogger("hasync.notify")
@@ -316,8 +316,7 @@ class Dispatcher:
         self.store = store
         self.notifiers = {n.key: n for n in notifiers}
         self.poll_s = poll_s
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_initial_s, backoff_max_s, jitter=0.1)
         self.send_timeout_s = send_timeout_s
         self.lease_s = lease_s if lease_s is not None else max(60.0, 4 * send_timeout_s)
         self.batch = batch
@@ -332,11 +331,6 @@ class Dispatcher:
     def wake(self) -> None:
         """Run a round now (call from the event loop's thread)."""
         self._wake.set()
-
-    def backoff_s(self, attempts: int) -> float:
-        """Delay before the next try of an item that failed `attempts` times."""
-        base = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** max(0, attempts - 1))
-        return base * random.uniform(0.9, 1.1)
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -359,7 +353,7 @@ class Dispatcher:
             if isinstance(exc, TimeoutError):
                 error = f"no answer within {self.send_timeout_s:g} s"
             self._note_failure(item.notifier, error)
-            retry_at = self._clock() + timedelta(seconds=self.backoff_s(item.attempts))
+            retry_at = self._clock() + timedelta(seconds=self.backoff.after(item.attempts))
             await self._call(self.store.mark_failed, item.id, retry_at, error)
             return False
         await self._call(self.store.mark_sent, item.id, self._clock())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -15,16 +16,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
-from hasync.alarms.model import Alarm, Event, Identity, OutboxItem, utc
-from hasync.alarms.sql import SqlStore
-from hasync.alarms.store import (
-    ALARM_COLS,
-    MIGRATIONS,
-    OUTBOX_COLS,
-    SCHEMA_VERSION,
-    StoreError,
-    StoreUnavailable,
-)
+from hasync.alarms.model import Alarm, Identity, OutboxItem, utc
+from hasync.alarms.sql import SCHEMA_VERSION_TABLE, SqlStore
+from hasync.alarms.store import ALARM_COLS, OUTBOX_COLS, StoreError, StoreUnavailable
 from hasync.masking import mask_url, one_line, url_secrets
 
 log = logging.getLogger("hasync.alarms")
@@ -35,47 +29,6 @@ Conn = psycopg.Connection[DictRow]
 
 # Serializes migrations of agents opening the same database at once.
 _MIGRATION_LOCK_KEY = 45641
-
-_SQL: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE alarms (
-            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            fingerprint TEXT NOT NULL,
-            alarm_id INTEGER NOT NULL,
-            source TEXT NOT NULL,
-            service_name TEXT NOT NULL,
-            role_name TEXT NOT NULL,
-            host_name TEXT NOT NULL,
-            cause TEXT NOT NULL,
-            additional_info TEXT NOT NULL,
-            raised_at TIMESTAMPTZ NOT NULL,
-            cleared_at TIMESTAMPTZ,
-            updated_at TIMESTAMPTZ NOT NULL,
-            diagnosis JSONB,
-            CHECK (cleared_at IS NULL OR cleared_at >= raised_at)
-        )""",
-        "CREATE UNIQUE INDEX alarms_one_active ON alarms (fingerprint) WHERE cleared_at IS NULL",
-        "CREATE INDEX alarms_fingerprint ON alarms (fingerprint, raised_at)",
-        "CREATE INDEX alarms_raised_at ON alarms (raised_at, id)",
-    ),
-    2: (
-        """CREATE TABLE outbox (
-            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            alarm_row BIGINT NOT NULL REFERENCES alarms (id) ON DELETE CASCADE,
-            event TEXT NOT NULL CHECK (event IN ('raise', 'clear')),
-            notifier TEXT NOT NULL,
-            payload JSONB NOT NULL,
-            created_at TIMESTAMPTZ NOT NULL,
-            next_try_at TIMESTAMPTZ NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            sent_at TIMESTAMPTZ
-        )""",
-        "CREATE INDEX outbox_pending ON outbox (next_try_at, id) WHERE sent_at IS NULL",
-        "CREATE INDEX outbox_alarm ON outbox (alarm_row, notifier, id)",
-    ),
-}
-assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
 
 
 class PgStore(SqlStore):
@@ -89,6 +42,12 @@ class PgStore(SqlStore):
     """
 
     PARAM = "%s"
+    TYPES = {
+        "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "ref": "BIGINT",
+        "ts": "TIMESTAMPTZ",
+        "json": "JSONB",
+    }
 
     def __init__(self, url: str, *, connect_timeout_s: float = 5.0, statement_timeout_s: float = 30.0) -> None:
         self.location = mask_url(url)
@@ -138,14 +97,19 @@ class PgStore(SqlStore):
 
     # -- plumbing -----------------------------------------------------------
 
-    def _error(self, what: str, exc: BaseException) -> StoreError:
-        return StoreUnavailable(f"alarm store {self.location}: {what}: {one_line(exc, self._secrets)}")
+    @contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        """The one map of psycopg's errors to the store's (as httpx's `map_exceptions`): StoreUnavailable
+        "alarm store <masked URL>: <what>: <error, secrets masked>"; our own errors pass as they are.
+        Not chained (``from None``): the driver's error may hold the password."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"alarm store {self.location}: {what}: {one_line(exc, self._secrets)}") from None
 
     def _connect(self) -> Conn:
-        try:
+        with self._mapped("bad URL"):
             params: dict[str, Any] = conninfo_to_dict(self._url)
-        except psycopg.Error as exc:
-            raise self._error("bad URL", exc) from None
         params.setdefault("connect_timeout", max(1, round(self._connect_timeout_s)))
         params.setdefault("application_name", "hasync")
         # Notice a silently dropped connection instead of waiting on it forever.
@@ -153,25 +117,22 @@ class PgStore(SqlStore):
         params.setdefault("keepalives_idle", 30)
         params.setdefault("keepalives_interval", 10)
         params.setdefault("keepalives_count", 3)
-        try:
+        with self._mapped("cannot connect"):
             conn: Conn = psycopg.connect(autocommit=True, row_factory=dict_row, **params)
-        except psycopg.Error as exc:
-            raise self._error("cannot connect", exc) from None
-        try:
-            conn.execute("SET TIME ZONE 'UTC'")
-            conn.execute(f"SET statement_timeout = {int(self._statement_timeout_s * 1000)}")
-        except psycopg.Error as exc:
-            conn.close()
-            raise self._error("cannot set up the session", exc) from None
+        with self._mapped("cannot set up the session"):
+            try:
+                conn.execute("SET TIME ZONE 'UTC'")
+                conn.execute(f"SET statement_timeout = {int(self._statement_timeout_s * 1000)}")
+            except BaseException:
+                conn.close()
+                raise
         self._conn = conn
         return conn
 
     def _drop(self) -> None:
         if self._conn is not None:
-            try:
+            with suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
             self._conn = None
 
     def _run(self, what: str, fn: Callable[[Conn], T]) -> T:
@@ -181,51 +142,28 @@ class PgStore(SqlStore):
                 raise StoreUnavailable(f"alarm store {self.location}: store is closed")
             for attempt in (1, 2):
                 conn = self._conn if self._conn is not None and not self._conn.closed else self._connect()
-                try:
-                    with conn.transaction():
-                        return fn(conn)
-                except psycopg.OperationalError as exc:
-                    if conn.broken or conn.closed:
+                with self._mapped(what):
+                    try:
+                        with conn.transaction():
+                            return fn(conn)
+                    except psycopg.OperationalError:
+                        if not (conn.broken or conn.closed):
+                            raise
                         self._drop()
-                        if attempt == 1:
-                            log.warning("alarm store connection lost, reconnecting store=%s", self.location)
-                            continue
-                    raise self._error(what, exc) from None
-                except psycopg.Error as exc:
-                    raise self._error(what, exc) from None
+                        if attempt == 2:
+                            raise
+                log.warning("alarm store connection lost, reconnecting store=%s", self.location)
             raise AssertionError("unreachable")
 
     def _migrate(self) -> None:
         def fn(conn: Conn) -> None:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
-            )
+            conn.execute(SCHEMA_VERSION_TABLE.format_map(self.TYPES).encode())
             row = conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version").fetchone()
-            have = int(row["v"]) if row else 0
-            if have > SCHEMA_VERSION:
-                raise StoreError(
-                    f"alarm store {self.location}: schema version {have} is newer than this hasync knows"
-                    f" ({SCHEMA_VERSION}); upgrade hasync"
-                )
-            for version, description in MIGRATIONS:
-                if version <= have:
-                    continue
-                for statement in _SQL[version]:
-                    conn.execute(statement.encode())
-                conn.execute(
-                    "INSERT INTO schema_version (version, description, applied_at) VALUES (%s, %s, now())",
-                    (version, description),
-                )
+            for sql, args in self._migrations(int(row["v"]) if row else 0):
+                conn.execute(sql.encode(), args or None)
 
         self._run("cannot migrate the schema", fn)
-
-    def _enqueue(
-        self, conn: Conn, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: datetime
-    ) -> None:
-        sql, args = self._outbox_insert(alarm_row, event, notifier, payload, now)
-        conn.execute(sql.encode(), args)
 
     # -- alarms -------------------------------------------------------------
 
@@ -244,8 +182,8 @@ class PgStore(SqlStore):
                 row = conn.execute(insert.encode(), insert_args).fetchone()
                 if row is not None:
                     alarm = self._alarm(row)
-                    for key in dict.fromkeys(notify):
-                        self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
+                    for sql, args in self._notify(alarm, "raise", notify, when):
+                        conn.execute(sql.encode(), args)
                     return alarm, True
                 row = conn.execute(
                     f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = %s AND cleared_at IS NULL FOR UPDATE",
@@ -278,8 +216,8 @@ class PgStore(SqlStore):
             if row is None:
                 return None
             alarm = self._alarm(row)
-            for key in dict.fromkeys(notify):
-                self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
+            for sql, args in self._notify(alarm, "clear", notify, when):
+                conn.execute(sql.encode(), args)
             return alarm
 
         return self._run("cannot clear alarm", fn)

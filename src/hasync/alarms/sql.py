@@ -1,9 +1,10 @@
-"""What the SQLite and PostgreSQL alarm stores share: the statements that differ only in their driver's
-placeholder and in how times and JSON are stored, and the mapping of rows to `Alarm` and `OutboxItem`.
+"""What the SQLite and PostgreSQL alarm stores share: the schema and the statements that differ only in their
+driver's placeholder and in how times and JSON are stored, and the mapping of rows to `Alarm` and `OutboxItem`.
 
-Each backend supplies its placeholder (`PARAM`), the conversions (`_ts`, `_dt`, `_json`, `_json_payload`,
-`_doc`), how one statement runs (`_query`, `_change`) and how `due` claims items (`_claim`); it keeps
-its own connection handling, migrations, `raise_alarm` and `clear`.
+Each backend supplies its placeholder (`PARAM`), its column types (`TYPES`), the conversions (`_ts`, `_dt`,
+`_json`, `_json_payload`, `_doc`), how one statement runs (`_query`, `_change`) and how `due` claims items
+(`_claim`); it keeps its own connection handling, the transaction its migrations run in, `raise_alarm` and
+`clear` (whose statements, `_alarm_insert` and `_notify`, come from here).
 """
 
 from __future__ import annotations
@@ -14,7 +15,58 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol, cast
 
 from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
-from hasync.alarms.store import ALARM_COLS, DEFAULT_LEASE_S, OUTBOX_COLS, StoreError
+from hasync.alarms.store import ALARM_COLS, DEFAULT_LEASE_S, MIGRATIONS, OUTBOX_COLS, SCHEMA_VERSION, StoreError
+
+# The statements of each migration (`store.MIGRATIONS`). Column types that differ between the backends are
+# left open, filled from the backend's `TYPES`: {id} a row id, {ref} a reference to one, {ts} a time, {json}
+# a JSON document.
+SCHEMA: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE alarms (
+            id {id},
+            fingerprint TEXT NOT NULL,
+            alarm_id INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            service_name TEXT NOT NULL,
+            role_name TEXT NOT NULL,
+            host_name TEXT NOT NULL,
+            cause TEXT NOT NULL,
+            additional_info TEXT NOT NULL,
+            raised_at {ts} NOT NULL,
+            cleared_at {ts},
+            updated_at {ts} NOT NULL,
+            diagnosis {json},
+            CHECK (cleared_at IS NULL OR cleared_at >= raised_at)
+        )""",
+        "CREATE UNIQUE INDEX alarms_one_active ON alarms (fingerprint) WHERE cleared_at IS NULL",
+        "CREATE INDEX alarms_fingerprint ON alarms (fingerprint, raised_at)",
+        "CREATE INDEX alarms_raised_at ON alarms (raised_at, id)",
+    ),
+    2: (
+        """CREATE TABLE outbox (
+            id {id},
+            alarm_row {ref} NOT NULL REFERENCES alarms (id) ON DELETE CASCADE,
+            event TEXT NOT NULL CHECK (event IN ('raise', 'clear')),
+            notifier TEXT NOT NULL,
+            payload {json} NOT NULL,
+            created_at {ts} NOT NULL,
+            next_try_at {ts} NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            sent_at {ts}
+        )""",
+        "CREATE INDEX outbox_pending ON outbox (next_try_at, id) WHERE sent_at IS NULL",
+        "CREATE INDEX outbox_alarm ON outbox (alarm_row, notifier, id)",
+    ),
+}
+assert sorted(SCHEMA) == [v for v, _ in MIGRATIONS]
+# Created (if missing) before the migrations run, outside them.
+SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at {ts} NOT NULL)"
+)
+
+Statement = tuple[str, tuple[object, ...]]
 
 
 class Row(Protocol):
@@ -27,6 +79,7 @@ class SqlStore(ABC):
     """The `AlarmStore` methods both SQL backends run alike."""
 
     PARAM: ClassVar[str]  # the driver's placeholder: "?" for sqlite3, "%s" for psycopg
+    TYPES: ClassVar[dict[str, str]]  # the column types SCHEMA leaves open
     _label: str  # how error messages name the store
 
     # -- what each backend supplies -------------------------------------------
@@ -99,9 +152,7 @@ class SqlStore(ABC):
             sent_at=None if row["sent_at"] is None else self._dt(row["sent_at"]),
         )
 
-    def _alarm_insert(
-        self, identity: Identity, cause: str, additional_info: str, now: object
-    ) -> tuple[str, tuple[object, ...]]:
+    def _alarm_insert(self, identity: Identity, cause: str, additional_info: str, now: object) -> Statement:
         """The statement and arguments that insert a new active alarm, for the backends' raise."""
         p = self.PARAM
         sql = (
@@ -124,9 +175,8 @@ class SqlStore(ABC):
 
     def _outbox_insert(
         self, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: object
-    ) -> tuple[str, tuple[object, ...]]:
-        """The statement and arguments that queue one notification: for `enqueue`, and for the backends'
-        raise and clear, which run it in their own transaction."""
+    ) -> Statement:
+        """The statement and arguments that queue one notification (`enqueue`, `_notify`)."""
         if event not in EVENTS:
             raise ValueError(f"unknown outbox event {event!r}")
         p = self.PARAM
@@ -135,6 +185,32 @@ class SqlStore(ABC):
             f" VALUES ({p}, {p}, {p}, {p}, {p}, {p})"
         )
         return sql, (alarm_row, event, notifier, self._json_payload(payload), now, now)
+
+    def _notify(self, alarm: Alarm, event: Event, notify: Sequence[str], now: object) -> list[Statement]:
+        """The outbox items of a raise or a clear, one per notifier key, for the backend to run in the same
+        transaction as the change."""
+        return [self._outbox_insert(alarm.id, event, key, alarm.to_json(), now) for key in dict.fromkeys(notify)]
+
+    def _migrations(self, have: int) -> list[Statement]:
+        """What brings a schema at version `have` up to date, in order, for the backend to run in one
+        transaction (after creating SCHEMA_VERSION_TABLE). StoreError when `have` is newer than this hasync."""
+        if have > SCHEMA_VERSION:
+            raise StoreError(
+                f"alarm store {self._label}: schema version {have} is newer than this hasync knows"
+                f" ({SCHEMA_VERSION}); upgrade hasync"
+            )
+        p = self.PARAM
+        out: list[Statement] = []
+        for version, description in MIGRATIONS:
+            if version > have:
+                out += [(statement.format_map(self.TYPES), ()) for statement in SCHEMA[version]]
+                out.append(
+                    (
+                        f"INSERT INTO schema_version (version, description, applied_at) VALUES ({p}, {p}, {p})",
+                        (version, description, self._ts(datetime.now(UTC))),
+                    )
+                )
+        return out
 
     # -- alarms ---------------------------------------------------------------
 

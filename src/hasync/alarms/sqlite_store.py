@@ -15,63 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hasync.alarms.model import Alarm, Event, Identity, OutboxItem, utc
-from hasync.alarms.sql import SqlStore
-from hasync.alarms.store import (
-    ALARM_COLS,
-    MIGRATIONS,
-    OUTBOX_COLS,
-    SCHEMA_VERSION,
-    StoreError,
-    StoreUnavailable,
-)
+from hasync.alarms.model import Alarm, Identity, OutboxItem, utc
+from hasync.alarms.sql import SCHEMA_VERSION_TABLE, SqlStore
+from hasync.alarms.store import ALARM_COLS, OUTBOX_COLS, StoreUnavailable
 from hasync.masking import one_line
 
 T = TypeVar("T")
 
 # Times are stored as fixed-width UTC text, so text order is time order.
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
-
-_SQL: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE alarms (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            fingerprint TEXT NOT NULL,
-            alarm_id INTEGER NOT NULL,
-            source TEXT NOT NULL,
-            service_name TEXT NOT NULL,
-            role_name TEXT NOT NULL,
-            host_name TEXT NOT NULL,
-            cause TEXT NOT NULL,
-            additional_info TEXT NOT NULL,
-            raised_at TEXT NOT NULL,
-            cleared_at TEXT,
-            updated_at TEXT NOT NULL,
-            diagnosis TEXT,
-            CHECK (cleared_at IS NULL OR cleared_at >= raised_at)
-        )""",
-        "CREATE UNIQUE INDEX alarms_one_active ON alarms (fingerprint) WHERE cleared_at IS NULL",
-        "CREATE INDEX alarms_fingerprint ON alarms (fingerprint, raised_at)",
-        "CREATE INDEX alarms_raised_at ON alarms (raised_at, id)",
-    ),
-    2: (
-        """CREATE TABLE outbox (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            alarm_row INTEGER NOT NULL REFERENCES alarms (id) ON DELETE CASCADE,
-            event TEXT NOT NULL CHECK (event IN ('raise', 'clear')),
-            notifier TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            next_try_at TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            sent_at TEXT
-        )""",
-        "CREATE INDEX outbox_pending ON outbox (next_try_at, id) WHERE sent_at IS NULL",
-        "CREATE INDEX outbox_alarm ON outbox (alarm_row, notifier, id)",
-    ),
-}
-assert sorted(_SQL) == [v for v, _ in MIGRATIONS]
 
 
 log = logging.getLogger("hasync.alarms")
@@ -99,6 +51,7 @@ class SqliteStore(SqlStore):
     store is started; without it (CLI commands) opening fails with StoreUnavailable."""
 
     PARAM = "?"
+    TYPES = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "ref": "INTEGER", "ts": "TEXT", "json": "TEXT"}
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0, move_aside_damaged: bool = False) -> None:
         self.path = Path(path)
@@ -108,54 +61,51 @@ class SqliteStore(SqlStore):
         self._conn: sqlite3.Connection | None = None
         self.moved_aside: Path | None = None  # where a damaged file went, when it was moved aside
         try:
-            self._open(busy_timeout_s, check=move_aside_damaged)
+            self._open(busy_timeout_s, damaged_is_fatal=not move_aside_damaged)
         except _Damaged as exc:
-            if not move_aside_damaged:
-                raise self._error("cannot open", exc.error) from exc.error
             self._move_aside(exc.error)
-            self._open(busy_timeout_s, check=False)
+            self._open(busy_timeout_s, damaged_is_fatal=True)
 
-    def _open(self, busy_timeout_s: float, *, check: bool) -> None:
-        try:
+    def _open(self, busy_timeout_s: float, *, damaged_is_fatal: bool) -> None:
+        """Connect, check the file (unless a damaged one is fatal anyway: the CLI) and migrate.
+        A damaged file raises `_Damaged` when it is not fatal, to be moved aside."""
+        with self._mapped("cannot open"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise self._error("cannot open", exc) from exc
-        conn.row_factory = sqlite3.Row
-        self._conn = conn
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            if check:
-                # A file that opens may still be damaged inside: find out now, not at the first alarm.
-                verdict = str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
-                if verdict != "ok":
-                    raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
-            mode = self._wal(conn, busy_timeout_s)
-            if mode != "wal":
-                raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
-        except (sqlite3.Error, StoreError) as exc:
-            conn.close()
-            self._conn = None
-            if isinstance(exc, StoreError):
+            conn.row_factory = sqlite3.Row
+            self._conn = conn
+            try:
+                self._set_up(conn, busy_timeout_s, check=not damaged_is_fatal)
+            except BaseException as exc:
+                conn.close()
+                self._conn = None
+                if not damaged_is_fatal and isinstance(exc, sqlite3.Error) and _is_damage(exc):
+                    raise _Damaged(exc) from exc
                 raise
-            if _is_damage(exc):
-                raise _Damaged(exc) from exc
-            raise self._error("cannot open", exc) from exc
+
+    def _set_up(self, conn: sqlite3.Connection, busy_timeout_s: float, *, check: bool) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        if check:
+            # A file that opens may still be damaged inside: find out now, not at the first alarm.
+            verdict = str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
+        mode = self._wal(conn, busy_timeout_s)
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
 
     def _move_aside(self, error: sqlite3.Error) -> None:
         """Keep a damaged database file for whoever wants to look into it, out of the way of a new one."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        try:
+        with self._mapped(f"damaged ({one_line(error)}) and cannot be moved aside"):
             for suffix in ("-wal", "-shm", ""):  # the main file last: a crash in between leaves it in place
                 old = self.path.with_name(self.path.name + suffix)
                 if old.exists():
                     os.replace(old, aside.with_name(aside.name + suffix))
-        except OSError as exc:
-            raise self._error(f"damaged ({one_line(error)}) and cannot be moved aside", exc) from exc
         self.moved_aside = aside
         log.error(
             "alarm store damaged, moved aside and started anew store=%s moved_to=%s error=%s",
@@ -207,15 +157,24 @@ class SqliteStore(SqlStore):
                     raise
                 time.sleep(0.01 + random.random() * 0.04)
 
-    def _error(self, what: str, exc: BaseException) -> StoreError:
-        return StoreUnavailable(f"alarm store {self.path}: {what}: {one_line(exc)}")
+    @contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        """The one map of this backend's errors to the store's (as httpx's `map_exceptions`): sqlite3 and
+        OS errors become StoreUnavailable "alarm store <path>: <what>: <error>"; our own pass as they are."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"alarm store {self.path}: {what}: {one_line(exc)}") from exc
+
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(f"alarm store {self.path}: store is closed")
+        return self._conn
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction holding the database's write lock from its start."""
-        conn = self._conn
-        if conn is None:
-            raise StoreUnavailable(f"alarm store {self.path}: store is closed")
+        conn = self._open_conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -226,39 +185,18 @@ class SqliteStore(SqlStore):
             raise
 
     def _run(self, what: str, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        with self._lock:
-            try:
-                if write:
-                    with self._tx() as conn:
-                        return fn(conn)
-                if self._conn is None:
-                    raise StoreUnavailable(f"alarm store {self.path}: store is closed")
-                return fn(self._conn)
-            except sqlite3.Error as exc:
-                raise self._error(what, exc) from exc
+        with self._lock, self._mapped(what):
+            if not write:
+                return fn(self._open_conn())
+            with self._tx() as conn:
+                return fn(conn)
 
     def _migrate(self) -> None:
-        assert self._conn is not None
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version ("
-            "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
-        )
+        self._open_conn().execute(SCHEMA_VERSION_TABLE.format_map(self.TYPES))
         with self._tx() as conn:
             have = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            if have > SCHEMA_VERSION:
-                raise StoreError(
-                    f"alarm store {self.path}: schema version {have} is newer than this hasync knows"
-                    f" ({SCHEMA_VERSION}); upgrade hasync"
-                )
-            for version, description in MIGRATIONS:
-                if version <= have:
-                    continue
-                for statement in _SQL[version]:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                    (version, description, self._ts(datetime.now(UTC))),
-                )
+            for sql, args in self._migrations(have):
+                conn.execute(sql, args)
 
     @staticmethod
     def _active_row(conn: sqlite3.Connection, fingerprint: str) -> sqlite3.Row | None:
@@ -266,11 +204,6 @@ class SqliteStore(SqlStore):
             f"SELECT {ALARM_COLS} FROM alarms WHERE fingerprint = ? AND cleared_at IS NULL", (fingerprint,)
         ).fetchone()
         return row
-
-    def _enqueue(
-        self, conn: sqlite3.Connection, alarm_row: int, event: Event, notifier: str, payload: dict[str, Any], now: str
-    ) -> None:
-        conn.execute(*self._outbox_insert(alarm_row, event, notifier, payload, now))
 
     # -- alarms -------------------------------------------------------------
 
@@ -294,8 +227,8 @@ class SqliteStore(SqlStore):
             cur = conn.execute(*self._alarm_insert(identity, cause, additional_info, when))
             row = conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (cur.lastrowid,)).fetchone()
             alarm = self._alarm(row)
-            for key in dict.fromkeys(notify):
-                self._enqueue(conn, alarm.id, "raise", key, alarm.to_json(), when)
+            for sql, args in self._notify(alarm, "raise", notify, when):
+                conn.execute(sql, args)
             return alarm, True
 
         return self._run("cannot raise alarm", fn)
@@ -312,8 +245,8 @@ class SqliteStore(SqlStore):
                 (when, when, row["id"]),
             )
             alarm = self._alarm(conn.execute(f"SELECT {ALARM_COLS} FROM alarms WHERE id = ?", (row["id"],)).fetchone())
-            for key in dict.fromkeys(notify):
-                self._enqueue(conn, alarm.id, "clear", key, alarm.to_json(), when)
+            for sql, args in self._notify(alarm, "clear", notify, when):
+                conn.execute(sql, args)
             return alarm
 
         return self._run("cannot clear alarm", fn)

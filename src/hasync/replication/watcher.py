@@ -36,6 +36,7 @@ from inotify_simple import INotify, flags
 
 from hasync.fsutil import is_tmp_name
 from hasync.halog import kv
+from hasync.tasks import Backoff
 
 log = logging.getLogger("hasync.watcher")
 
@@ -95,7 +96,7 @@ class DirWatcher:
         self.error: str | None = None  # why the watcher is degraded or failed, None when ok
         self.failed = False
         self.retry_at = 0.0
-        self._backoff = BACKOFF_S[0]
+        self._backoff = Backoff(*BACKOFF_S)
         self._failed_at = 0.0
         self._batch = Batch()
         self._first = 0.0
@@ -144,7 +145,7 @@ class DirWatcher:
             log.error("file watcher failed, polling instead %s", kv(dir=self.name, error=why))
         now = time.monotonic()
         if now - self._failed_at > STABLE_S:
-            self._backoff = BACKOFF_S[0]
+            self._backoff.reset()
         self._failed_at = now
         self.failed = True
         self.error = why
@@ -152,8 +153,7 @@ class DirWatcher:
         self.unwatched.add("")
         self._wd.clear()
         self._rel.clear()
-        self.retry_at = now + self._backoff
-        self._backoff = min(self._backoff * 2, BACKOFF_S[1])
+        self.retry_at = now + self._backoff.next()
 
     def _fail(self, why: str) -> None:
         with self._lock:
