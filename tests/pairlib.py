@@ -176,12 +176,14 @@ class PairEnv:
             raise AssertionError(f"hasync {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
         return r
 
-    def in_sync(self) -> bool:
-        return snapshot(self.src) == snapshot(self.dst)
+    def in_sync(self, exclude: frozenset[str] = frozenset()) -> bool:
+        """The trees are equal, leaving out the relative paths in `exclude` on both sides."""
+        a, b = snapshot(self.src), snapshot(self.dst)
+        return {k: v for k, v in a.items() if k not in exclude} == {k: v for k, v in b.items() if k not in exclude}
 
-    def wait_in_sync(self, timeout: float = 30) -> None:
+    def wait_in_sync(self, timeout: float = 30, exclude: frozenset[str] = frozenset()) -> None:
         try:
-            wait_for(self.in_sync, timeout, what="standby tree == active tree")
+            wait_for(lambda: self.in_sync(exclude), timeout, what="standby tree == active tree")
         except AssertionError:
             a, b = snapshot(self.src), snapshot(self.dst)
             diff = {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
