@@ -1,4 +1,7 @@
-"""Test helpers: real agent processes on 127.0.0.1, tree comparison, waiting."""
+"""Test helpers: real agent processes on 127.0.0.1, tree comparison, waiting.
+
+The pair harness of the tests and of the benchmarks (bench/replication.py, bench/check_cost.py,
+bench/hostile_clients.py, bench/collect_memory.py import it from here)."""
 
 from __future__ import annotations
 
@@ -87,6 +90,9 @@ class AgentProc:
     user: tuple[int, int] | None = None
     proc: subprocess.Popen[bytes] | None = None
     wrap: list[str] = field(default_factory=list)  # a command that execs the agent (e.g. in a user namespace)
+    # In its own session: a Ctrl-C at the terminal reaches the caller alone, which then stops the agent
+    # (the benchmarks do, in order; pytest kills the agents of a test in its teardown).
+    new_session: bool = False
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +110,7 @@ class AgentProc:
                 stderr=out,
                 env=env,
                 cwd=self.config.parent,
+                start_new_session=self.new_session,
                 **kwargs,
             )
         if wait:
