@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.* (a sibling bench script)
 
-from replication import MANY_FULL, MANY_QUICK, ensure_tree  # a sibling bench script
+from bench.replication import MANY_FULL, MANY_QUICK, ensure_tree
 
 from hasync.audit import Auditor
 from hasync.config import AuditSection, load

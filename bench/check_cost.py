@@ -19,9 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.* (a sibling bench script)
 
-from replication import (  # a sibling bench script
+from bench.replication import (
     MANY_FULL,
     MANY_QUICK,
     HasyncPair,

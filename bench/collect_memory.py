@@ -29,16 +29,18 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from hasync.demo import write_pair
+
+# The agent process is the tests' (tests/pairlib.py): one way to run an agent and wait for it.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from pairlib import AgentProc
 
 ROTATE_BYTES = 20 << 20
 LINES_PER_S = 50
@@ -105,17 +107,6 @@ def vm_hwm_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def wait_healthy(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("peer agent did not start")
 
 
 def measure(config: Path, args: list[str], cwd: Path) -> dict[str, Any]:
@@ -188,13 +179,12 @@ def main() -> None:
     (run / "logs").mkdir()
     (run / "logs" / "node-b").symlink_to(logs)
     (run / "logs" / "node-a").symlink_to(logs)
-    agent_log = open(run / "node-a.out", "ab")
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "hasync", "agent", "-c", str(pair.config_a)], stdout=agent_log, stderr=agent_log
-    )
+    token = (run / "secrets" / "pair.token").read_text().strip()
+    agent = AgentProc(pair.config_a, pair.port_a, token)  # its output: run/node-a.out
     results: dict[str, Any] = {}
     try:
-        wait_healthy(pair.port_a)
+        agent.start()  # returns once it answers /healthz
+        assert agent.proc is not None
         span = last - first
         mid = first + span / 2
         cases = {
@@ -211,11 +201,9 @@ def main() -> None:
             )
             for node, n in r["nodes"].items():
                 print(f"    {node}: {n['entries']} entries, {n['files_read']} files read, {n['files_skipped']} skipped")
-        results["peer_agent_peak_rss_mb"] = round(vm_hwm_mb(agent.pid), 1)
+        results["peer_agent_peak_rss_mb"] = round(vm_hwm_mb(agent.proc.pid), 1)
     finally:
-        agent.terminate()
-        agent.wait(10)
-        agent_log.close()
+        agent.stop(timeout=10)
     peak = max(r["peak_rss_mb"] for k, r in results.items() if isinstance(r, dict))
     print(f"peer agent peak RSS (VmHWM) {results['peer_agent_peak_rss_mb']} MB")
     verdict = "OK" if peak < TARGET_RSS_MB else "OVER TARGET"

@@ -58,7 +58,11 @@ from typing import IO, Any
 
 import msgpack
 
-from hasync.demo import free_port, write_pair
+from hasync.demo import free_port
+
+# The pair harness is the tests' (tests/pairlib.py): one way to write a pair and run its agents.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from pairlib import AgentProc, new_pair, wait_for
 
 PY = sys.executable
 RSYNC = shutil.which("rsync") or "/usr/bin/rsync"
@@ -204,6 +208,11 @@ class Procs:
 
     def __init__(self) -> None:
         self._procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+        self._stoppers: list[Callable[[], None]] = []
+
+    def on_stop_all(self, stop: Callable[[], None]) -> None:
+        """`stop` stops processes started elsewhere (a pair's agents); stop_all calls it first."""
+        self._stoppers.append(stop)
 
     def start(self, name: str, cmd: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +239,8 @@ class Procs:
                 return
 
     def stop_all(self) -> None:
+        for stop in reversed(self._stoppers):
+            stop()
         for _, p, _ in list(reversed(self._procs)):
             self.stop(p)
 
@@ -282,16 +293,6 @@ def timed(
     srv1 = sum(proc_cpu_s(pid, ch) for pid, ch in servers)
     cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) + (srv1 - srv0)
     return Run(wall, cpu, cp.stdout.decode().strip())
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
-    t0 = time.monotonic()
-    while True:
-        if pred():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(step)
 
 
 def port_open(port: int) -> bool:
@@ -353,12 +354,15 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class HasyncPair:
-    """node-a (active) serving a generated tree in place; node-b (standby) writing under base/data."""
+    """node-a (active) serving a generated tree in place; node-b (standby) writing under base/data.
+
+    The pair and its agent processes are the tests' (pairlib.PairEnv); this adds what the bench times:
+    the active's initial scan, the standby's initial sync, the client command and its CPU."""
 
     def __init__(self, base: Path, tree: Path, procs: Procs) -> None:
         self.base = base
-        self.procs = procs
-        pair = write_pair(base, dirs=("data",))
+        self.env = new_pair(base, dirs=("data",))
+        pair = self.env.pair
         text = pair.config_a.read_text()
         old = 'path = "data/node-a/data"'
         assert old in text, "write_pair changed its layout"
@@ -368,7 +372,10 @@ class HasyncPair:
         self.port_a, self.port_b = pair.port_a, pair.port_b
         self.src = tree
         self.dst = pair.data_b / "data"
-        self.token = (base / "secrets" / "pair.token").read_text().strip()
+        self.token = self.env.a.token
+        for agent in (self.env.a, self.env.b):
+            agent.new_session = True  # Ctrl-C reaches the bench, which stops the agents (Procs.stop_all)
+        procs.on_stop_all(self.stop)
         self.active: subprocess.Popen[bytes] | None = None
         self.standby: subprocess.Popen[bytes] | None = None
 
@@ -381,24 +388,16 @@ class HasyncPair:
             ctype = resp.headers.get("Content-Type", "")
         return msgpack.unpackb(body, raw=False) if "msgpack" in ctype else json.loads(body)
 
-    def _healthy(self, port: int) -> bool:
-        try:
-            with _OPENER.open(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def _agent(self, node: str) -> subprocess.Popen[bytes]:
-        cfg = self.config_a if node == "a" else self.config_b
-        return self.procs.start(
-            f"agent-{node}", [PY, "-m", "hasync", "agent", "-c", str(cfg)], self.base / "logs" / f"agent-{node}.out"
-        )
+    @staticmethod
+    def _start(agent: AgentProc) -> subprocess.Popen[bytes]:
+        agent.start()  # returns once it answers /healthz
+        assert agent.proc is not None
+        return agent.proc
 
     def start_active(self) -> float:
         """Start the active agent; return the seconds until it has scanned the tree and answers status."""
         t0 = time.monotonic()
-        self.active = self._agent("a")
-        wait_for(lambda: self._alive(self.active) and self._healthy(self.port_a), 60, "active agent /healthz")
+        self.active = self._start(self.env.a)
 
         def scanned() -> bool:
             self._alive(self.active)
@@ -407,7 +406,7 @@ class HasyncPair:
             except (OSError, urllib.error.URLError):
                 return False
 
-        wait_for(scanned, 900, "the active agent's initial scan", step=0.1)
+        wait_for(scanned, 900, interval=0.1, what="the active agent's initial scan")
         cp = subprocess.run([PY, "-m", "hasync", "status", "-c", str(self.config_a)], capture_output=True)
         if cp.returncode != 0:
             raise BenchError(f"hasync status on the active exited {cp.returncode}: {cp.stderr.decode()}")
@@ -416,7 +415,7 @@ class HasyncPair:
     def start_standby(self, timeout: float = 900, sample: Callable[[], None] | None = None) -> float:
         """Start the standby agent; return the seconds until it reports in_sync."""
         t0 = time.monotonic()
-        self.standby = self._agent("b")
+        self.standby = self._start(self.env.b)
 
         def in_sync() -> bool:
             self._alive(self.standby)
@@ -428,7 +427,7 @@ class HasyncPair:
             except (OSError, urllib.error.URLError):
                 return False
 
-        wait_for(in_sync, timeout, "the standby agent to be in sync", step=0.05)
+        wait_for(in_sync, timeout, interval=0.05, what="the standby agent to be in sync")
         return time.monotonic() - t0
 
     def _alive(self, p: subprocess.Popen[bytes] | None) -> bool:
@@ -444,15 +443,22 @@ class HasyncPair:
             )
         return True
 
+    @staticmethod
+    def _stop(agent: AgentProc) -> None:
+        try:
+            agent.stop(timeout=8.0)
+        except AssertionError as exc:  # killed after the timeout
+            note(str(exc))
+
     def stop_standby(self) -> None:
         if self.standby is not None:
-            self.procs.stop(self.standby)
+            self._stop(self.env.b)
             self.standby = None
 
     def stop(self) -> None:
         self.stop_standby()
         if self.active is not None:
-            self.procs.stop(self.active)
+            self._stop(self.env.a)
             self.active = None
 
     def reset_standby(self) -> None:
@@ -489,7 +495,7 @@ class RsyncDaemon:
             [RSYNC, "--daemon", "--no-detach", f"--config={conf}", f"--port={self.port}", "--address=127.0.0.1"],
             self.dir / "rsyncd.out",
         )
-        wait_for(lambda: port_open(self.port), 10, "the rsync daemon")
+        wait_for(lambda: port_open(self.port), 10, interval=0.05, what="the rsync daemon")
 
     def url(self, module: str) -> str:
         return f"rsync://127.0.0.1:{self.port}/{module}/"
@@ -709,7 +715,7 @@ def _lsyncd(
                 raise BenchError(f"lsyncd exited {p.returncode}; see {d}")
             return log.exists() and "finished" in log.read_text(errors="replace")
 
-        wait_for(started, 300, "lsyncd's start-up sync", step=0.1)
+        wait_for(started, 300, interval=0.1, what="lsyncd's start-up sync")
         startup = time.monotonic() - t0
         out = _propagate(tree.path, rsyncd.dst["ref"], rels, rng, 0.05)
         out["startup_s"] = startup
@@ -1059,8 +1065,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         note("interrupted: stopping the processes started by the bench")
         return 130
-    except BenchError as exc:
-        note(f"FAILED: {exc}")
+    except (BenchError, AssertionError) as exc:  # AssertionError: a wait of pairlib's timed out
+        note(f"FAILED: {exc or type(exc).__name__}")
         return 1
     finally:
         procs.stop_all()

@@ -1,4 +1,7 @@
-"""Test helpers: real agent processes on 127.0.0.1, tree comparison, waiting."""
+"""Test helpers: real agent processes on 127.0.0.1, tree comparison, waiting.
+
+The pair harness of the tests and of the benchmarks (bench/replication.py, bench/check_cost.py,
+bench/hostile_clients.py, bench/collect_memory.py import it from here)."""
 
 from __future__ import annotations
 
@@ -87,6 +90,9 @@ class AgentProc:
     user: tuple[int, int] | None = None
     proc: subprocess.Popen[bytes] | None = None
     wrap: list[str] = field(default_factory=list)  # a command that execs the agent (e.g. in a user namespace)
+    # In its own session: a Ctrl-C at the terminal reaches the caller alone, which then stops the agent
+    # (the benchmarks do, in order; pytest kills the agents of a test in its teardown).
+    new_session: bool = False
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +110,7 @@ class AgentProc:
                 stderr=out,
                 env=env,
                 cwd=self.config.parent,
+                start_new_session=self.new_session,
                 **kwargs,
             )
         if wait:
@@ -176,12 +183,14 @@ class PairEnv:
             raise AssertionError(f"hasync {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
         return r
 
-    def in_sync(self) -> bool:
-        return snapshot(self.src) == snapshot(self.dst)
+    def in_sync(self, exclude: frozenset[str] = frozenset()) -> bool:
+        """The trees are equal, leaving out the relative paths in `exclude` on both sides."""
+        a, b = snapshot(self.src), snapshot(self.dst)
+        return {k: v for k, v in a.items() if k not in exclude} == {k: v for k, v in b.items() if k not in exclude}
 
-    def wait_in_sync(self, timeout: float = 30) -> None:
+    def wait_in_sync(self, timeout: float = 30, exclude: frozenset[str] = frozenset()) -> None:
         try:
-            wait_for(self.in_sync, timeout, what="standby tree == active tree")
+            wait_for(lambda: self.in_sync(exclude), timeout, what="standby tree == active tree")
         except AssertionError:
             a, b = snapshot(self.src), snapshot(self.dst)
             diff = {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}

@@ -108,7 +108,7 @@ def test_error_never_prints_the_token(cfg: Path) -> None:
 
 # -- malformed configs, tried as a careless operator would write them (issue 9, item 10) --------------------------
 
-Mutation = Callable[[Path], None]
+Mutation = Callable[[Path], object]  # what a mutation returns is ignored
 SECRET = "Pw-S3cret-42"
 
 

@@ -22,7 +22,7 @@ def test_format_rotation_and_retention(tmp_path: Path) -> None:
     assert len(rotated) == 3  # retention: the oldest went
     for f in [*rotated, tmp_path / "ha.log"]:
         opener = gzip.open if f.suffix == ".gz" else open
-        with opener(f, "rt") as fh:  # type: ignore[operator]
+        with opener(f, "rt") as fh:
             lines = fh.read().splitlines()
         assert re.fullmatch(r"# hasync HA run log; times are local, UTC offset [+-]\d\d:\d\d", lines[0])
         assert all(LINE.fullmatch(x) for x in lines[1:]), lines[1:3]

@@ -28,7 +28,8 @@ from hasync import config as hconfig
 from hasync.backup import BackupSets
 from hasync.fsutil import tmp_name
 from hasync.manifest import FILE, Entry, Tree
-from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_HEAD, MSGPACK, dec_entry, dec_head, frame, pack, unpack
+from hasync.peer.frames import frame
+from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_HEAD, MSGPACK, dec_entry, dec_head, pack, unpack
 from hasync.replication.active import ActiveSide
 from hasync.replication.apply import Applier
 from hasync.replication.partials import Partial, Partials
@@ -503,7 +504,7 @@ class NumbersActive(FakePeer):
         req = unpack(await request.read())
         rows: list[Any] = [[name, row] for name, row in self.rows.items()]
         rows += [[b"not-a-pair"], "junk", [b"bad-name\0", list(GOOD_ROW)]]
-        out = [[d, b"\x03" * 16, rows if d == b"" and req["dir"] == "conf" else []] for d in req["dirs"]]
+        out: list[Any] = [[d, b"\x03" * 16, rows if d == b"" and req["dir"] == "conf" else []] for d in req["dirs"]]
         # Listings of the wrong shape, or of a directory that was not asked for.
         out += [[b"../evil", b"\x03" * 16, [[b"x", list(GOOD_ROW)]]], [b"", b"\x04" * 16, "rows"], "junk"]
         return web.Response(body=pack(out), content_type=MSGPACK)

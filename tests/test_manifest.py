@@ -54,9 +54,9 @@ def apply(plan: Plan, have: Tree, want: Tree) -> None:
     for rel, e in plan.chmod:
         have.put(rel, e)
     for rel in plan.fetch:
-        e = want.get(rel)
-        assert e is not None
-        have.put(rel, e)
+        fetched = want.get(rel)
+        assert fetched is not None
+        have.put(rel, fetched)
 
 
 @settings(max_examples=300, deadline=None)

@@ -145,7 +145,7 @@ url = "{am.url}"
 
                 alarm = wait_for(lambda: am_alert("hasync_45641"), 15, what="the agent's alert in Alertmanager")
                 assert alarm["generatorURL"] == f"http://{target_b}/v1/status", alarm
-                assert [r["name"] for r in alarm["receivers"]] == ["hasync-oncall"], alarm  # type: ignore[union-attr]
+                assert [r["name"] for r in alarm["receivers"]] == ["hasync-oncall"], alarm
                 wait_for(
                     lambda: {"HasyncAlarm45641", "HasyncAgentDown", "HasyncNotInSync"} <= prom.firing(),
                     20,
@@ -159,7 +159,7 @@ url = "{am.url}"
                     target_a,
                 ), down
                 routed = wait_for(lambda: am_alert("HasyncAgentDown"), 15, what="the rule's alert in Alertmanager")
-                assert [r["name"] for r in routed["receivers"]] == ["hasync-oncall"], routed  # type: ignore[union-attr]
+                assert [r["name"] for r in routed["receivers"]] == ["hasync-oncall"], routed
 
                 # Back: the alarm clears; Alertmanager resolves it and tells its receiver.
                 env.a.start()

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from hasync.check import OutOfSync, Verdict
@@ -82,6 +83,10 @@ def test_option_errors_anywhere_are_unknown_on_stdout(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stdout == "" and "No such option" in r.stderr  # without --nagios: usage error
 
 
+def nagios_ok(env: PairEnv, node: str) -> bool:
+    return env.hasync("check", "--nagios", node=node).returncode == 0
+
+
 def test_own_agent_down_is_critical_on_both_nodes(make_pair) -> None:  # type: ignore[no-untyped-def]
     env: PairEnv = make_pair(interval_s=INTERVAL)
     (env.src / "conf" / "a.yaml").write_text("a")
@@ -103,7 +108,7 @@ def test_own_agent_down_is_critical_on_both_nodes(make_pair) -> None:  # type: i
         assert o.returncode == 2 and o.stdout.startswith("HASYNC CRITICAL - peer_agent_down: "), o.stdout
         agent.start()
         env.wait_in_sync()
-        wait_for(lambda d=dead: env.hasync("check", "--nagios", node=d).returncode == 0, 15, what="OK again")
+        wait_for(partial(nagios_ok, env, dead), 15, what="OK again")
 
 
 def test_nagios4_and_icinga2_parse_the_plugin_output(make_pair, base: Path) -> None:  # type: ignore[no-untyped-def]

@@ -71,7 +71,12 @@ def retarget_link_same_length(root: Path) -> None:
     os.symlink("udf-01.jar", link)
 
 
-CHANGES: dict[str, Callable[[Path], None]] = {
+def dir_replaced_by_a_link(root: Path) -> None:
+    shutil.rmtree(root / "conf" / "sub")
+    os.symlink("/etc", root / "conf" / "sub")
+
+
+CHANGES: dict[str, Callable[[Path], object]] = {  # what a change returns is ignored
     "append": lambda r: (r / "conf" / "flink-conf.yaml").open("a").write("x"),
     "touch": lambda r: os.utime(r / "lib" / "udf-03.jar"),
     "rewrite, same size and mtime": rewrite_same_size_and_mtime,
@@ -84,7 +89,7 @@ CHANGES: dict[str, Callable[[Path], None]] = {
     "rename": lambda r: (r / "lib" / "udf-06.jar").rename(r / "lib" / "udf-66.jar"),
     "link retarget, same length": retarget_link_same_length,
     "temp file left by a crash": lambda r: (r / "lib" / f"{TMP_PREFIX}x").write_bytes(b""),
-    "dir replaced by a link": lambda r: (shutil.rmtree(r / "conf" / "sub"), os.symlink("/etc", r / "conf" / "sub")),
+    "dir replaced by a link": dir_replaced_by_a_link,
     "sync dir gone": lambda r: shutil.rmtree(r),
 }
 

@@ -43,7 +43,7 @@ def cut_mid_transfer(env: PairEnv) -> Path:
         temps = [Path(t) for t in temp_files(env.dst / "udf")]
         return next((t for t in temps if t.stat().st_size >= BIG // 6), None)
 
-    tmp = wait_for(partial, 60, interval=0.001, what="a partly received big.bin")
+    tmp: Path = wait_for(partial, 60, interval=0.001, what="a partly received big.bin")
     assert env.b.proc is not None
     os.kill(env.b.proc.pid, signal.SIGSTOP)  # nothing more is written from here
     env.b.kill9()
@@ -95,7 +95,7 @@ def test_a_cut_transfer_is_resumed_from_where_it_stopped(make_pair) -> None:  # 
 
 @pytest.mark.parametrize("spoil", [damage_prefix, change_active_file, forget_temp], ids=lambda f: f.__name__)
 def test_a_partial_that_is_not_the_files_prefix_is_sent_again_whole(
-    make_pair,  # type: ignore[no-untyped-def]
+    make_pair: Callable[..., PairEnv],
     spoil: Callable[[PairEnv, Path], None],
 ) -> None:
     env: PairEnv = make_pair()

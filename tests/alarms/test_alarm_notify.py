@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from hasync.alarms import rfc5424
 from hasync.alarms.backends import open_store
-from hasync.alarms.model import Identity, OutboxItem
+from hasync.alarms.model import Event, Identity, OutboxItem
 from hasync.alarms.notify import (
     ALERTNAME,
     AlertmanagerNotifier,
@@ -221,14 +222,14 @@ def test_webhook_basic_auth_from_the_url_and_no_password_in_errors(sqlite_store:
     run(main)
 
 
-def fake_item(payload: dict[str, object], event: str = "raise") -> OutboxItem:
+def fake_item(payload: dict[str, object], event: Event = "raise") -> OutboxItem:
     t = now()
     return OutboxItem(
         id=1,
         alarm_row=1,
         event=event,
         notifier="x",
-        payload=dict(payload),  # type: ignore[arg-type]
+        payload=dict(payload),
         created_at=t,
         next_try_at=t,
     )
@@ -561,7 +562,7 @@ def test_build_notifiers_from_the_config_section() -> None:
     assert isinstance(built[3], SyslogNotifier) and (built[3].transport, built[3].facility) == ("tcp", 19)
 
     # The config refuses a bad URL at load (tests/test_config.py); build_notifiers still does on its own.
-    with pytest.raises(ValueError, match="expected an http") as bad:
+    with pytest.raises(ValidationError, match="expected an http") as bad:
         NotifySection(kind="webhook", url="ftp://u:Secr3t@host/x")
     assert "Secr3t" not in str(bad.value.errors()[0]["msg"])
     with pytest.raises(ConfigError, match=r"hasync.toml: alarms.notify\[0\].url") as err:
