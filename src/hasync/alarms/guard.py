@@ -36,6 +36,7 @@ from typing import Any
 
 from hasync.alarms.model import Alarm, Event, Identity, OutboxItem
 from hasync.alarms.store import DEFAULT_LEASE_S, AlarmStore, StoreError, StoreUnavailable
+from hasync.errors import Cause
 from hasync.halog import kv
 
 log = logging.getLogger("hasync.alarms")
@@ -275,7 +276,7 @@ class GuardedStore:
 
     # -- what the keeper writes ---------------------------------------------------------------------------
     def raise_alarm(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
         with self._io:
             inner = self._up()
@@ -322,7 +323,7 @@ class GuardedStore:
         self._episodes.append(ep)
 
     def _keep_raise(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, notify: tuple[str, ...]
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, notify: tuple[str, ...]
     ) -> tuple[Alarm, bool]:
         fp = identity.fingerprint
         ep = self._open_episode(fp)

@@ -36,7 +36,7 @@ from hasync.alarms.model import ALARM_ID, Alarm, OutboxItem, iso
 from hasync.alarms.store import AlarmStore, StoreError, mask_url, one_line, url_secrets
 from hasync.alarms.targets import http_url, notifier_key, syslog_target
 from hasync.config import NotifySection
-from hasync.errors import ConfigError, HasyncError
+from hasync.errors import ConfigError, HasyncError, NotifyError
 
 log = logging.getLogger("hasync.notify")
 
@@ -50,13 +50,6 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class NotifyError(HasyncError):
-    """A notifier could not deliver a message; the dispatcher retries it later."""
-
-    code = "notify_error"
-    http_status = 502
 
 
 class Notifier(Protocol):

@@ -28,6 +28,7 @@ from hasync.alarms.store import (
     one_line,
     url_secrets,
 )
+from hasync.errors import Cause
 
 log = logging.getLogger("hasync.alarms")
 
@@ -232,7 +233,7 @@ class PgStore(SqlStore):
     # -- alarms -------------------------------------------------------------
 
     def raise_alarm(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
         when = utc(at)
         fp = identity.fingerprint

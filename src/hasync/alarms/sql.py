@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol, cast
 
 from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
 from hasync.alarms.store import ALARM_COLS, DEFAULT_LEASE_S, OUTBOX_COLS, StoreError
+from hasync.errors import Cause, cause_of
 
 
 class Row(Protocol):
@@ -78,7 +79,7 @@ class SqlStore(ABC):
             service_name=row["service_name"],
             role_name=row["role_name"],
             host_name=row["host_name"],
-            cause=row["cause"],
+            cause=cause_of(row["cause"]),
             additional_info=row["additional_info"],
             raised_at=self._dt(row["raised_at"]),
             cleared_at=None if row["cleared_at"] is None else self._dt(row["cleared_at"]),
@@ -100,7 +101,7 @@ class SqlStore(ABC):
         )
 
     def _alarm_insert(
-        self, identity: Identity, cause: str, additional_info: str, now: object
+        self, identity: Identity, cause: Cause, additional_info: str, now: object
     ) -> tuple[str, tuple[object, ...]]:
         """The statement and arguments that insert a new active alarm, for the backends' raise."""
         p = self.PARAM

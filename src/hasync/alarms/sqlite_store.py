@@ -26,6 +26,7 @@ from hasync.alarms.store import (
     StoreUnavailable,
     one_line,
 )
+from hasync.errors import Cause
 
 T = TypeVar("T")
 
@@ -275,7 +276,7 @@ class SqliteStore(SqlStore):
     # -- alarms -------------------------------------------------------------
 
     def raise_alarm(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
         when = self._ts(at)
         fp = identity.fingerprint
