@@ -17,10 +17,10 @@ from hasync.errors import (
     NotifyError,
     StoreError,
     StoreUnavailable,
+    cause_and_message,
     cause_of,
     first_cause,
     is_junk,
-    peer_error,
     unreadable_cause,
 )
 
@@ -67,13 +67,13 @@ def test_cause_order_names_every_cause_once() -> None:
 @pytest.mark.parametrize("cause", list(Cause))
 def test_a_peer_naming_a_known_cause_gets_it(cause: Cause) -> None:
     assert cause_of(cause.value) is cause
-    assert peer_error(cause.value, "boom") == (cause, "boom")
+    assert cause_and_message(cause.value, "boom") == (cause, "boom")
 
 
 @pytest.mark.parametrize("name", ["no_such_cause", "", "JUNK_FILE", "junk_file ", None, 7, ["disk_full"]])
 def test_a_peer_naming_an_unknown_cause_gets_sync_error_and_keeps_its_text(name: object) -> None:
     assert cause_of(name) is Cause.SYNC_ERROR
-    cause, message = peer_error(name, "boom")
+    cause, message = cause_and_message(name, "boom")
     assert cause is Cause.SYNC_ERROR and message == f"{name}: boom"
 
 

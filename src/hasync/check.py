@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hasync import clock
-from hasync.errors import Cause, PeerError, cause_of, first_cause, peer_error
+from hasync.errors import Cause, PeerError, cause_and_message, cause_of, first_cause
 from hasync.fsutil import atomic_write
 from hasync.halog import kv
 from hasync.peer.protocol import dec_info
@@ -330,7 +330,7 @@ class ActiveCheck:
 
 def _reason_cause(error: dict[str, Any]) -> tuple[str, Cause]:
     """A path the standby reports (its status `errors`): an unknown cause is sync_error, its text kept."""
-    cause, reason = peer_error(error["cause"], error["reason"])
+    cause, reason = cause_and_message(error["cause"], error["reason"])
     return reason, cause
 
 

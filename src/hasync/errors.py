@@ -81,11 +81,11 @@ def first_cause(causes: Iterable[Cause]) -> Cause | None:
 def cause_of(value: object) -> Cause:
     """A cause named by another process (the peer's frames, entries and status, a shared store's row).
     One rule for a name this version does not know (a newer peer's cause, or garbage): `sync_error`,
-    never an exception. `peer_error` keeps such a name's text in the message."""
+    never an exception. `cause_and_message` keeps such a name's text in the message."""
     return _CAUSES.get(value, Cause.SYNC_ERROR) if isinstance(value, str) else Cause.SYNC_ERROR
 
 
-def peer_error(cause: object, message: str) -> tuple[Cause, str]:
+def cause_and_message(cause: object, message: str) -> tuple[Cause, str]:
     """A (cause, message) pair named by another process: an unknown cause becomes `sync_error`
     (see `cause_of`) and its text goes in front of the message, so that nothing is lost."""
     known = cause_of(cause)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import blake3
 import msgpack
 
-from hasync.errors import Cause, peer_error, unreadable_cause
+from hasync.errors import Cause, cause_and_message, unreadable_cause
 from hasync.fsutil import atomic_write, is_tmp_name
 
 CHUNK = 1 << 20
@@ -63,11 +63,11 @@ class ScanError:
     @classmethod
     def from_text(cls, text: str) -> ScanError:
         """The error of an entry's text form; a cause this version does not know is `sync_error`,
-        its text kept in the message (errors.peer_error)."""
+        its text kept in the message (errors.cause_and_message)."""
         cause, sep, message = text.partition(": ")
         if not sep:
             return cls(Cause.SYNC_ERROR, text)
-        return cls(*peer_error(cause, message))
+        return cls(*cause_and_message(cause, message))
 
 
 class Entry(NamedTuple):

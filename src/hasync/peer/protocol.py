@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 
-from hasync.errors import Cause, PathRefused, PeerError, peer_error
+from hasync.errors import Cause, PathRefused, PeerError, cause_and_message
 from hasync.fsutil import validate_relpath
 from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind, ScanError
 from hasync.peer.models import Change, ChangeFeed, FileFailed, FileHead, PeerInfo
@@ -236,7 +236,7 @@ def enc_vanished(path: str) -> bytes:
 
 
 def dec_failed(payload: bytes) -> FileFailed:
-    """F_ERR (section 8). An unknown cause is sync_error with its text kept (errors.peer_error)."""
+    """F_ERR (section 8). An unknown cause is sync_error with its text kept (errors.cause_and_message)."""
     failed = unpack(payload)
     if not isinstance(failed, list) or len(failed) != 3:
         raise ValueError(f"file error {failed!r:.60} is not an array [path, cause, message]")
@@ -244,4 +244,4 @@ def dec_failed(payload: bytes) -> FileFailed:
     message = message if isinstance(message, str) else repr(message)[:MAX_ERROR]
     if message == VANISHED:
         return FileFailed(raw, ScanError(Cause.SYNC_ERROR, message), vanished=True)
-    return FileFailed(raw, ScanError(*peer_error(cause, message)))
+    return FileFailed(raw, ScanError(*cause_and_message(cause, message)))
