@@ -65,3 +65,20 @@ def test_a_verdict_read_back_names_an_unknown_cause_sync_error() -> None:
     assert Verdict.from_json(doc).cause is Cause.DISK_FULL
     doc["cause"] = "newer_cause"
     assert Verdict.from_json(doc).cause is Cause.SYNC_ERROR
+
+
+def test_a_malformed_status_is_a_sync_error_verdict(tmp_path: Path) -> None:
+    status = {"role": "standby", "errors": [{"dir": "conf"}]}
+    v = asyncio.run(_check(tmp_path, status, {"conf": Tree()}).verdict())
+    assert not v.in_sync and v.cause is Cause.SYNC_ERROR and v.peer_reachable
+    assert v.out_of_sync[0].reason.startswith("refused the status of b: ")
+
+
+def test_status_items_keep_an_empty_cause_when_there_is_none() -> None:
+    assert OutOfSync("", "", "the standby reports it is not in sync (61 s)").status_json() == {
+        "dir": "",
+        "path": "",
+        "cause": "",
+        "reason": "the standby reports it is not in sync (61 s)",
+    }
+    assert OutOfSync("conf", "a", "x", Cause.JUNK_FILE).status_json()["cause"] == "junk_file"

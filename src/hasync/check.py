@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hasync import clock
-from hasync.errors import Cause, PeerError, cause_and_message, cause_of, first_cause
+from hasync.errors import Cause, PeerError, cause_of, first_cause
 from hasync.fsutil import atomic_write
 from hasync.halog import kv
-from hasync.peer.protocol import dec_info
+from hasync.peer.protocol import dec_info, dec_status
 
 if TYPE_CHECKING:
     from hasync.audit import Finding
@@ -44,6 +44,10 @@ class OutOfSync:
 
     def as_json(self) -> dict[str, str]:
         return {"dir": self.dir, "path": self.path, "reason": self.reason}
+
+    def status_json(self) -> dict[str, str]:
+        """An item of the status `errors` (docs/protocol.md §7.6): no cause of its own is an empty cause."""
+        return {"dir": self.dir, "path": self.path, "cause": self.cause or "", "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -215,8 +219,7 @@ class StandbyCheck:
                     if self.grace_s
                     else "differs from the active, and this node's agent is not running to sync it"
                 )
-                listed = [OutOfSync(n, "", reason, Cause.UNKNOWN) for n in differs]
-                return Verdict(False, Cause.UNKNOWN, True, lag, tuple(listed))
+                return Verdict(False, Cause.UNKNOWN, True, lag, tuple(OutOfSync(n, "", reason) for n in differs))
         return Verdict(True, None, True, lag)
 
 
@@ -297,41 +300,40 @@ class ActiveCheck:
         own = self.own_errors()
         timeout = min(self.side.cfg.peer.timeout_s, max(1.0, self.interval_s / 2))
         try:
-            st = await self.client.status(brief=True, timeout=timeout)
+            doc = await self.client.status(brief=True, timeout=timeout)
         except PeerError as exc:
             self.grace.age(False)
             listed = (OutOfSync("", "", exc.message, exc.cause), *own)
             return Verdict(False, exc.cause, False, self.lag(), listed[:MAX_LISTED])
-        if st.get("role") != "standby":
+        try:
+            st = dec_status(doc)
+        except ValueError as exc:
+            msg = f"refused the status of {self.side.cfg.peer.name}: {exc}"
+            return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
+        if not st.is_standby:
             msg = (
-                f"{self.side.cfg.peer.name} says it is {st.get('role')!r}, not the standby: "
+                f"{self.side.cfg.peer.name} says it is {st.role!r}, not the standby: "
                 f"the two configs disagree on [role] active"
             )
             return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
-        self.learn_hostname(st.get("hostname"))
-        self.last_peer_status = st
-        theirs = [OutOfSync(e["dir"], e["path"], *_reason_cause(e)) for e in st.get("errors", [])]
+        self.learn_hostname(st.hostname)
+        self.last_peer_status = doc
+        theirs = [OutOfSync(e.dir, e.path, e.reason, e.cause) for e in st.errors]
         seen = {(o.dir, o.path) for o in theirs}
         listed = tuple(theirs + [o for o in own if (o.dir, o.path) not in seen])[:MAX_LISTED]
         lag = self.lag()
-        if st.get("in_sync") is not True and isinstance(st.get("lag_s"), int | float):
+        if st.in_sync is not True and st.lag_s is not None:
             # A change the standby read from the feed but could not apply is lag the feed does not show.
-            lag = max(lag or 0.0, float(st["lag_s"]))
+            lag = max(lag or 0.0, st.lag_s)
         if listed:
             return Verdict(False, first_cause(o.cause for o in listed if o.cause is not None), True, lag, listed)
-        differs = st.get("in_sync") is not True
+        differs = st.in_sync is not True
         age = self.grace.age(differs)
         if differs and age > self.interval_s:
             reason = f"the standby reports it is not in sync ({age:.0f} s)"
-            cause = cause_of(st.get("cause") or Cause.UNKNOWN)
-            return Verdict(False, cause, True, lag, (OutOfSync("", "", reason, cause),))
+            # No cause of its own (docs/protocol.md §7.6: the status shows it with an empty cause).
+            return Verdict(False, st.cause or Cause.UNKNOWN, True, lag, (OutOfSync("", "", reason),))
         return Verdict(True, None, True, lag if differs else 0.0)
-
-
-def _reason_cause(error: dict[str, Any]) -> tuple[str, Cause]:
-    """A path the standby reports (its status `errors`): an unknown cause is sync_error, its text kept."""
-    cause, reason = cause_and_message(error["cause"], error["reason"])
-    return reason, cause
 
 
 async def timed(coro: Any, node: str, role: str) -> Verdict:

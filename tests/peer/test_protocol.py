@@ -11,7 +11,7 @@ import pytest
 
 from hasync.errors import Cause, PathRefused, PeerError
 from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind, ScanError
-from hasync.peer.models import ChangeFeed, FileFailed, FileHead, PeerInfo
+from hasync.peer.models import ChangeFeed, FileFailed, FileHead, PathError, PeerInfo, PeerStatus
 from hasync.peer.protocol import (
     VANISHED,
     dec_changes,
@@ -19,6 +19,7 @@ from hasync.peer.protocol import (
     dec_failed,
     dec_head,
     dec_info,
+    dec_status,
     enc_entry,
     enc_failed,
     enc_head,
@@ -136,3 +137,32 @@ def test_info_of_the_active_and_of_a_standby() -> None:
         with pytest.raises(PeerError) as exc:
             dec_info(doc)
         assert exc.value.cause is Cause.SYNC_ERROR
+
+
+def test_the_standbys_status_decodes_with_typed_causes() -> None:
+    doc = {
+        "role": "standby",
+        "hostname": "hb",
+        "in_sync": False,
+        "lag_s": 2,
+        "cause": "junk_file",
+        "errors": [
+            {"dir": "conf", "path": "a", "cause": "junk_file", "reason": "sed", "size": 0},
+            {"dir": "conf", "path": "b", "cause": "newer_cause", "reason": "boom"},
+        ],
+    }
+    st = dec_status(doc)
+    assert st == PeerStatus(
+        "standby",
+        "hb",
+        False,
+        2.0,
+        Cause.JUNK_FILE,
+        (PathError("conf", "a", Cause.JUNK_FILE, "sed"), PathError("conf", "b", Cause.SYNC_ERROR, "newer_cause: boom")),
+    )
+    assert st.is_standby and type(st.cause) is Cause
+    assert dec_status({"role": "active", "cause": "", "hostname": 5}) == PeerStatus("active", None)
+    assert dec_status({"cause": "newer"}).cause is Cause.SYNC_ERROR
+    for bad in ("x", {"errors": "x"}, {"errors": [{"dir": "c", "path": 1, "reason": "r"}]}, {"errors": [5]}):
+        with pytest.raises(ValueError):
+            dec_status(bad)

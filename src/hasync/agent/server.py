@@ -299,10 +299,7 @@ class Agent:
         elif brief:
             # What a peer asks for: never ask the peer back (two actives would wait on each other).
             doc.update(
-                errors=[
-                    {"dir": o.dir, "path": o.path, "cause": o.cause, "reason": o.reason}
-                    for o in self.checker.own_errors()
-                ]
+                errors=[o.status_json() for o in self.checker.own_errors()]
                 if isinstance(self.checker, ActiveCheck)
                 else []
             )
@@ -318,7 +315,7 @@ class Agent:
                 last_sync_at=peer.get("last_sync_at"),
                 pending=peer.get("pending"),
                 cause=None if v.cause is None else v.cause.value,
-                errors=[{"dir": o.dir, "path": o.path, "cause": o.cause, "reason": o.reason} for o in v.out_of_sync],
+                errors=[o.status_json() for o in v.out_of_sync],
             )
             if not v.peer_reachable and v.out_of_sync:
                 doc["peer_error"] = {"cause": v.out_of_sync[0].cause, "message": v.out_of_sync[0].reason}

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hasync.errors import Cause
 from hasync.manifest import Entry, ScanError
 
 ACTIVE = "active"
+STANDBY = "standby"
 
 
 @dataclass(frozen=True)
 class PeerInfo:
-    """`GET /v1/info` (§7.1): who the peer is and, when it is the active, its change seq and Merkle roots."""
+    """`GET /v1/info` (§7.2): who the peer is and, when it is the active, its change seq and Merkle roots."""
 
     node: str
     role: str  # what the peer says it is: "active" or "standby"
@@ -76,3 +78,29 @@ class FileFailed:
     raw: object
     error: ScanError
     vanished: bool = False
+
+
+@dataclass(frozen=True)
+class PathError:
+    """A path the standby reports it could not bring in sync (its status `errors`)."""
+
+    dir: str
+    path: str
+    cause: Cause
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """`GET /v1/status?brief=1` of the standby, as the active's check reads it (§7.6)."""
+
+    role: str | None
+    hostname: str | None = None
+    in_sync: bool | None = None
+    lag_s: float | None = None
+    cause: Cause | None = None
+    errors: tuple[PathError, ...] = ()
+
+    @property
+    def is_standby(self) -> bool:
+        return self.role == STANDBY

@@ -9,10 +9,10 @@ from typing import Any
 
 import msgpack
 
-from hasync.errors import Cause, PathRefused, PeerError, cause_and_message
+from hasync.errors import Cause, PathRefused, PeerError, cause_and_message, cause_of
 from hasync.fsutil import validate_relpath
 from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind, ScanError
-from hasync.peer.models import Change, ChangeFeed, FileFailed, FileHead, PeerInfo
+from hasync.peer.models import Change, ChangeFeed, FileFailed, FileHead, PathError, PeerInfo, PeerStatus
 
 API = "/v1"
 MSGPACK = "application/x-msgpack"
@@ -125,7 +125,7 @@ _KINDS = {k.value: k for k in Kind}
 
 
 def dec_info(doc: Any) -> PeerInfo:
-    """A `/v1/info` answer (section 7.1), checked. A malformed answer is the peer's fault: PeerError
+    """A `/v1/info` answer (section 7.2), checked. A malformed answer is the peer's fault: PeerError
     (sync_error), handled as any failure to talk to it."""
     try:
         if not isinstance(doc, dict):
@@ -245,3 +245,29 @@ def dec_failed(payload: bytes) -> FileFailed:
     if message == VANISHED:
         return FileFailed(raw, ScanError(Cause.SYNC_ERROR, message), vanished=True)
     return FileFailed(raw, ScanError(*cause_and_message(cause, message)))
+
+
+def dec_status(doc: Any) -> PeerStatus:
+    """The standby's brief status (section 7.6), as the active's check reads it: raises ValueError when
+    malformed. A cause it names that this version does not know is sync_error, its text kept."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"status {doc!r:.60} is not a map")
+    role, hostname, in_sync, lag, cause = (doc.get(k) for k in ("role", "hostname", "in_sync", "lag_s", "cause"))
+    errors = doc.get("errors", [])
+    if not isinstance(errors, list):
+        raise ValueError(f"status errors {errors!r:.60} is not an array")
+    return PeerStatus(
+        role if isinstance(role, str) else None,
+        hostname if isinstance(hostname, str) else None,
+        in_sync if isinstance(in_sync, bool) else None,
+        float(lag) if isinstance(lag, int | float) else None,
+        None if not cause else cause_of(cause),
+        tuple(_path_error(e) for e in errors),
+    )
+
+
+def _path_error(e: Any) -> PathError:
+    if not isinstance(e, dict) or not all(isinstance(e.get(k), str) for k in ("dir", "path", "reason")):
+        raise ValueError(f"status error {e!r:.60} is not a map of dir, path, cause and reason")
+    cause, reason = cause_and_message(e.get("cause"), e["reason"])
+    return PathError(e["dir"], e["path"], cause, reason)
