@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from hasync.check import ActiveCheck, OutOfSync, Verdict
-from hasync.errors import Cause
-from hasync.manifest import ERROR, Entry, ScanError, Tree
+from hasync.errors import Cause, ScanError
+from hasync.manifest import ERROR, Entry, Tree
 
 
 class _Peer:

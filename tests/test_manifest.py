@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hasync import manifest
-from hasync.errors import Cause
-from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Excluder, Plan, ScanError, Tree, diff, scan
+from hasync.errors import Cause, ScanError
+from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Excluder, Plan, Tree, diff, scan
 
 NAMES = st.sampled_from(["a", "b", "c", "d d", "é", "x.swp"])
 KINDS = st.sampled_from([FILE, DIR, LINK])

@@ -28,7 +28,8 @@ Causes (SPEC §3) are the `Cause` enum and nothing else: `cause_of_oserror`
 maps an errno to one, `unreadable_cause` says why a path cannot be read (a
 junk file, `is_junk`, or the errno's cause), `cause_of` reads one named by
 another process (unknown names become `sync_error`, their text kept), and
-`CAUSE_ORDER` / `first_cause` pick the one to report.
+`CAUSE_ORDER` / `first_cause` pick the one to report. `ScanError` (a value,
+not an exception) is a cause with its message: why a path could not be read.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 
 class Cause(enum.StrEnum):
@@ -92,6 +94,30 @@ def cause_and_message(cause: object, message: str) -> tuple[Cause, str]:
     if isinstance(cause, str) and cause == known.value:
         return known, message
     return known, f"{cause}: {message}"
+
+
+@dataclass(frozen=True)
+class ScanError:
+    """Why a path could not be read (as Syncthing's ScanResult carries an error with its path): a value
+    carried by the manifest's ERROR entries, not an exception.
+
+    Its text form, `str()`, is "<cause>: <message>": what the Merkle record, the hash cache and the
+    wire hold (docs/protocol.md §5); `from_text` reads it back at those boundaries only."""
+
+    cause: Cause
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.cause.value}: {self.message}"
+
+    @classmethod
+    def from_text(cls, text: str) -> ScanError:
+        """The error of an entry's text form; a cause this version does not know is `sync_error`,
+        its text kept in the message (cause_and_message)."""
+        cause, sep, message = text.partition(": ")
+        if not sep:
+            return cls(Cause.SYNC_ERROR, text)
+        return cls(*cause_and_message(cause, message))
 
 
 class HasyncError(Exception):

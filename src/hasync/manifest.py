@@ -20,7 +20,7 @@ from typing import NamedTuple
 import blake3
 import msgpack
 
-from hasync.errors import Cause, cause_and_message, unreadable_cause
+from hasync.errors import Cause, ScanError, unreadable_cause
 from hasync.fsutil import atomic_write, is_tmp_name
 
 CHUNK = 1 << 20
@@ -39,35 +39,9 @@ class Kind(enum.StrEnum):
     LINK = "l"
     ERROR = "e"  # a path the scanner could not read: the entry carries its ScanError
 
-    def __str__(self) -> str:
-        return self.value
-
 
 FILE, DIR, LINK, ERROR = Kind.FILE, Kind.DIR, Kind.LINK, Kind.ERROR
 _KINDS = {k.value: k for k in Kind}
-
-
-@dataclass(frozen=True)
-class ScanError:
-    """Why a path could not be read (as Syncthing's ScanResult carries an error with its path).
-
-    Its text form, `str()`, is "<cause>: <message>": what the Merkle record, the hash cache and the
-    wire hold (docs/protocol.md §5); `from_text` reads it back at those boundaries only."""
-
-    cause: Cause
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.cause.value}: {self.message}"
-
-    @classmethod
-    def from_text(cls, text: str) -> ScanError:
-        """The error of an entry's text form; a cause this version does not know is `sync_error`,
-        its text kept in the message (errors.cause_and_message)."""
-        cause, sep, message = text.partition(": ")
-        if not sep:
-            return cls(Cause.SYNC_ERROR, text)
-        return cls(*cause_and_message(cause, message))
 
 
 class Entry(NamedTuple):
@@ -419,12 +393,9 @@ class Tree:
     # -- persistence (the hash cache) --------------------------------------
     def dump(self) -> bytes:
         # Names are bytes on Linux (str here with surrogateescape): surrogateescape writes the exact bytes.
-        # An entry's error is kept as its text form ("" for none), the kind as its letter.
-        rows = []
-        for rel, e in self.items():
-            row = [rel, *e]
-            row[ERROR_FIELD] = "" if e.error is None else str(e.error)
-            rows.append(row)
+        rows = [[rel, *e] for rel, e in self.items()]
+        for row in rows:  # an entry's error as its text form ("" for none); the kind is its letter
+            row[ERROR_FIELD] = "" if row[ERROR_FIELD] is None else str(row[ERROR_FIELD])
         data: bytes = msgpack.packb(
             {"v": 1, "with_owner": self.with_owner, "rows": rows}, use_bin_type=True, unicode_errors="surrogateescape"
         )

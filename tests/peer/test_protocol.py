@@ -9,8 +9,8 @@ from typing import Any
 import blake3
 import pytest
 
-from hasync.errors import Cause, PathRefused, PeerError
-from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind, ScanError
+from hasync.errors import Cause, PathRefused, PeerError, ScanError
+from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind
 from hasync.peer.models import ChangeFeed, FileFailed, FileHead, PathError, PeerInfo, PeerStatus
 from hasync.peer.protocol import (
     VANISHED,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from hasync.errors import Cause
-from hasync.manifest import Entry, ScanError
+from hasync.errors import Cause, ScanError
+from hasync.manifest import Entry
 
 ACTIVE = "active"
 STANDBY = "standby"

@@ -9,9 +9,9 @@ from typing import Any
 
 import msgpack
 
-from hasync.errors import Cause, PathRefused, PeerError, cause_and_message, cause_of
+from hasync.errors import Cause, PathRefused, PeerError, ScanError, cause_and_message, cause_of
 from hasync.fsutil import validate_relpath
-from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind, ScanError
+from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind
 from hasync.peer.models import Change, ChangeFeed, FileFailed, FileHead, PathError, PeerInfo, PeerStatus
 
 API = "/v1"

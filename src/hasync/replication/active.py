@@ -26,7 +26,7 @@ import blake3
 
 from hasync import clock
 from hasync.config import Config, SyncDir
-from hasync.errors import Cause, PathRefused, cause_of_oserror, unreadable_cause
+from hasync.errors import Cause, PathRefused, ScanError, cause_of_oserror, unreadable_cause
 from hasync.fsutil import DirFds
 from hasync.halog import kv
 from hasync.manifest import (
@@ -36,7 +36,6 @@ from hasync.manifest import (
     Entry,
     FileChanged,
     Plan,
-    ScanError,
     Tree,
     confirm_read,
     diff,
