@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 
 import blake3
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hasync import manifest
+from hasync.errors import Cause, ScanError
 from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Excluder, Plan, Tree, diff, scan
 
 NAMES = st.sampled_from(["a", "b", "c", "d d", "é", "x.swp"])
@@ -96,7 +98,7 @@ def test_incremental_hash_matches_fresh_build(spec: dict, data: st.DataObject) -
 
 def test_error_entries_are_reported_not_fetched_or_deleted() -> None:
     want, have = Tree(), Tree()
-    want.put("bad", Entry(ERROR, 0, error="permission_denied: Permission denied"))
+    want.put("bad", Entry(ERROR, 0, error=ScanError(Cause.PERMISSION_DENIED, "Permission denied")))
     have.put("bad", Entry(FILE, 0o644, 1, 0, b"x" * 32))
     plan = diff(want, have)
     assert plan.errors == [("bad", want.get("bad"))] and not plan.fetch and not plan.delete
@@ -172,9 +174,73 @@ def test_error_index_matches_a_walk(spec: dict, data: st.DataObject) -> None:  #
     paths = [p for p, _ in t.items()]
     leaves = [p for p, e in t.items() if e.kind != DIR]  # an entry becomes unreadable; its parent stays a dir
     for p in data.draw(st.lists(st.sampled_from(leaves), max_size=4, unique=True)) if leaves else []:
-        t.put(p, Entry(ERROR, 0, error="permission_denied: Permission denied"))
+        t.put(p, Entry(ERROR, 0, error=ScanError(Cause.PERMISSION_DENIED, "Permission denied")))
     if paths:
         t.remove(data.draw(st.sampled_from(paths)))
     walked = [(p, e) for p, e in sorted(t.items()) if e.kind == ERROR]
     assert t.errors() == walked
     assert Tree.loads(t.dump()).errors() == walked
+
+
+# -- typed values, unchanged bytes ------------------------------------------------------------------------
+def _typed_tree() -> Tree:
+    t = Tree()
+    t.put("d", Entry(DIR, 0o755, ino=7, dev=1))
+    t.put("d/f", Entry(FILE, 0o644, 3, 11, b"\1" * 32, uid=5, gid=6, ino=9, ctime_ns=12))
+    t.put("l", Entry(LINK, 0o777, 2, 13, link="d/f"))
+    t.put("sed1", Entry(ERROR, 0, error=ScanError(Cause.JUNK_FILE, "Permission denied: x: y")))
+    return t
+
+
+def test_the_hash_cache_keeps_kind_letters_and_error_text() -> None:
+    # The cache as the string-typed code wrote it: typing the values changed no byte.
+    rows = [
+        ["d", "d", 0o755, 0, 0, b"", "", 0, 0, 7, "", 1, 0],
+        ["l", "l", 0o777, 2, 13, b"", "d/f", 0, 0, 0, "", 0, 0],
+        ["sed1", "e", 0, 0, 0, b"", "", 0, 0, 0, "junk_file: Permission denied: x: y", 0, 0],
+        ["d/f", "f", 0o644, 3, 11, b"\1" * 32, "", 5, 6, 9, "", 0, 12],
+    ]
+    t = _typed_tree()
+    assert t.dump() == msgpack.packb({"v": 1, "with_owner": False, "rows": rows}, use_bin_type=True)
+    back = Tree.loads(t.dump())
+    assert dict(back.items()) == dict(t.items())
+    assert all(type(e.kind) is manifest.Kind for _, e in back.items())
+    err = back.get("sed1")
+    assert err is not None and err.error == ScanError(Cause.JUNK_FILE, "Permission denied: x: y")
+    assert back.get("d/f") == t.get("d/f") and back.get("d/f").error is None  # type: ignore[union-attr]
+
+
+def test_merkle_records_keep_kind_letters_and_error_text() -> None:
+    t = _typed_tree()
+    sub = blake3.blake3(b"f\0f\0" + b"644\0" + b"\1" * 32 + b"\n").digest(16)
+    h = blake3.blake3()
+    h.update(b"d\0d\0" + b"755" + sub + b"\n")
+    h.update(b"l\0l\0" + b"777\0d/f\n")
+    h.update(b"sed1\0e\0" + b"0\0junk_file: Permission denied: x: y\n")
+    assert t.dir_hash("d") == sub
+    assert t.root_hash() == h.digest(16)
+
+
+def test_a_scan_error_keeps_cause_and_message_exactly() -> None:
+    for err in (
+        ScanError(Cause.PERMISSION_DENIED, "Permission denied"),
+        ScanError(Cause.SYNC_ERROR, "a: b: c"),
+        ScanError(Cause.DISK_FULL, ""),
+    ):
+        assert ScanError.from_text(str(err)) == err
+        t = Tree()
+        t.put("x", Entry(ERROR, 0, error=err))
+        again = Tree.loads(t.dump()).get("x")
+        assert again is not None and again.error == err and again.cause is err.cause
+    # An unknown cause in a cache or on the wire: sync_error, the text kept whole.
+    assert ScanError.from_text("newer: boom") == ScanError(Cause.SYNC_ERROR, "newer: boom")
+
+
+def test_an_unreadable_path_gets_the_junk_rule(tmp_path: Path) -> None:
+    (tmp_path / "sedX").write_bytes(b"")
+    os.chmod(tmp_path / "sedX", 0)
+    st = os.lstat(tmp_path / "sedX")
+    e = manifest.error_entry("sedX", st, PermissionError(13, "Permission denied"))
+    assert e.kind is ERROR and e.error == ScanError(Cause.JUNK_FILE, "Permission denied")
+    e = manifest.error_entry("sedX", st, OSError(5, "Input/output error"))
+    assert e.error == ScanError(Cause.SYNC_ERROR, "Input/output error")

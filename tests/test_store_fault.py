@@ -26,6 +26,7 @@ from hasync.alarms.model import Identity
 from hasync.alarms.pg_store import PgStore
 from hasync.alarms.sqlite_store import SqliteStore
 from hasync.alarms.store import AlarmStore, StoreError, StoreUnavailable
+from hasync.errors import Cause
 from hasync.masking import mask_url, url_secrets
 from pairlib import PairEnv, wait_for
 from receivers import free_port_both
@@ -274,15 +275,15 @@ def test_guard_keeps_raise_and_clear_while_down_and_records_both(tmp_path: Path)
     store = guarded(db)
     assert isinstance(store, AlarmStore)
     assert store.open() is False and store.health().ok is False
-    alarm, created = store.raise_alarm(IDENT, "peer_agent_down", "info 1", T0, notify=["webhook:x"])
+    alarm, created = store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "info 1", T0, notify=["webhook:x"])
     assert created and alarm.id < 0 and store.active(IDENT.fingerprint) == [alarm]
     store.set_diagnosis(alarm.id, {"cause": "peer_agent_down"})
-    again, created = store.raise_alarm(IDENT, "disk_full", "info 2", T0 + timedelta(seconds=60))
+    again, created = store.raise_alarm(IDENT, Cause.DISK_FULL, "info 2", T0 + timedelta(seconds=60))
     assert not created and again.cause == "disk_full" and again.raised_at == T0
     cleared = store.clear(IDENT.fingerprint, T0 + timedelta(seconds=120), notify=["webhook:x"])
     assert cleared is not None and cleared.cleared_at == T0 + timedelta(seconds=120)
     assert store.active() == [] and store.due(T0) == []
-    store.raise_alarm(IDENT, "junk_file", "info 3", T0 + timedelta(seconds=180), notify=["webhook:x"])
+    store.raise_alarm(IDENT, Cause.JUNK_FILE, "info 3", T0 + timedelta(seconds=180), notify=["webhook:x"])
     assert store.health().kept == 2
 
     db.rmdir()
@@ -308,9 +309,9 @@ def test_guard_bounds_what_it_keeps(tmp_path: Path) -> None:
     store.max_kept = 10
     store.open()
     for i in range(25):
-        store.raise_alarm(IDENT, "peer_agent_down", f"flap {i}", T0 + timedelta(seconds=2 * i))
+        store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, f"flap {i}", T0 + timedelta(seconds=2 * i))
         store.clear(IDENT.fingerprint, T0 + timedelta(seconds=2 * i + 1))
-    store.raise_alarm(IDENT, "peer_agent_down", "last", T0 + timedelta(seconds=100))
+    store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "last", T0 + timedelta(seconds=100))
     health = store.health()
     assert health.kept == 10 and health.dropped == 16
     db.rmdir()
@@ -327,7 +328,7 @@ def test_guard_rides_out_a_store_locked_past_its_busy_timeout(tmp_path: Path) ->
     locker = sqlite3.connect(db, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
-        alarm, created = store.raise_alarm(IDENT, "peer_agent_down", "locked", T0, notify=["webhook:x"])
+        alarm, created = store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "locked", T0, notify=["webhook:x"])
         assert created and alarm.id < 0 and not store.health().ok
         assert "locked" in (store.health().error or "")
         assert store.open() is False  # still locked: retried later

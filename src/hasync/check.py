@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hasync import clock
-from hasync.errors import Cause, PeerError
+from hasync.errors import Cause, PeerError, cause_of, first_cause
 from hasync.fsutil import atomic_write
 from hasync.halog import kv
+from hasync.peer.protocol import dec_info, dec_status
 from hasync.tasks import periodic
 
 if TYPE_CHECKING:
@@ -27,18 +28,6 @@ log = logging.getLogger("hasync.check")
 
 MAX_LISTED = 1000  # out-of-sync paths listed in one verdict
 PEER_CAUSES = (Cause.PEER_UNREACHABLE, Cause.PEER_AGENT_DOWN)
-# When several causes are present, the one named first is reported.
-CAUSE_ORDER = (
-    Cause.PEER_UNREACHABLE,
-    Cause.PEER_AGENT_DOWN,
-    Cause.AUTH_FAILED,
-    Cause.SOURCE_MISSING,
-    Cause.DISK_FULL,
-    Cause.JUNK_FILE,
-    Cause.PERMISSION_DENIED,
-    Cause.SYNC_ERROR,
-    Cause.UNKNOWN,
-)
 
 
 def now_utc() -> datetime:
@@ -47,13 +36,19 @@ def now_utc() -> datetime:
 
 @dataclass(frozen=True)
 class OutOfSync:
+    """One path out of sync (or, with no dir and path, the pair), with its cause when known."""
+
     dir: str
     path: str
     reason: str
-    cause: str = ""
+    cause: Cause | None = None
 
     def as_json(self) -> dict[str, str]:
         return {"dir": self.dir, "path": self.path, "reason": self.reason}
+
+    def status_json(self) -> dict[str, str]:
+        """An item of the status `errors` (docs/protocol.md §7.6): no cause of its own is an empty cause."""
+        return {"dir": self.dir, "path": self.path, "cause": self.cause or "", "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -107,7 +102,7 @@ class Verdict:
     def from_json(cls, doc: dict[str, Any]) -> Verdict:
         return cls(
             in_sync=bool(doc["in_sync"]),
-            cause=None if doc.get("cause") is None else Cause(doc["cause"]),
+            cause=None if doc.get("cause") is None else cause_of(doc["cause"]),
             peer_reachable=bool(doc["peer_reachable"]),
             lag_s=doc.get("lag_s"),
             out_of_sync=tuple(OutOfSync(o["dir"], o["path"], o["reason"]) for o in doc.get("out_of_sync", [])),
@@ -143,7 +138,7 @@ def with_findings(v: Verdict, found: Sequence[Finding]) -> Verdict:
     any other (cause `unknown` unless the verdict has one), even though the audit has repaired it."""
     if not found:
         return v
-    listed = tuple(OutOfSync(f.dir, f.path, f.reason, Cause.UNKNOWN.value) for f in found)
+    listed = tuple(OutOfSync(f.dir, f.path, f.reason, Cause.UNKNOWN) for f in found)
     return replace(
         v,
         in_sync=False,
@@ -151,10 +146,6 @@ def with_findings(v: Verdict, found: Sequence[Finding]) -> Verdict:
         out_of_sync=(*v.out_of_sync, *listed)[:MAX_LISTED],
         lag_s=v.lag_s if v.lag_s is not None else 0.0,
     )
-
-
-def first_cause(causes: set[Cause]) -> Cause | None:
-    return next((c for c in CAUSE_ORDER if c in causes), None)
 
 
 class _Grace:
@@ -187,31 +178,31 @@ class StandbyCheck:
         side = self.side
         timeout = min(side.cfg.peer.timeout_s, max(1.0, self.interval_s / 2))
         try:
-            info = await side.client.info(since=side.seq, timeout=timeout)
+            info = dec_info(await side.client.info(since=side.seq, timeout=timeout))
         except PeerError as exc:
             side.peer_failed(exc)
             self.grace.age(False)
-            return Verdict(False, exc.cause, False, None, (OutOfSync("", "", exc.message, exc.cause.value),))
-        if info.get("role") != "active":
+            return Verdict(False, exc.cause, False, None, (OutOfSync("", "", exc.message, exc.cause),))
+        if not info.is_active:
             msg = f"{side.cfg.peer.name} is not the active node: the two configs disagree on [role] active"
-            return Verdict(False, Cause.SYNC_ERROR, True, None, (OutOfSync("", "", msg, Cause.SYNC_ERROR.value),))
+            return Verdict(False, Cause.SYNC_ERROR, True, None, (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
         recovered = side.peer_error is not None
         side.peer_ok()
-        listed = [OutOfSync(e.dir, e.path, e.message, e.cause.value) for e in side.sorted_errors()[:MAX_LISTED]]
+        listed = [OutOfSync(e.dir, e.path, e.message, e.cause) for e in side.sorted_errors()[:MAX_LISTED]]
         differs = [
             name
-            for name, root in info["roots"].items()
+            for name, root in info.roots.items()
             if root is None or (t := side.trees.get(name)) is None or t.root_hash() != root
         ]
         # Changes in flight (the active is ahead of what this node has applied) are aged by the active:
         # its lag_s is the age of the oldest change we lack. Only a difference with nothing in flight
         # ages here, from our first look at it. (Under a steady stream of changes two checks in a row
         # often each see a difference, but a new one each time: that is not one old difference.)
-        in_flight = info["seq"] != side.seq
+        in_flight = info.seq != side.seq
         age = self.grace.age(bool(differs) and not in_flight)
-        lag = max(float(info.get("lag_s") or 0.0), age) if differs else 0.0
+        lag = max(info.lag_s or 0.0, age) if differs else 0.0
         if listed:
-            cause = first_cause({Cause(o.cause) for o in listed})
+            cause = first_cause(o.cause for o in listed if o.cause is not None)
             return Verdict(False, cause, True, lag, tuple(listed))
         if differs:
             if recovered and catch_up and self.grace_s and await side.catch_up(timeout):
@@ -299,45 +290,50 @@ class ActiveCheck:
         out = []
         for name, tree in self.side.trees.items():
             if tree is None:
-                out.append(OutOfSync(name, "", "sync dir does not exist on the active", Cause.SOURCE_MISSING.value))
+                out.append(OutOfSync(name, "", "sync dir does not exist on the active", Cause.SOURCE_MISSING))
                 continue
             for rel, e in tree.errors():
-                out.append(
-                    OutOfSync(name, rel, f"cannot be read on the active: {e.error.partition(': ')[2]}", str(e.cause))
-                )
+                assert e.error is not None  # an ERROR entry always carries its ScanError
+                out.append(OutOfSync(name, rel, f"cannot be read on the active: {e.error.message}", e.error.cause))
         return out
 
     async def verdict(self) -> Verdict:
         own = self.own_errors()
         timeout = min(self.side.cfg.peer.timeout_s, max(1.0, self.interval_s / 2))
         try:
-            st = await self.client.status(brief=True, timeout=timeout)
+            doc = await self.client.status(brief=True, timeout=timeout)
         except PeerError as exc:
             self.grace.age(False)
-            listed = (OutOfSync("", "", exc.message, exc.cause.value), *own)
+            listed = (OutOfSync("", "", exc.message, exc.cause), *own)
             return Verdict(False, exc.cause, False, self.lag(), listed[:MAX_LISTED])
-        if st.get("role") != "standby":
+        try:
+            st = dec_status(doc)
+        except ValueError as exc:
+            msg = f"refused the status of {self.side.cfg.peer.name}: {exc}"
+            return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
+        if not st.is_standby:
             msg = (
-                f"{self.side.cfg.peer.name} says it is {st.get('role')!r}, not the standby: "
+                f"{self.side.cfg.peer.name} says it is {st.role!r}, not the standby: "
                 f"the two configs disagree on [role] active"
             )
-            return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR.value),))
-        self.learn_hostname(st.get("hostname"))
-        self.last_peer_status = st
-        theirs = [OutOfSync(e["dir"], e["path"], e["reason"], e["cause"]) for e in st.get("errors", [])]
+            return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
+        self.learn_hostname(st.hostname)
+        self.last_peer_status = doc
+        theirs = [OutOfSync(e.dir, e.path, e.reason, e.cause) for e in st.errors]
         seen = {(o.dir, o.path) for o in theirs}
         listed = tuple(theirs + [o for o in own if (o.dir, o.path) not in seen])[:MAX_LISTED]
         lag = self.lag()
-        if st.get("in_sync") is not True and isinstance(st.get("lag_s"), int | float):
+        if st.in_sync is not True and st.lag_s is not None:
             # A change the standby read from the feed but could not apply is lag the feed does not show.
-            lag = max(lag or 0.0, float(st["lag_s"]))
+            lag = max(lag or 0.0, st.lag_s)
         if listed:
-            return Verdict(False, first_cause({Cause(o.cause) for o in listed if o.cause}), True, lag, listed)
-        differs = st.get("in_sync") is not True
+            return Verdict(False, first_cause(o.cause for o in listed if o.cause is not None), True, lag, listed)
+        differs = st.in_sync is not True
         age = self.grace.age(differs)
         if differs and age > self.interval_s:
             reason = f"the standby reports it is not in sync ({age:.0f} s)"
-            return Verdict(False, Cause(st.get("cause") or "unknown"), True, lag, (OutOfSync("", "", reason),))
+            # No cause of its own (docs/protocol.md §7.6: the status shows it with an empty cause).
+            return Verdict(False, st.cause or Cause.UNKNOWN, True, lag, (OutOfSync("", "", reason),))
         return Verdict(True, None, True, lag if differs else 0.0)
 
 

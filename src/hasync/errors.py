@@ -9,20 +9,37 @@
     ├── LockHeld                exit 1: another process writes this node's state
     ├── WrongRole               HTTP 409: the request is for the other role
     ├── Starting                HTTP 503: the agent has not finished starting
+    ├── StoreError              exit 1, HTTP 503: the alarm store cannot be opened, read or written
+    │   └── StoreUnavailable    its database failed (connect, lock, damage): the agent goes on without it
+    ├── NotifyError             HTTP 502: a notifier could not deliver (the dispatcher retries)
     └── PeerError               exit 1, HTTP 502: talking to the peer agent failed
         ├── PeerUnreachable     the peer host does not answer
         ├── PeerAgentDown       the host answers, the agent does not
+        │   └── PeerStarting    the agent answers 503 `starting`
         └── AuthFailed          the peer rejects our credentials (HTTP 401)
 
-Lower-level exceptions (OSError, aiohttp, msgpack) are mapped to these at the
-module boundaries with ``raise ... from exc``; `cause_of_oserror` maps an
-errno to the cause the spec names for it.
+Every class carries `code` (the stable identifier in JSON errors), `exit_code`
+and `http_status`; a PeerError also its `cause`.
+
+Lower-level exceptions (OSError, aiohttp, msgpack, sqlite3, psycopg) are
+mapped to these at the module boundaries with ``raise ... from exc``.
+
+Causes (SPEC §3) are the `Cause` enum and nothing else: `cause_of_oserror`
+maps an errno to one, `unreadable_cause` says why a path cannot be read (a
+junk file, `is_junk`, or the errno's cause), `cause_of` reads one named by
+another process (unknown names become `sync_error`, their text kept), and
+`CAUSE_ORDER` / `first_cause` pick the one to report. `ScanError` (a value,
+not an exception) is a cause with its message: why a path could not be read.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 
 class Cause(enum.StrEnum):
@@ -40,6 +57,67 @@ class Cause(enum.StrEnum):
 
     def __str__(self) -> str:
         return self.value
+
+
+# When several causes are present, the one named first is reported (check, status, alarm).
+CAUSE_ORDER = (
+    Cause.PEER_UNREACHABLE,
+    Cause.PEER_AGENT_DOWN,
+    Cause.AUTH_FAILED,
+    Cause.SOURCE_MISSING,
+    Cause.DISK_FULL,
+    Cause.JUNK_FILE,
+    Cause.PERMISSION_DENIED,
+    Cause.SYNC_ERROR,
+    Cause.UNKNOWN,
+)
+_CAUSES = {c.value: c for c in Cause}
+
+
+def first_cause(causes: Iterable[Cause]) -> Cause | None:
+    """The cause to report of several (CAUSE_ORDER), None of none."""
+    present = set(causes)
+    return next((c for c in CAUSE_ORDER if c in present), None)
+
+
+def cause_of(value: object) -> Cause:
+    """A cause named by another process (the peer's frames, entries and status, a shared store's row).
+    One rule for a name this version does not know (a newer peer's cause, or garbage): `sync_error`,
+    never an exception. `cause_and_message` keeps such a name's text in the message."""
+    return _CAUSES.get(value, Cause.SYNC_ERROR) if isinstance(value, str) else Cause.SYNC_ERROR
+
+
+def cause_and_message(cause: object, message: str) -> tuple[Cause, str]:
+    """A (cause, message) pair named by another process: an unknown cause becomes `sync_error`
+    (see `cause_of`) and its text goes in front of the message, so that nothing is lost."""
+    known = cause_of(cause)
+    if isinstance(cause, str) and cause == known.value:
+        return known, message
+    return known, f"{cause}: {message}"
+
+
+@dataclass(frozen=True)
+class ScanError:
+    """Why a path could not be read (as Syncthing's ScanResult carries an error with its path): a value
+    carried by the manifest's ERROR entries, not an exception.
+
+    Its text form, `str()`, is "<cause>: <message>": what the Merkle record, the hash cache and the
+    wire hold (docs/protocol.md §5); `from_text` reads it back at those boundaries only."""
+
+    cause: Cause
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.cause.value}: {self.message}"
+
+    @classmethod
+    def from_text(cls, text: str) -> ScanError:
+        """The error of an entry's text form; a cause this version does not know is `sync_error`,
+        its text kept in the message (cause_and_message)."""
+        cause, sep, message = text.partition(": ")
+        if not sep:
+            return cls(Cause.SYNC_ERROR, text)
+        return cls(*cause_and_message(cause, message))
 
 
 class HasyncError(Exception):
@@ -100,6 +178,26 @@ class Starting(HasyncError):
     http_status = 503
 
 
+class StoreError(HasyncError):
+    """The alarm store cannot be opened, read or written. The message never holds a password."""
+
+    code = "store_error"
+    exit_code = 1
+    http_status = 503
+
+
+class StoreUnavailable(StoreError):
+    """The store's database failed (cannot connect, locked, damaged, closed): a fault of the store, not of
+    the request. The agent keeps working without it (`hasync.alarms.guard`). Same code and exit as StoreError."""
+
+
+class NotifyError(HasyncError):
+    """A notifier could not deliver a message; the dispatcher retries it later."""
+
+    code = "notify_error"
+    http_status = 502
+
+
 class PeerError(HasyncError):
     code = "peer_error"
     http_status = 502
@@ -129,9 +227,13 @@ class AuthFailed(PeerError):
 JUNK_PREFIX = "sed"
 
 
-def is_junk(name: str, size: int, mode: int) -> bool:
-    """The reference page's junk file: named ``sed*``, size 0, no permission bits."""
-    return name.startswith(JUNK_PREFIX) and size == 0 and (mode & 0o7777) == 0
+def is_junk(name: str, st: os.stat_result) -> bool:
+    """The reference page's junk file (ALM-45641 step 11, `ll` shows ``----------`` and size 0):
+    a regular file named ``sed*``, of size 0, with no permission bits. The one rule, for the scan,
+    the file stream and the diagnosis."""
+    return (
+        name.startswith(JUNK_PREFIX) and stat.S_ISREG(st.st_mode) and st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0
+    )
 
 
 def cause_of_oserror(exc: OSError) -> Cause:
@@ -141,3 +243,12 @@ def cause_of_oserror(exc: OSError) -> Cause:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return Cause.PERMISSION_DENIED
     return Cause.SYNC_ERROR
+
+
+def unreadable_cause(name: str, st: os.stat_result, exc: OSError) -> Cause:
+    """Why path `name` (whose lstat is `st`) could not be read: a junk file when it is one and the
+    read was refused for lack of permission (root reads it: then it is no fault), else the errno's cause."""
+    cause = cause_of_oserror(exc)
+    if cause is Cause.PERMISSION_DENIED and is_junk(name, st):
+        return Cause.JUNK_FILE
+    return cause

@@ -117,11 +117,12 @@ class AlarmKeeper:
                 # identity the alarm was raised with. A difference without a cause (`unknown`) left by a
                 # known fault (changes made during a partition, being caught up) keeps that fault's cause
                 # and paths.
-                if v.cause is Cause.UNKNOWN and current.cause != Cause.UNKNOWN.value:
+                cause = v.cause or Cause.UNKNOWN
+                if cause is Cause.UNKNOWN and current.cause != Cause.UNKNOWN:
                     return current
-                if current.cause != str(v.cause) or current.additional_info != v.additional_info():
+                if current.cause != cause or current.additional_info != v.additional_info():
                     current, _ = await self._call(
-                        self.store.raise_alarm, current.identity, str(v.cause), v.additional_info(), at
+                        self.store.raise_alarm, current.identity, cause, v.additional_info(), at
                     )
                 return current
             if self.bad < self.cfg.check.raise_after:
@@ -155,7 +156,7 @@ class AlarmKeeper:
     async def _raise(self, ident: Identity, v: Verdict, at: datetime) -> Alarm:
         alarm: Alarm
         alarm, created = await self._call(
-            self.store.raise_alarm, ident, str(v.cause), v.additional_info(), at, notify=self.notify
+            self.store.raise_alarm, ident, v.cause or Cause.UNKNOWN, v.additional_info(), at, notify=self.notify
         )
         if created:
             log.error(

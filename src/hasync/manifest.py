@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import fnmatch
@@ -19,7 +20,7 @@ from typing import NamedTuple
 import blake3
 import msgpack
 
-from hasync.errors import Cause, cause_of_oserror, is_junk
+from hasync.errors import Cause, ScanError, unreadable_cause
 from hasync.fsutil import atomic_write, is_tmp_name
 
 CHUNK = 1 << 20
@@ -29,13 +30,24 @@ CHUNK = 1 << 20
 # Its digest is not trusted from the cache, and a read of it counts only when a second read agrees.
 RACY_NS = 2_000_000_000
 
-FILE, DIR, LINK, ERROR = "f", "d", "l", "e"
+
+class Kind(enum.StrEnum):
+    """What an entry is. The values are on the wire, in the hash cache and in the Merkle records."""
+
+    FILE = "f"
+    DIR = "d"
+    LINK = "l"
+    ERROR = "e"  # a path the scanner could not read: the entry carries its ScanError
+
+
+FILE, DIR, LINK, ERROR = Kind.FILE, Kind.DIR, Kind.LINK, Kind.ERROR
+_KINDS = {k.value: k for k in Kind}
 
 
 class Entry(NamedTuple):
     """One path of a sync dir. `digest` is the BLAKE3 of a file's content."""
 
-    kind: str
+    kind: Kind
     mode: int
     size: int = 0
     mtime_ns: int = 0
@@ -44,15 +56,16 @@ class Entry(NamedTuple):
     uid: int = 0
     gid: int = 0
     ino: int = 0  # local cache key only; 0 = do not trust the cached digest
-    error: str = ""  # kind ERROR: "<cause>: <message>"
+    error: ScanError | None = None  # kind ERROR: why it could not be read
     dev: int = 0  # directories: with `ino`, the directory's identity (a swap by rename is a change); local only
     ctime_ns: int = 0  # local cache key only (with ino, size, mtime): a write always changes it
 
     @property
     def cause(self) -> Cause | None:
-        if self.kind != ERROR:
-            return None
-        return Cause(self.error.partition(":")[0])
+        return None if self.error is None else self.error.cause
+
+
+ERROR_FIELD = 1 + Entry._fields.index("error")  # in a hash cache row: [relpath, *entry]
 
 
 def same(a: Entry | None, b: Entry | None, with_owner: bool) -> bool:
@@ -79,7 +92,7 @@ def _record(name: str, e: Entry, with_owner: bool) -> bytes:
     elif e.kind == LINK:
         parts.append(os.fsencode(e.link))
     elif e.kind == ERROR:
-        parts.append(e.error.encode())
+        parts.append(str(e.error).encode())
     if with_owner:
         parts.append(b"%d:%d" % (e.uid, e.gid))
     return b"\0".join(parts)
@@ -199,18 +212,14 @@ def hash_fd(fd: int) -> tuple[bytes, os.stat_result]:
 
 def error_entry(name: str, st: os.stat_result, exc: OSError) -> Entry:
     """An entry for a path the scanner could not read, with the spec's cause."""
-    mode = stat.S_IMODE(st.st_mode)
-    cause = cause_of_oserror(exc)
-    if cause is Cause.PERMISSION_DENIED and stat.S_ISREG(st.st_mode) and is_junk(name, st.st_size, mode):
-        cause = Cause.JUNK_FILE
     return Entry(
         ERROR,
-        mode,
+        stat.S_IMODE(st.st_mode),
         st.st_size,
         st.st_mtime_ns,
         uid=st.st_uid,
         gid=st.st_gid,
-        error=f"{cause.value}: {exc.strerror or exc}",
+        error=ScanError(unreadable_cause(name, st, exc), exc.strerror or str(exc)),
     )
 
 
@@ -385,6 +394,8 @@ class Tree:
     def dump(self) -> bytes:
         # Names are bytes on Linux (str here with surrogateescape): surrogateescape writes the exact bytes.
         rows = [[rel, *e] for rel, e in self.items()]
+        for row in rows:  # an entry's error as its text form ("" for none); the kind is its letter
+            row[ERROR_FIELD] = "" if row[ERROR_FIELD] is None else str(row[ERROR_FIELD])
         data: bytes = msgpack.packb(
             {"v": 1, "with_owner": self.with_owner, "rows": rows}, use_bin_type=True, unicode_errors="surrogateescape"
         )
@@ -398,6 +409,8 @@ class Tree:
         for row in doc["rows"]:  # parents come before children (see items())
             rel = row[0]
             parent, _, name = rel.rpartition("/")
+            kind = row[1] = _KINDS[row[1]]
+            row[ERROR_FIELD] = ScanError.from_text(row[ERROR_FIELD]) if kind is ERROR else None
             e = Entry(*row[1:])
             dirs.setdefault(parent, {})[name] = e
             if e.kind == ERROR:
@@ -415,7 +428,7 @@ class Tree:
             return cls.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        except (ValueError, KeyError, IndexError, TypeError, msgpack.UnpackException):
             return None  # a damaged cache only costs a re-hash
 
 

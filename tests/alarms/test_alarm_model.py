@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from hasync.alarms.model import ALARM_ID, SEVERITY, Alarm, Identity, additional_info, alarm_name, iso
+from hasync.errors import Cause
 
 IDENT = Identity("cluster-1", "Flink", "FlinkServer", "node-b")
 T0 = datetime(2026, 11, 25, 9, 0, 0, 123456, tzinfo=UTC)
@@ -46,7 +47,7 @@ def test_to_json_is_exactly_the_spec_object() -> None:
         service_name="Flink",
         role_name="FlinkServer",
         host_name="node-b",
-        cause="peer_agent_down",
+        cause=Cause.PEER_AGENT_DOWN,
         additional_info="cause=peer_agent_down",
         raised_at=T0,
     )
@@ -92,9 +93,9 @@ def test_times_are_converted_to_utc_and_naive_times_refused() -> None:
 
 
 def test_additional_info_names_the_cause_and_the_first_paths() -> None:
-    assert additional_info("peer_agent_down") == "cause=peer_agent_down"
-    assert additional_info("junk_file", ["conf/sedXyZ12"]) == "cause=junk_file; out of sync: conf/sedXyZ12"
+    assert additional_info(Cause.PEER_AGENT_DOWN) == "cause=peer_agent_down"
+    assert additional_info(Cause.JUNK_FILE, ["conf/sedXyZ12"]) == "cause=junk_file; out of sync: conf/sedXyZ12"
     many = [f"conf/f{i}" for i in range(8)]
-    assert additional_info("sync_error", many, limit=3) == (
+    assert additional_info(Cause.SYNC_ERROR, many, limit=3) == (
         "cause=sync_error; out of sync: conf/f0, conf/f1, conf/f2 (+5 more)"
     )

@@ -26,7 +26,7 @@ from hasync.alarms.notify import (
 )
 from hasync.alarms.store import AlarmStore
 from hasync.config import NotifySection
-from hasync.errors import ConfigError
+from hasync.errors import Cause, ConfigError
 from hasync.urls import facility_code
 
 from .conftest import Stores
@@ -57,7 +57,7 @@ def dispatcher(store: AlarmStore, *notifiers: Notifier, clock: FakeClock | None 
     return Dispatcher(store, notifiers, clock=clock or FakeClock(), backoff_initial_s=5, poll_s=0.05)
 
 
-async def raise_(store: AlarmStore, notifier: Notifier, cause: str = "peer_agent_down") -> None:
+async def raise_(store: AlarmStore, notifier: Notifier, cause: Cause = Cause.PEER_AGENT_DOWN) -> None:
     await asyncio.to_thread(store.raise_alarm, IDENT, cause, f"cause={cause} conf/a.yaml", now(), notify=[notifier.key])
 
 
@@ -78,7 +78,7 @@ def test_webhook_gets_one_raise_and_one_clear(stores: Stores) -> None:
         d = dispatcher(store, hook)
         await raise_(store, hook)
         assert await d.flush_once() == 1
-        await raise_(store, hook, cause="junk_file")  # still active: nothing new to say
+        await raise_(store, hook, cause=Cause.JUNK_FILE)  # still active: nothing new to say
         await clear(store, hook)
         assert await d.flush_once() == 1
         assert await d.flush_once() == 0
@@ -184,8 +184,8 @@ def test_both_nodes_detecting_the_fault_make_one_message(stores: Stores) -> None
         await rx.start()
         hook = WebhookNotifier(rx.url)
         results = await asyncio.gather(
-            asyncio.to_thread(node_a.raise_alarm, IDENT, "peer_agent_down", "seen by a", now(), notify=[hook.key]),
-            asyncio.to_thread(node_b.raise_alarm, IDENT, "peer_agent_down", "seen by b", now(), notify=[hook.key]),
+            asyncio.to_thread(node_a.raise_alarm, IDENT, Cause.PEER_AGENT_DOWN, "seen by a", now(), notify=[hook.key]),
+            asyncio.to_thread(node_b.raise_alarm, IDENT, Cause.PEER_AGENT_DOWN, "seen by b", now(), notify=[hook.key]),
         )
         assert sorted(created for _, created in results) == [False, True]
         da, db = dispatcher(node_a, hook), dispatcher(node_b, hook)
@@ -246,7 +246,7 @@ def test_a_hung_receiver_does_not_hold_up_the_round(sqlite_store: AlarmStore) ->
         hung = WebhookNotifier(slow.url, timeout_s=0.5)
         ok = WebhookNotifier(fast.url)
         d = dispatcher(sqlite_store, hung, ok)
-        await asyncio.to_thread(sqlite_store.raise_alarm, IDENT, "disk_full", "x", now(), notify=[hung.key, ok.key])
+        await asyncio.to_thread(sqlite_store.raise_alarm, IDENT, Cause.DISK_FULL, "x", now(), notify=[hung.key, ok.key])
         started = time.monotonic()
         assert await d.flush_once() == 1
         assert time.monotonic() - started < 5
@@ -271,7 +271,7 @@ def test_run_delivers_on_wake_and_stops_promptly(sqlite_store: AlarmStore) -> No
         stop = asyncio.Event()
         task = asyncio.create_task(d.run(stop))
         await asyncio.sleep(0.2)
-        await asyncio.to_thread(sqlite_store.raise_alarm, IDENT, "disk_full", "x", now(), notify=[hook.key])
+        await asyncio.to_thread(sqlite_store.raise_alarm, IDENT, Cause.DISK_FULL, "x", now(), notify=[hook.key])
         d.wake()
         await wait_for(lambda: len(rx.requests) == 1)
         # a send stuck on a dead receiver does not delay the stop
@@ -312,7 +312,7 @@ def test_cancelling_run_leaves_no_task_behind(sqlite_store: AlarmStore) -> None:
         slow = HttpReceiver(delay_s=30)
         await slow.start()
         hung = WebhookNotifier(slow.url, timeout_s=20)
-        await asyncio.to_thread(sqlite_store.raise_alarm, IDENT, "disk_full", "x", now(), notify=[hung.key])
+        await asyncio.to_thread(sqlite_store.raise_alarm, IDENT, Cause.DISK_FULL, "x", now(), notify=[hung.key])
         task = asyncio.create_task(Dispatcher(sqlite_store, [hung], poll_s=30).run(asyncio.Event()))
         await wait_for(lambda: bool(slow.requests) or sqlite_store.pending()[0].attempts == 1)
         task.cancel()
@@ -334,7 +334,7 @@ def test_items_of_unconfigured_notifiers_are_left_alone(sqlite_store: AlarmStore
         await asyncio.to_thread(
             sqlite_store.raise_alarm,
             IDENT,
-            "disk_full",
+            Cause.DISK_FULL,
             "x",
             now(),
             notify=["webhook:http://removed.example", hook.key],

@@ -16,7 +16,7 @@ import pytest
 from hasync.alarms.backends import open_store
 from hasync.alarms.model import Alarm, Identity
 from hasync.alarms.store import MIGRATIONS, SCHEMA_VERSION, AlarmStore, StoreError
-from hasync.errors import HasyncError
+from hasync.errors import Cause, HasyncError
 from hasync.masking import mask_url
 
 from .conftest import Stores
@@ -50,7 +50,7 @@ def race(n: int, fn: Callable[[int], T]) -> list[T]:
 
 
 def test_raise_is_idempotent(store: AlarmStore) -> None:
-    first, created = store.raise_alarm(IDENT, "peer_agent_down", "cause=peer_agent_down", at(0))
+    first, created = store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "cause=peer_agent_down", at(0))
     assert created
     assert first.id > 0 and first.fingerprint == FP and first.active
     assert (first.source, first.service_name, first.role_name, first.host_name) == (
@@ -61,7 +61,7 @@ def test_raise_is_idempotent(store: AlarmStore) -> None:
     )
     assert first.raised_at == at(0) and first.raised_at.tzinfo is not None
 
-    again, created = store.raise_alarm(IDENT, "peer_agent_down", "cause=peer_agent_down", at(60))
+    again, created = store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "cause=peer_agent_down", at(60))
     assert not created
     assert again == first
     assert store.active() == [first]
@@ -69,8 +69,8 @@ def test_raise_is_idempotent(store: AlarmStore) -> None:
 
 
 def test_raise_of_an_active_alarm_updates_cause_and_info(store: AlarmStore) -> None:
-    first, _ = store.raise_alarm(IDENT, "peer_agent_down", "cause=peer_agent_down", at(0))
-    updated, created = store.raise_alarm(IDENT, "junk_file", "cause=junk_file conf/sedXyZ12", at(60))
+    first, _ = store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "cause=peer_agent_down", at(0))
+    updated, created = store.raise_alarm(IDENT, Cause.JUNK_FILE, "cause=junk_file conf/sedXyZ12", at(60))
     assert not created
     assert (updated.id, updated.raised_at) == (first.id, first.raised_at)
     assert (updated.cause, updated.additional_info) == ("junk_file", "cause=junk_file conf/sedXyZ12")
@@ -78,8 +78,8 @@ def test_raise_of_an_active_alarm_updates_cause_and_info(store: AlarmStore) -> N
 
 
 def test_identities_are_separate(store: AlarmStore) -> None:
-    a, _ = store.raise_alarm(IDENT, "disk_full", "x", at(0))
-    b, created = store.raise_alarm(OTHER, "disk_full", "x", at(1))
+    a, _ = store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0))
+    b, created = store.raise_alarm(OTHER, Cause.DISK_FULL, "x", at(1))
     assert created and a.id != b.id
     assert [x.fingerprint for x in store.active()] == [FP, OTHER.fingerprint]
     assert store.active(OTHER.fingerprint) == [b]
@@ -87,7 +87,7 @@ def test_identities_are_separate(store: AlarmStore) -> None:
 
 def test_one_active_alarm_per_identity_is_enforced_by_the_database(stores: Stores) -> None:
     store = stores.open()
-    store.raise_alarm(IDENT, "disk_full", "x", at(0))
+    store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0))
     duplicate = (
         "INSERT INTO alarms (fingerprint, alarm_id, source, service_name, role_name, host_name, cause,"
         " additional_info, raised_at, updated_at) SELECT fingerprint, alarm_id, source, service_name, role_name,"
@@ -103,7 +103,7 @@ def test_racing_raisers_on_two_connections_get_one_alarm(stores: Stores) -> None
         t = at(round_ * 100)
 
         def raiser(i: int, t: datetime = t) -> tuple[Alarm, bool]:
-            return agents[i % 2].raise_alarm(IDENT, "peer_agent_down", f"from {i}", t, notify=["webhook:x"])
+            return agents[i % 2].raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, f"from {i}", t, notify=["webhook:x"])
 
         def clearer(i: int, t: datetime = t + timedelta(seconds=50)) -> Alarm | None:
             return agents[i % 2].clear(FP, t, notify=["webhook:x"])
@@ -126,7 +126,7 @@ def test_racing_raisers_on_two_connections_get_one_alarm(stores: Stores) -> None
 
 
 def test_clear_keeps_both_times_in_the_history(store: AlarmStore) -> None:
-    raised, _ = store.raise_alarm(IDENT, "peer_agent_down", "info", at(0))
+    raised, _ = store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "info", at(0))
     assert store.clear(OTHER.fingerprint, at(10)) is None
     cleared = store.clear(FP, at(120))
     assert cleared is not None
@@ -134,7 +134,7 @@ def test_clear_keeps_both_times_in_the_history(store: AlarmStore) -> None:
     assert store.active() == []
     assert store.clear(FP, at(130)) is None
 
-    again, created = store.raise_alarm(IDENT, "junk_file", "info2", at(300))
+    again, created = store.raise_alarm(IDENT, Cause.JUNK_FILE, "info2", at(300))
     assert created and again.id != raised.id and again.fingerprint == raised.fingerprint
     history = store.history()
     assert [a.id for a in history] == [again.id, raised.id]
@@ -150,13 +150,13 @@ def test_clear_keeps_both_times_in_the_history(store: AlarmStore) -> None:
 
 def test_clear_is_never_before_the_raise(store: AlarmStore) -> None:
     # Two agents sharing a store may disagree on the time by a little.
-    store.raise_alarm(IDENT, "peer_agent_down", "info", at(0))
+    store.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "info", at(0))
     cleared = store.clear(FP, at(-5))
     assert cleared is not None and cleared.cleared_at == at(0)
 
 
 def test_get_by_id_and_fingerprint(store: AlarmStore) -> None:
-    alarm, _ = store.raise_alarm(IDENT, "disk_full", "x", at(0))
+    alarm, _ = store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0))
     assert store.get(alarm.id) == alarm
     assert store.get(FP) == alarm
     assert store.get(alarm.id + 1000) is None
@@ -165,17 +165,17 @@ def test_get_by_id_and_fingerprint(store: AlarmStore) -> None:
 
 def test_naive_times_are_refused(store: AlarmStore) -> None:
     with pytest.raises(ValueError, match="naive"):
-        store.raise_alarm(IDENT, "disk_full", "x", datetime(2026, 11, 25, 9, 0))
+        store.raise_alarm(IDENT, Cause.DISK_FULL, "x", datetime(2026, 11, 25, 9, 0))
 
 
 def test_alarms_survive_a_restart(stores: Stores) -> None:
     first = stores.open()
-    raised, _ = first.raise_alarm(IDENT, "peer_agent_down", "info", at(0))
+    raised, _ = first.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "info", at(0))
     first.close()
     second = stores.open()
     assert second.active() == [raised]
     # no duplicate after the restart
-    again, created = second.raise_alarm(IDENT, "peer_agent_down", "info", at(60))
+    again, created = second.raise_alarm(IDENT, Cause.PEER_AGENT_DOWN, "info", at(60))
     assert not created and again.id == raised.id
     assert second.clear(FP, at(120)) is not None
     second.close()
@@ -186,7 +186,7 @@ def test_alarms_survive_a_restart(stores: Stores) -> None:
 
 def test_diagnosis_is_stored_with_the_alarm(stores: Stores) -> None:
     store = stores.open()
-    alarm, _ = store.raise_alarm(IDENT, "junk_file", "x", at(0))
+    alarm, _ = store.raise_alarm(IDENT, Cause.JUNK_FILE, "x", at(0))
     diagnosis = {
         "cause": "junk_file",
         "steps": [{"id": "network", "verdict": "ok", "evidence": "ping ok"}],
@@ -217,12 +217,12 @@ def test_closed_store_raises_store_error(stores: Stores) -> None:
 
 
 def test_raise_and_clear_enqueue_in_their_transaction(store: AlarmStore) -> None:
-    alarm, _ = store.raise_alarm(IDENT, "disk_full", "x", at(0), notify=["webhook:a", "syslog:b", "webhook:a"])
+    alarm, _ = store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0), notify=["webhook:a", "syslog:b", "webhook:a"])
     items = store.pending()
     assert [(i.event, i.notifier) for i in items] == [("raise", "webhook:a"), ("raise", "syslog:b")]
     assert all(i.payload == alarm.to_json() and i.alarm_row == alarm.id and i.attempts == 0 for i in items)
     # an idempotent raise notifies nobody
-    store.raise_alarm(IDENT, "disk_full", "changed", at(10), notify=["webhook:a"])
+    store.raise_alarm(IDENT, Cause.DISK_FULL, "changed", at(10), notify=["webhook:a"])
     assert len(store.pending()) == 2
     cleared = store.clear(FP, at(60), notify=["webhook:a"])
     assert cleared is not None
@@ -235,9 +235,9 @@ def test_raise_and_clear_enqueue_in_their_transaction(store: AlarmStore) -> None
 
 def test_outbox_survives_a_restart_and_keeps_order_per_alarm(stores: Stores) -> None:
     store = stores.open()
-    alarm, _ = store.raise_alarm(IDENT, "disk_full", "x", at(0), notify=["w"])
+    alarm, _ = store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0), notify=["w"])
     store.clear(FP, at(1), notify=["w"])
-    other, _ = store.raise_alarm(OTHER, "disk_full", "x", at(2), notify=["w"])
+    other, _ = store.raise_alarm(OTHER, Cause.DISK_FULL, "x", at(2), notify=["w"])
     store.close()
 
     store = stores.open()
@@ -256,7 +256,7 @@ def test_outbox_survives_a_restart_and_keeps_order_per_alarm(stores: Stores) -> 
 
 def test_due_leases_items_and_mark_failed_reschedules(stores: Stores) -> None:
     a, b = stores.open(), stores.open()
-    a.raise_alarm(IDENT, "disk_full", "x", at(0), notify=["w"])
+    a.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0), notify=["w"])
     now = at(5)
     got = a.due(now, lease_s=30)
     assert len(got) == 1
@@ -274,7 +274,7 @@ def test_due_leases_items_and_mark_failed_reschedules(stores: Stores) -> None:
 
 
 def test_due_takes_only_the_given_notifiers(store: AlarmStore) -> None:
-    store.raise_alarm(IDENT, "disk_full", "x", at(0), notify=["a", "b", "c"])
+    store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0), notify=["a", "b", "c"])
     assert [i.notifier for i in store.due(at(1), notifiers=["b", "c"])] == ["b", "c"]
     assert store.due(at(1), notifiers=[]) == []
     assert [i.notifier for i in store.due(at(1))] == ["a"]
@@ -282,7 +282,7 @@ def test_due_takes_only_the_given_notifiers(store: AlarmStore) -> None:
 
 
 def test_enqueue_outside_a_raise(store: AlarmStore) -> None:
-    alarm, _ = store.raise_alarm(IDENT, "disk_full", "x", at(0))
+    alarm, _ = store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0))
     store.enqueue(alarm.id, "raise", "webhook:late", alarm.to_json())
     (item,) = store.pending()
     assert (item.alarm_row, item.event, item.notifier, item.payload) == (
@@ -296,7 +296,7 @@ def test_enqueue_outside_a_raise(store: AlarmStore) -> None:
 
 
 def test_resend_candidates_follow_what_was_sent(store: AlarmStore) -> None:
-    alarm, _ = store.raise_alarm(IDENT, "disk_full", "x", at(0), notify=["am"])
+    alarm, _ = store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0), notify=["am"])
     assert store.resend_candidates("am", at(0)) == []  # the raise itself is not sent yet
     (item,) = store.due(at(1))
     store.mark_sent(item.id, at(1))
@@ -312,9 +312,9 @@ def test_resend_candidates_follow_what_was_sent(store: AlarmStore) -> None:
 
 
 def test_prune_removes_sent_items_of_old_cleared_alarms(store: AlarmStore) -> None:
-    store.raise_alarm(IDENT, "disk_full", "x", at(0), notify=["w"])
+    store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0), notify=["w"])
     store.clear(FP, at(10), notify=["w"])
-    store.raise_alarm(OTHER, "disk_full", "x", at(0), notify=["w"])
+    store.raise_alarm(OTHER, Cause.DISK_FULL, "x", at(0), notify=["w"])
     for _ in range(2):
         for item in store.due(at(20)):
             store.mark_sent(item.id, at(20))
@@ -353,7 +353,7 @@ def test_a_newer_schema_is_refused(stores: Stores) -> None:
 
 def test_sqlite_file_is_in_the_state_dir_in_wal_mode(tmp_path: Path) -> None:
     store = open_store("sqlite", tmp_path / "state")
-    store.raise_alarm(IDENT, "disk_full", "x", at(0))
+    store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0))
     conn = sqlite3.connect(tmp_path / "state" / "alarms.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -425,7 +425,7 @@ def test_pg_wrong_password_or_database_is_a_masked_store_error(pg_server_url: st
 def test_pg_reconnects_after_the_connection_dropped(pg_schema_url: str, tmp_path: Path) -> None:
     store = open_store(pg_schema_url, tmp_path)
     try:
-        store.raise_alarm(IDENT, "disk_full", "x", at(0))
+        store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0))
         pid = store._conn.info.backend_pid  # type: ignore[attr-defined]
         with psycopg.connect(pg_schema_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -439,7 +439,7 @@ def test_pg_and_sqlite_give_the_same_alarm(pg_schema_url: str, tmp_path: Path) -
     results: list[Alarm] = []
     for spec in ("sqlite", pg_schema_url):
         store = open_store(spec, tmp_path)
-        store.raise_alarm(IDENT, "disk_full", "x", at(0))
+        store.raise_alarm(IDENT, Cause.DISK_FULL, "x", at(0))
         alarm = store.clear(FP, at(60))
         assert alarm is not None
         results.append(alarm)

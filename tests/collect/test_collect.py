@@ -23,7 +23,7 @@ from hasync.alarms.model import Identity
 from hasync.clock import OFFSET_ENV as CLOCK_OFFSET_ENV
 from hasync.clock import iso
 from hasync.collect import parse_duration, parse_size, parse_time, stream_peer_log
-from hasync.errors import UsageError
+from hasync.errors import Cause, UsageError
 from hasync.logcut import LogRecord, parse_lines
 from hasync.masking import Masker
 from hasync.peer.client import AgentClient
@@ -196,7 +196,7 @@ password_hash = "{hash_secret}"
         write_log_set(logs_for(env, node), entries[:61] + extra_lines + entries[61:], per_file=PER_FILE + 2)
     store = open_store("sqlite", env.pair.base / "state" / "node-b")
     alarm, _ = store.raise_alarm(
-        Identity("demo-cluster", "Flink", "FlinkServer", "node-z"), "sync_error", "x", b_entries[60].ts
+        Identity("demo-cluster", "Flink", "FlinkServer", "node-z"), Cause.SYNC_ERROR, "x", b_entries[60].ts
     )
     store.set_diagnosis(alarm.id, {"steps": [{"evidence": f"fetched http://u:{url_pw}@h/ with token {token}"}]})
     store.close()
@@ -261,7 +261,7 @@ def test_alarm_window_from_either_store_and_json_output(make_pair, timeline, mon
     for node in "ab":
         store = open_store("sqlite", env.pair.base / "state" / f"node-{node}")
         alarm, _ = store.raise_alarm(
-            Identity("demo-cluster", "Flink", "FlinkServer", f"host-{node}"), "junk_file", "info", raised[node]
+            Identity("demo-cluster", "Flink", "FlinkServer", f"host-{node}"), Cause.JUNK_FILE, "info", raised[node]
         )
         store.set_diagnosis(alarm.id, {"cause": "junk_file", "steps": []})
         store.close()

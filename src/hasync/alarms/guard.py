@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from hasync import clock
 from hasync.alarms.model import Alarm, Event, Identity, OutboxItem
 from hasync.alarms.store import DEFAULT_LEASE_S, AlarmStore, StoreError, StoreUnavailable
+from hasync.errors import Cause
 from hasync.halog import kv
 from hasync.tasks import Backoff, periodic
 
@@ -300,7 +301,7 @@ class GuardedStore:
 
     # -- what the keeper writes ---------------------------------------------------------------------------
     def raise_alarm(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
         with self._io:
             raised = self._via(lambda s: s.raise_alarm(identity, cause, additional_info, at, notify=notify))
@@ -337,7 +338,7 @@ class GuardedStore:
         self._episodes.append(ep)
 
     def _keep_raise(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, notify: tuple[str, ...]
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, notify: tuple[str, ...]
     ) -> tuple[Alarm, bool]:
         fp = identity.fingerprint
         ep = self._open_episode(fp)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from hasync import clock
+from hasync.errors import Cause
 
 ALARM_ID = 45641
 SEVERITY = "Major"
@@ -35,7 +36,7 @@ def iso(dt: datetime | None) -> str | None:
     return None if dt is None else clock.iso(utc(dt), "milliseconds", UTC)
 
 
-def additional_info(cause: str, paths: Sequence[str] = (), *, limit: int = 5) -> str:
+def additional_info(cause: Cause, paths: Sequence[str] = (), *, limit: int = 5) -> str:
     """The alarm's additional_info (SPEC §6): the cause and the first out-of-sync paths.
 
     >>> additional_info("junk_file", ["conf/sedXyZ12"])
@@ -79,7 +80,7 @@ class Alarm:
     service_name: str
     role_name: str
     host_name: str
-    cause: str
+    cause: Cause
     additional_info: str
     raised_at: datetime
     cleared_at: datetime | None = None
@@ -113,7 +114,7 @@ class Alarm:
             "service_name": self.service_name,
             "role_name": self.role_name,
             "host_name": self.host_name,
-            "cause": self.cause,
+            "cause": str(self.cause),
             "additional_info": self.additional_info,
             "raised_at": iso(self.raised_at),
             "cleared_at": iso(self.cleared_at),

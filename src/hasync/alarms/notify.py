@@ -34,7 +34,7 @@ from hasync.alarms import rfc5424
 from hasync.alarms.model import ALARM_ID, Alarm, OutboxItem, iso
 from hasync.alarms.store import AlarmStore, StoreError
 from hasync.config import NotifySection
-from hasync.errors import ConfigError, HasyncError
+from hasync.errors import ConfigError, HasyncError, NotifyError
 from hasync.masking import mask_url, one_line, url_secrets
 from hasync.tasks import Backoff
 from hasync.urls import http_url, notifier_key, syslog_target
@@ -51,13 +51,6 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class NotifyError(HasyncError):
-    """A notifier could not deliver a message; the dispatcher retries it later."""
-
-    code = "notify_error"
-    http_status = 502
 
 
 class Notifier(Protocol):

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from hasync.alarms.model import Alarm, Identity, OutboxItem, utc
 from hasync.alarms.sql import SCHEMA_VERSION_TABLE, SqlStore
 from hasync.alarms.store import ALARM_COLS, OUTBOX_COLS, StoreError, StoreUnavailable
+from hasync.errors import Cause
 from hasync.masking import mask_url, one_line, url_secrets
 
 log = logging.getLogger("hasync.alarms")
@@ -168,7 +169,7 @@ class PgStore(SqlStore):
     # -- alarms -------------------------------------------------------------
 
     def raise_alarm(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
         when = utc(at)
         fp = identity.fingerprint

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol, cast
 
 from hasync.alarms.model import EVENTS, Alarm, Event, Identity, OutboxItem, utc
 from hasync.alarms.store import ALARM_COLS, DEFAULT_LEASE_S, MIGRATIONS, OUTBOX_COLS, SCHEMA_VERSION, StoreError
+from hasync.errors import Cause, cause_of
 
 # The statements of each migration (`store.MIGRATIONS`). Column types that differ between the backends are
 # left open, filled from the backend's `TYPES`: {id} a row id, {ref} a reference to one, {ts} a time, {json}
@@ -131,7 +132,7 @@ class SqlStore(ABC):
             service_name=row["service_name"],
             role_name=row["role_name"],
             host_name=row["host_name"],
-            cause=row["cause"],
+            cause=cause_of(row["cause"]),
             additional_info=row["additional_info"],
             raised_at=self._dt(row["raised_at"]),
             cleared_at=None if row["cleared_at"] is None else self._dt(row["cleared_at"]),
@@ -152,7 +153,7 @@ class SqlStore(ABC):
             sent_at=None if row["sent_at"] is None else self._dt(row["sent_at"]),
         )
 
-    def _alarm_insert(self, identity: Identity, cause: str, additional_info: str, now: object) -> Statement:
+    def _alarm_insert(self, identity: Identity, cause: Cause, additional_info: str, now: object) -> Statement:
         """The statement and arguments that insert a new active alarm, for the backends' raise."""
         p = self.PARAM
         sql = (

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from hasync.alarms.model import Alarm, Identity, OutboxItem, utc
 from hasync.alarms.sql import SCHEMA_VERSION_TABLE, SqlStore
 from hasync.alarms.store import ALARM_COLS, OUTBOX_COLS, StoreUnavailable
+from hasync.errors import Cause
 from hasync.masking import one_line
 
 T = TypeVar("T")
@@ -208,7 +209,7 @@ class SqliteStore(SqlStore):
     # -- alarms -------------------------------------------------------------
 
     def raise_alarm(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
         when = self._ts(at)
         fp = identity.fingerprint

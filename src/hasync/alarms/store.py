@@ -23,7 +23,9 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from hasync.alarms.model import Alarm, Event, Identity, OutboxItem
-from hasync.errors import HasyncError
+from hasync.errors import Cause
+from hasync.errors import StoreError as StoreError  # re-exported: the stores raise it
+from hasync.errors import StoreUnavailable as StoreUnavailable
 
 DEFAULT_LEASE_S = 60.0
 SQLITE_FILE = "alarms.db"
@@ -41,19 +43,6 @@ ALARM_COLS = (
 OUTBOX_COLS = "id, alarm_row, event, notifier, payload, created_at, next_try_at, attempts, last_error, sent_at"
 
 
-class StoreError(HasyncError):
-    """The alarm store cannot be opened, read or written. The message never holds a password."""
-
-    code = "store_error"
-    exit_code = 1
-    http_status = 503
-
-
-class StoreUnavailable(StoreError):
-    """The store's database failed (cannot connect, locked, damaged, closed): a fault of the store, not of
-    the request. The agent keeps working without it (`hasync.alarms.guard`). Same code and exit as StoreError."""
-
-
 @runtime_checkable
 class AlarmStore(Protocol):
     """Where alarms and their outbox live. Synchronous and thread-safe: the agent calls it via `asyncio.to_thread`.
@@ -64,7 +53,7 @@ class AlarmStore(Protocol):
     location: str  # where the store is, safe to show (password masked)
 
     def raise_alarm(
-        self, identity: Identity, cause: str, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
+        self, identity: Identity, cause: Cause, additional_info: str, at: datetime, *, notify: Sequence[str] = ()
     ) -> tuple[Alarm, bool]:
         """Raise the alarm of `identity`, idempotently.
 

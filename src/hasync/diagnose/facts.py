@@ -127,7 +127,7 @@ def file_facts(cfg: Config) -> dict[str, Any]:
                 if stat.S_ISLNK(st.st_mode):
                     continue
                 info = {"dir": d.name, "path": rel, **describe(st)}
-                if stat.S_ISREG(st.st_mode) and is_junk(name, st.st_size, st.st_mode):
+                if is_junk(name, st):
                     if len(junk) < MAX_FINDINGS:
                         junk.append(info)
                     continue
@@ -197,7 +197,7 @@ def delete_junk(cfg: Config, paths: list[tuple[str, str]]) -> list[str]:
             try:
                 pfd, name = fds.parent(rel)
                 st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-                if not (stat.S_ISREG(st.st_mode) and is_junk(name, st.st_size, st.st_mode)):
+                if not is_junk(name, st):
                     continue
                 os.unlink(name, dir_fd=pfd)
                 os.fsync(pfd)

@@ -17,18 +17,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from hasync import clock
-from hasync.check import ActiveCheck, OutOfSync, Verdict
+from hasync.check import ActiveCheck, Verdict
 from hasync.config import Config
 from hasync.errors import Starting
 from hasync.node.role import Role, register
 from hasync.peer.client import AgentClient
 from hasync.replication.active import ActiveSide
 from hasync.roles.providers import RoleName
-
-
-def error_doc(o: OutOfSync) -> dict[str, Any]:
-    """An out-of-sync path as the status document lists it."""
-    return {"dir": o.dir, "path": o.path, "cause": o.cause, "reason": o.reason}
 
 
 @register
@@ -75,7 +70,7 @@ class ActiveRole(Role):
     async def status(self, brief: bool, last: Verdict | None) -> dict[str, Any]:
         if brief:
             # What a peer asks for: never ask the peer back (two actives would wait on each other).
-            return {"errors": [error_doc(o) for o in self.check.own_errors()]}
+            return {"errors": [o.status_json() for o in self.check.own_errors()]}
         v = await self.check.verdict()
         peer = self.check.last_peer_status or {}
         doc: dict[str, Any] = {
@@ -85,7 +80,7 @@ class ActiveRole(Role):
             "last_sync_at": peer.get("last_sync_at"),
             "pending": peer.get("pending"),
             "cause": None if v.cause is None else v.cause.value,
-            "errors": [error_doc(o) for o in v.out_of_sync],
+            "errors": [o.status_json() for o in v.out_of_sync],
         }
         if not v.peer_reachable and v.out_of_sync:
             doc["peer_error"] = {"cause": v.out_of_sync[0].cause, "message": v.out_of_sync[0].reason}

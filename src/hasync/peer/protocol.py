@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import msgpack
 
+from hasync.errors import Cause, PathRefused, PeerError, ScanError, cause_and_message, cause_of
 from hasync.fsutil import validate_relpath
-from hasync.manifest import DIR, Entry
+from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind
+from hasync.peer.models import Change, ChangeFeed, FileFailed, FileHead, PathError, PeerInfo, PeerStatus
 
 API = "/v1"
 MSGPACK = "application/x-msgpack"
@@ -19,8 +22,11 @@ AUTH_HEADER = "Authorization"
 F_HEAD = b"H"  # msgpack [path, kind, mode, size, mtime_ns, uid, gid]
 F_DATA = b"D"  # raw bytes of the file, in order
 F_END = b"E"  # msgpack [digest, ok, reason]: ok false = changed while read, retry
-F_ERR = b"X"  # msgpack [path, cause, message]: could not be read at all
+F_ERR = b"X"  # msgpack [path, cause, message]: could not be read at all (message VANISHED: gone)
 F_DONE = b"Z"  # empty: end of the stream
+# F_ERR's message for a file gone since it was listed (with cause sync_error): the wire's one signal in
+# text, read by dec_failed into FileFailed.vanished.
+VANISHED = "vanished"
 
 # Log stream frames of GET /v1/collect/logs (Content-Type FRAMES), the same framing.
 L_DATA = b"D"  # UTF-8 log text, masked; frames split anywhere, even inside a character
@@ -43,11 +49,9 @@ def enc_path(path: str) -> bytes:
     return os.fsencode(path)
 
 
-def dec_path(raw: bytes, allow_root: bool = False) -> str:
+def dec_path(raw: object, allow_root: bool = False) -> str:
     """A path from the wire, validated (SPEC §4): raises PathRefused when unsafe."""
     if not isinstance(raw, bytes):
-        from hasync.errors import PathRefused
-
         raise PathRefused(f"path {raw!r} is not bytes")
     path = os.fsdecode(raw)
     if allow_root and path == "":
@@ -56,7 +60,8 @@ def dec_path(raw: bytes, allow_root: bool = False) -> str:
 
 
 def enc_entry(e: Entry, dir_hash: bytes | None = None) -> list[Any]:
-    row: list[Any] = [e.kind, e.mode, e.size, e.mtime_ns, e.digest, enc_path(e.link), e.uid, e.gid, e.error]
+    error = "" if e.error is None else str(e.error)
+    row: list[Any] = [e.kind.value, e.mode, e.size, e.mtime_ns, e.digest, enc_path(e.link), e.uid, e.gid, error]
     if e.kind == DIR:
         row.append(dir_hash)
     return row
@@ -96,18 +101,19 @@ def dec_entry(row: list[Any]) -> tuple[Entry, bytes | None]:
     if not isinstance(row, list) or len(row) < 9:
         raise ValueError(f"entry {row!r:.60} is not an array of 9 or 10 fields")
     kind, mode, size, mtime_ns, digest, link, uid, gid, error = row[:9]
-    if kind not in ("f", "d", "l", "e"):
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError(f"bad entry kind {kind!r:.20}")
+    kind = _KINDS[kind]
     mode, size, mtime_ns, uid, gid = dec_meta(mode, size, mtime_ns, uid, gid)
     if not isinstance(digest, bytes) or len(digest) not in (0, DIGEST_LEN):
         raise ValueError(f"digest {digest!r:.40} is not {DIGEST_LEN} bytes")
-    if not isinstance(link, bytes) or len(link) > MAX_LINK or b"\0" in link or (kind == "l" and not link):
+    if not isinstance(link, bytes) or len(link) > MAX_LINK or b"\0" in link or (kind is LINK and not link):
         raise ValueError(f"link target {link!r:.40} is not 1..{MAX_LINK} bytes without NUL")
     if not isinstance(error, str) or len(error) > MAX_ERROR:
         raise ValueError(f"error {error!r:.40} is not a string of at most {MAX_ERROR} characters")
-    entry = Entry(kind, mode, size, mtime_ns, digest, os.fsdecode(link), uid, gid, 0, error)
-    if kind == "e":
-        entry.cause  # noqa: B018 -- raises ValueError unless it names a cause of SPEC §3
+    # An unknown cause is sync_error, its text kept (errors.cause_of): the same rule as F_ERR and status.
+    scan_error = ScanError.from_text(error) if kind is ERROR else None
+    entry = Entry(kind, mode, size, mtime_ns, digest, os.fsdecode(link), uid, gid, 0, scan_error)
     dir_hash = row[9] if kind == DIR and len(row) > 9 else None
     if dir_hash is not None and (not isinstance(dir_hash, bytes) or len(dir_hash) != DIR_HASH_LEN):
         raise ValueError(f"dir hash {dir_hash!r:.40} is not {DIR_HASH_LEN} bytes")
@@ -115,12 +121,54 @@ def dec_entry(row: list[Any]) -> tuple[Entry, bytes | None]:
 
 
 MAX_SEQ = 2**63 - 1
+_KINDS = {k.value: k for k in Kind}
 
 
-def dec_changes(doc: Any) -> dict[str, Any]:
+def dec_info(doc: Any) -> PeerInfo:
+    """A `/v1/info` answer (section 7.2), checked. A malformed answer is the peer's fault: PeerError
+    (sync_error), handled as any failure to talk to it."""
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError(f"{doc!r:.60} is not a map")
+        role, node, hostname, at = doc.get("role"), doc.get("node"), doc.get("hostname"), doc.get("time")
+        info = PeerInfo(
+            node if isinstance(node, str) else "",
+            role if isinstance(role, str) else "",  # anything but "active" is told as the wrong role
+            hostname if isinstance(hostname, str) else None,
+            float(at) if isinstance(at, int | float) else None,
+        )
+        if "roots" not in doc:  # a standby's answer
+            return info
+        instance, seq, with_owner, lag = doc.get("instance"), doc.get("seq"), doc.get("with_owner"), doc.get("lag_s")
+        if not isinstance(instance, str) or type(with_owner) is not bool:
+            raise ValueError(f"instance {instance!r:.40} or with_owner {with_owner!r:.20} malformed")
+        if lag is not None and (not isinstance(lag, int | float) or isinstance(lag, bool)):
+            raise ValueError(f"lag_s {lag!r:.40} is not a number")
+        return replace(
+            info,
+            instance=instance,
+            seq=_int(seq, 0, MAX_SEQ, "seq"),
+            roots=_roots(doc["roots"]),
+            with_owner=with_owner,
+            lag_s=None if lag is None else float(lag),
+        )
+    except ValueError as exc:
+        raise PeerError(f"malformed /v1/info answer: {exc}") from exc
+
+
+def _roots(roots: Any) -> dict[str, bytes | None]:
+    if not isinstance(roots, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, bytes)) for k, v in roots.items()
+    ):
+        raise ValueError(f"roots {roots!r:.60} is not a map of dir to hash")
+    return roots
+
+
+def dec_changes(doc: Any) -> ChangeFeed:
     """A `/v1/changes` answer (section 7.4), its shape checked: raises ValueError. Each change is
-    `[dir, path, entry or nil]`; its path and entry are checked one by one (dec_path, dec_entry) by the
-    caller, so that one bad entry refuses that entry only, while a feed of the wrong shape is refused whole."""
+    `[dir, path, entry or nil]`; its path and entry are checked one by one (dec_path, dec_entry), so
+    that one bad entry refuses that change only (`Change.refused`), while a feed of the wrong shape is
+    refused whole."""
     if not isinstance(doc, dict):
         raise ValueError(f"change feed {doc!r:.60} is not a map")
     missing = [k for k in ("instance", "seq", "reset", "changes", "roots") if k not in doc]
@@ -128,33 +176,98 @@ def dec_changes(doc: Any) -> dict[str, Any]:
         raise ValueError(f"change feed lacks {', '.join(missing)}")
     if not isinstance(doc["instance"], str) or type(doc["reset"]) is not bool:
         raise ValueError(f"change feed instance {doc['instance']!r:.40} or reset {doc['reset']!r:.20} malformed")
-    _int(doc["seq"], 0, MAX_SEQ, "change feed seq")
-    roots = doc["roots"]
-    if not isinstance(roots, dict) or not all(
-        isinstance(k, str) and (v is None or isinstance(v, bytes)) for k, v in roots.items()
-    ):
-        raise ValueError(f"change feed roots {roots!r:.60} is not a map of dir to hash")
+    seq = _int(doc["seq"], 0, MAX_SEQ, "change feed seq")
+    try:
+        roots = _roots(doc["roots"])
+    except ValueError:
+        raise ValueError(f"change feed roots {doc['roots']!r:.60} is not a map of dir to hash") from None
     changes = doc["changes"]
     if not isinstance(changes, list):
         raise ValueError(f"change feed changes {changes!r:.60} is not an array")
     for change in changes:
         if not isinstance(change, list) or len(change) != 3 or not isinstance(change[0], str):
             raise ValueError(f"change {change!r:.60} is not an array [dir, path, entry or nil]")
-    return doc
+    return ChangeFeed(doc["instance"], seq, doc["reset"], tuple(_change(*c) for c in changes), roots)
 
 
-def dec_head(payload: bytes) -> tuple[bytes, Entry | ValueError, int]:
-    """A file header (F_HEAD, section 8): (raw path, its metadata or why it is refused, resume offset).
-    The path is decoded by the caller (dec_path), so that a bad number refuses that file only."""
+def _change(dir_name: str, raw: Any, row: Any) -> Change:
+    try:
+        path = dec_path(raw, allow_root=True)
+        entry = dec_entry(row)[0] if row is not None else None
+    except (PathRefused, ValueError, TypeError) as exc:
+        return Change(dir_name, raw, refused=exc)
+    return Change(dir_name, raw, path, entry)
+
+
+def enc_head(path: str, st_mode: int, size: int, mtime_ns: int, uid: int, gid: int, offset: int | None) -> bytes:
+    """F_HEAD's payload; `offset` (resume) only for a standby that offered one."""
+    head: list[Any] = [enc_path(path), FILE.value, st_mode & MAX_MODE, size, mtime_ns, uid, gid]
+    if offset is not None:
+        head.append(offset)
+    return pack(head)
+
+
+def dec_head(payload: bytes) -> FileHead:
+    """A file header (F_HEAD, section 8): its metadata, or why it is refused, and the resume offset.
+    The path is decoded by the caller (dec_path), so that a bad number refuses that file only; a header
+    of the wrong shape raises ValueError (the stream is refused)."""
     head = unpack(payload)
     if not isinstance(head, list) or not 7 <= len(head) <= 8:
         raise ValueError(f"file header {head!r:.60} is not an array of 7 or 8 fields")
     raw, kind, mode, size, mtime_ns, uid, gid, *more = head
     try:
-        if kind != "f":
+        if kind != FILE.value:
             raise ValueError(f"file header kind {kind!r:.20} is not 'f'")
         mode, size, mtime_ns, uid, gid = dec_meta(mode, size, mtime_ns, uid, gid)
         offset = _int(more[0], 0, size, "resume offset") if more else 0
     except ValueError as exc:
-        return raw, exc, 0
-    return raw, Entry("f", mode, size, mtime_ns, uid=uid, gid=gid), offset
+        return FileHead(raw, None, exc)
+    return FileHead(raw, Entry(FILE, mode, size, mtime_ns, uid=uid, gid=gid), None, offset)
+
+
+def enc_failed(path: str, error: ScanError) -> bytes:
+    """F_ERR's payload: a requested file that could not be read."""
+    return pack([enc_path(path), error.cause.value, error.message])
+
+
+def enc_vanished(path: str) -> bytes:
+    """F_ERR's payload for a requested file that is gone (or not a regular file any more)."""
+    return enc_failed(path, ScanError(Cause.SYNC_ERROR, VANISHED))
+
+
+def dec_failed(payload: bytes) -> FileFailed:
+    """F_ERR (section 8). An unknown cause is sync_error with its text kept (errors.cause_and_message)."""
+    failed = unpack(payload)
+    if not isinstance(failed, list) or len(failed) != 3:
+        raise ValueError(f"file error {failed!r:.60} is not an array [path, cause, message]")
+    raw, cause, message = failed
+    message = message if isinstance(message, str) else repr(message)[:MAX_ERROR]
+    if message == VANISHED:
+        return FileFailed(raw, ScanError(Cause.SYNC_ERROR, message), vanished=True)
+    return FileFailed(raw, ScanError(*cause_and_message(cause, message)))
+
+
+def dec_status(doc: Any) -> PeerStatus:
+    """The standby's brief status (section 7.6), as the active's check reads it: raises ValueError when
+    malformed. A cause it names that this version does not know is sync_error, its text kept."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"status {doc!r:.60} is not a map")
+    role, hostname, in_sync, lag, cause = (doc.get(k) for k in ("role", "hostname", "in_sync", "lag_s", "cause"))
+    errors = doc.get("errors", [])
+    if not isinstance(errors, list):
+        raise ValueError(f"status errors {errors!r:.60} is not an array")
+    return PeerStatus(
+        role if isinstance(role, str) else None,
+        hostname if isinstance(hostname, str) else None,
+        in_sync if isinstance(in_sync, bool) else None,
+        float(lag) if isinstance(lag, int | float) else None,
+        None if not cause else cause_of(cause),
+        tuple(_path_error(e) for e in errors),
+    )
+
+
+def _path_error(e: Any) -> PathError:
+    if not isinstance(e, dict) or not all(isinstance(e.get(k), str) for k in ("dir", "path", "reason")):
+        raise ValueError(f"status error {e!r:.60} is not a map of dir, path, cause and reason")
+    cause, reason = cause_and_message(e.get("cause"), e["reason"])
+    return PathError(e["dir"], e["path"], cause, reason)

@@ -26,7 +26,7 @@ import blake3
 
 from hasync import clock
 from hasync.config import Config, SyncDir
-from hasync.errors import Cause, PathRefused, cause_of_oserror, is_junk
+from hasync.errors import Cause, PathRefused, ScanError, cause_of_oserror, unreadable_cause
 from hasync.fsutil import DirFds
 from hasync.halog import kv
 from hasync.manifest import (
@@ -35,6 +35,7 @@ from hasync.manifest import (
     FILE,
     Entry,
     FileChanged,
+    Plan,
     Tree,
     confirm_read,
     diff,
@@ -43,7 +44,19 @@ from hasync.manifest import (
     trusted,
 )
 from hasync.peer.frames import FRAME_HEADER, frame
-from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, enc_path, pack
+from hasync.peer.protocol import (
+    F_DATA,
+    F_DONE,
+    F_END,
+    F_ERR,
+    F_HEAD,
+    enc_entry,
+    enc_failed,
+    enc_head,
+    enc_path,
+    enc_vanished,
+    pack,
+)
 from hasync.replication.base import BIG_FILE, Side
 
 log = logging.getLogger("hasync.active")
@@ -138,10 +151,7 @@ class ActiveSide(Side):
         return touched
 
     @staticmethod
-    def _pending_paths(plan: object) -> list[str]:
-        from hasync.manifest import Plan
-
-        assert isinstance(plan, Plan)
+    def _pending_paths(plan: Plan) -> list[str]:
         return [*plan.fetch, *(p for p, _ in plan.make), *(p for p, _ in plan.chmod), *plan.delete]
 
     def _scan_dir(self, d: SyncDir, previous: Tree | None) -> Tree | None:
@@ -207,8 +217,6 @@ class ActiveSide(Side):
 
     @staticmethod
     def enc(tree: Tree | None, rel: str, e: Entry) -> list[object]:
-        from hasync.peer.protocol import enc_entry
-
         return enc_entry(e, tree.dir_hash(rel) if tree is not None and e.kind == DIR else None)
 
     def listing(self, dir_name: str, reldirs: list[str]) -> list[list[object]]:
@@ -285,35 +293,26 @@ class ActiveSide(Side):
         With `resume` (offset, BLAKE3 of the standby's first bytes) matching our first bytes, the data
         starts at that offset (the last field of F_HEAD); the digest in F_END is still the whole file's."""
         parent, _, name = rel.rpartition("/")
-        wire = enc_path(rel)
         if self._ignored(rel):
-            yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, "excluded path"]))
+            yield frame(F_ERR, enc_failed(rel, ScanError(Cause.SYNC_ERROR, "excluded path")))
             return
         try:
             pfd = fds.get(parent)
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
         except PathRefused as exc:
-            yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, exc.message]))
+            yield frame(F_ERR, enc_failed(rel, ScanError(Cause.SYNC_ERROR, exc.message)))
             return
         except OSError as exc:
-            cause = cause_of_oserror(exc)
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                msg = "vanished"
-            else:
-                msg = exc.strerror or str(exc)
-                try:
-                    st = os.stat(name, dir_fd=fds.get(parent), follow_symlinks=False)
-                    if is_junk(name, st.st_size, st.st_mode):
-                        cause = Cause.JUNK_FILE
-                except OSError:
-                    pass
-            yield frame(F_ERR, pack([wire, cause.value, msg]))
+                yield frame(F_ERR, enc_vanished(rel))
+                return
+            yield frame(F_ERR, enc_failed(rel, self._unreadable(fds, parent, name, exc)))
             return
         try:
             started = time.time_ns()
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                yield frame(F_ERR, pack([wire, Cause.SYNC_ERROR.value, "vanished"]))
+                yield frame(F_ERR, enc_vanished(rel))
                 return
             cached = trusted(known, st)
             h = None if cached else blake3.blake3()
@@ -325,10 +324,11 @@ class ActiveSide(Side):
                     h = None if cached else prefix
                 else:
                     os.lseek(fd, 0, os.SEEK_SET)
-            head = [wire, "f", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid]
-            if resume is not None:  # only a standby that offered a resume reads the offset field
-                head.append(offset)
-            yield frame(F_HEAD, pack(head))
+            # Only a standby that offered a resume reads the offset field.
+            head = enc_head(
+                rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid, None if resume is None else offset
+            )
+            yield frame(F_HEAD, head)
             sent = 0
             while True:
                 chunk = os.read(fd, CHUNK)
@@ -353,6 +353,16 @@ class ActiveSide(Side):
             yield frame(F_END, pack([b"", False, exc.strerror or str(exc)]))
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _unreadable(fds: DirFds, parent: str, name: str, exc: OSError) -> ScanError:
+        """Why a file cannot be opened: the scanner's rule (errors.unreadable_cause), on its lstat."""
+        message = exc.strerror or str(exc)
+        try:
+            st = os.stat(name, dir_fd=fds.get(parent), follow_symlinks=False)
+        except OSError:
+            return ScanError(cause_of_oserror(exc), message)
+        return ScanError(unreadable_cause(name, st, exc), message)
 
     @staticmethod
     async def _confirm(fd: int, digest: bytes, st: os.stat_result, started: int, cached: bool) -> bool:

@@ -19,6 +19,7 @@ from hasync.fsutil import DirFds, is_tmp_name, validate_relpath
 from hasync.halog import kv
 from hasync.manifest import (
     DIR,
+    ERROR,
     FILE,
     LINK,
     RACY_NS,
@@ -317,7 +318,7 @@ class Side:
         tree.put(rel, new)
         if not same(old, new, self.with_owner):
             self._changed(d.name, rel)
-            if new.kind == "e" and (old is None or old.kind != "e"):
+            if new.kind is ERROR and (old is None or old.kind is not ERROR):
                 log.error("cannot read file %s", kv(dir=d.name, path=rel, cause=new.error))
         if new.kind == FILE and st.st_nlink > 1:
             self._refresh_links(d, tree, rel, st, new)

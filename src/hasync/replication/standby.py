@@ -24,10 +24,11 @@ from typing import Any
 from hasync import clock
 from hasync.backup import BackupSets
 from hasync.config import Config, SyncDir
-from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_oserror
+from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_oserror, first_cause
 from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
 from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
+from hasync.peer.models import ChangeFeed
 from hasync.peer.protocol import (
     F_DATA,
     F_DONE,
@@ -36,7 +37,9 @@ from hasync.peer.protocol import (
     F_HEAD,
     dec_changes,
     dec_entry,
+    dec_failed,
     dec_head,
+    dec_info,
     dec_path,
     enc_path,
     unpack,
@@ -291,13 +294,13 @@ class StandbySide(Side):
                 wait = max(0.5, min(LONG_POLL_S, until_full, self.cfg.sync.retry_s if self.errors else LONG_POLL_S))
                 resp = await self._long_poll(wait)
                 try:
-                    resp = dec_changes(resp)
+                    feed = dec_changes(resp)
                 except ValueError as exc:
                     self._feed_refused(exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                await self._apply_changes(resp)
+                await self._apply_changes(feed)
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
@@ -360,18 +363,18 @@ class StandbySide(Side):
                 for d in self.cfg.sync.dirs:
                     self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
             try:
-                info = await self.client.info(owner=self.cfg.is_root)
-                if info.get("role") != "active":
+                info = dec_info(await self.client.info(owner=self.cfg.is_root))
+                if not info.is_active:
                     raise PeerError(
-                        f"{self.cfg.peer.name} is not the active node (it says {info.get('role')!r}): "
+                        f"{self.cfg.peer.name} is not the active node (it says {info.role or None!r}): "
                         f"the two configs disagree on [role] active"
                     )
             except PeerError as exc:
                 self.peer_failed(exc)
                 return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
             self.peer_ok()
-            self._set_owner_mode(bool(info["with_owner"]))
-            roots: dict[str, bytes | None] = info["roots"]
+            self._set_owner_mode(info.with_owner)
+            roots = dict(info.roots)
             plans: dict[str, tuple[Plan, dict[str, int]]] = {}
             errors: dict[tuple[str, str], FileError] = {}
             for d in self.cfg.sync.dirs:
@@ -391,7 +394,7 @@ class StandbySide(Side):
                 self.peer_failed(exc)
                 self._set_errors(errors, full=True)
                 return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
-            self.instance, self.seq = info["instance"], info["seq"]
+            self.instance, self.seq = info.instance, info.seq
             self.remote_roots = roots
             stale = self.resumes.discard_rest({d.name: d.path for d in self.cfg.sync.dirs if d.name in plans})
             if stale:
@@ -495,34 +498,32 @@ class StandbySide(Side):
         return plan, sizes
 
     # -- the change feed ---------------------------------------------------
-    async def _apply_changes(self, resp: dict[str, Any]) -> None:
+    async def _apply_changes(self, resp: ChangeFeed) -> None:
         if self.feed_error is not None:
             log.info("change feed of the active accepted again %s", kv(peer=self.cfg.peer.name))
             self.feed_error = None
-        if resp["reset"] or resp["instance"] != self.instance:
+        if resp.reset or resp.instance != self.instance:
             self._need_full = True
             return
         self.peer_ok()
-        if not resp["changes"]:
-            self.remote_roots = resp["roots"]
-            self.seq = resp["seq"]
+        if not resp.changes:
+            self.remote_roots = dict(resp.roots)
+            self.seq = resp.seq
             self._update_in_sync()
             return
         async with self._lock:
-            if resp["instance"] != self.instance or self._need_full:
+            if resp.instance != self.instance or self._need_full:
                 return
             by_dir: dict[str, Plan] = {}
             sizes: dict[str, dict[str, int]] = {}
             errors: dict[tuple[str, str], FileError] = {}
             touched: set[tuple[str, str]] = set()
-            for name, raw, row in resp["changes"]:
+            for change in resp.changes:
+                name, rel, want = change.dir, change.path, change.entry
                 tree = self.trees.get(name)
-                try:
-                    rel = dec_path(raw, allow_root=True)
-                    want = dec_entry(row)[0] if row is not None else None
-                except (PathRefused, ValueError, TypeError) as exc:
+                if change.refused is not None:
                     if tree is not None:
-                        self._refused(errors, self.cfg.sync_dir(name), "", raw, exc)
+                        self._refused(errors, self.cfg.sync_dir(name), "", change.raw, change.refused)
                     continue
                 if tree is None or rel == "":
                     self._need_full = True
@@ -541,8 +542,8 @@ class StandbySide(Side):
             for key in touched:
                 self.errors.pop(key, None)
             self.errors.update(errors)
-            self.seq = resp["seq"]
-            self.remote_roots = resp["roots"]
+            self.seq = resp.seq
+            self.remote_roots = dict(resp.roots)
             self.pending = 0
             self._update_in_sync()
         await self._after_apply()
@@ -588,9 +589,7 @@ class StandbySide(Side):
             return self.feed_error.cause
         if not self.errors:
             return None
-        order = [Cause.SOURCE_MISSING, Cause.DISK_FULL, Cause.JUNK_FILE, Cause.PERMISSION_DENIED, Cause.SYNC_ERROR]
-        present = {e.cause for e in self.errors.values()}
-        return next(c for c in order if c in present)
+        return first_cause(e.cause for e in self.errors.values())
 
     # -- applying a plan ---------------------------------------------------
     def _fail(
@@ -610,8 +609,8 @@ class StandbySide(Side):
         tree = self.trees[d.name]
         assert tree is not None
         for rel, e in plan.errors:
-            cause = e.cause or Cause.SYNC_ERROR
-            self._fail(errors, d, rel, cause, f"cannot be read on the active: {e.error.partition(': ')[2]}")
+            assert e.error is not None  # an ERROR entry always carries its ScanError
+            self._fail(errors, d, rel, e.error.cause, f"cannot be read on the active: {e.error.message}")
         if not (plan.fetch or plan.make or plan.chmod or plan.delete):
             return
         applier = Applier(d, tree, self.backups, self.cfg.is_root, fsync_each=len(plan.fetch) <= FSYNC_EACH_MAX)
@@ -743,21 +742,22 @@ class StandbySide(Side):
                         last_progress = time.monotonic()
                         progress(dict(tally, event="progress"))
                 elif kind == F_HEAD:
-                    raw, meta_or_bad, offset = dec_head(payload)
-                    rel = dec_path(raw)
+                    head = dec_head(payload)
+                    rel = dec_path(head.raw)
                     if rel not in wanted:
                         raise PathRefused(f"the active sent {rel!r}, which was not asked for")
                     writer = None
-                    if isinstance(meta_or_bad, ValueError):  # bad numbers: this file is refused, not the stream
-                        self._refused(errors, d, "", raw, meta_or_bad)
+                    if head.meta is None:  # bad numbers: this file is refused, not the stream
+                        self._refused(errors, d, "", head.raw, head.refused or ValueError("refused"))
                         skip = True
                         continue
+                    offset = head.offset
                     offer = offers.pop(rel, None)
                     if offset and (offer is None or offset != offer.offset):
                         raise PathRefused(f"the active resumes {rel!r} at byte {offset!r}, which was not offered")
                     if offer is not None and not offset:
                         self.resumes.discard(d.name, rel, applier.fds.get)  # its file is not what we hold
-                    meta = meta_or_bad
+                    meta = head.meta
                     size = meta.size
                     skip = False
                     try:
@@ -798,20 +798,14 @@ class StandbySide(Side):
                     ):
                         self._flush(applier, d, errors)
                 elif kind == F_ERR:
-                    raw, cause, msg = unpack(payload)
-                    rel = dec_path(raw)
+                    failed = dec_failed(payload)
+                    rel = dec_path(failed.raw)
                     if rel not in wanted:
                         raise PathRefused(f"the active reported {rel!r}, which was not asked for")
-                    if msg == "vanished":
+                    if failed.vanished:
                         continue  # the change feed brings its deletion
-                    known = cause in {c.value for c in Cause}
-                    self._fail(
-                        errors,
-                        d,
-                        rel,
-                        Cause(cause) if known else Cause.SYNC_ERROR,
-                        f"cannot be read on the active: {msg}",
-                    )
+                    error = failed.error
+                    self._fail(errors, d, rel, error.cause, f"cannot be read on the active: {error.message}")
                 elif kind == F_DONE:
                     break
         except (PathRefused, ValueError, TypeError) as exc:
