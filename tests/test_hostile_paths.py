@@ -28,7 +28,8 @@ from hasync import config as hconfig
 from hasync.backup import BackupSets
 from hasync.fsutil import tmp_name
 from hasync.manifest import FILE, Entry, Tree
-from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_HEAD, MSGPACK, dec_entry, dec_head, frame, pack, unpack
+from hasync.peer.frames import frame
+from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_HEAD, MSGPACK, dec_entry, dec_head, pack, unpack
 from hasync.replication.active import ActiveSide
 from hasync.replication.apply import Applier
 from hasync.replication.partials import Partial, Partials

@@ -17,7 +17,8 @@ import blake3
 from hasync.config import load
 from hasync.demo import write_pair
 from hasync.manifest import FileChanged, read_file_entry
-from hasync.peer.protocol import F_DATA, F_END, F_HEAD, FRAME_HEADER, unpack
+from hasync.peer.frames import FRAME_HEADER
+from hasync.peer.protocol import F_DATA, F_END, F_HEAD, unpack
 from hasync.replication.active import ActiveSide
 from pairlib import PairEnv, wait_for
 
