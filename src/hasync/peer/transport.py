@@ -163,9 +163,9 @@ class AiohttpResponse:
         self.readexactly: Callable[[int], Awaitable[bytes]] = resp.content.readexactly
 
     async def readline(self) -> bytes:
-        try:
-            return await self._resp.content.readline(max_line_length=MAX_LINE)
-        except LineTooLong as exc:  # not a ValueError (aiohttp >= 3.12): as the memory transport says it
+        try:  # aiohttp's limit is MAX_LINE (twice its 64 KiB buffer limit)
+            return await self._resp.content.readline()
+        except LineTooLong as exc:  # a ValueError before aiohttp 3.12, not since: as the memory transport says it
             raise ValueError(f"a line longer than {MAX_LINE} bytes") from exc
 
     def close(self) -> None:

@@ -4,8 +4,10 @@ Mechanism: at start, and every `full_reconcile_s`, a Merkle walk compares
 the local trees with the active's, level by level, fetching listings only of
 directories whose hashes differ (one request when nothing changed). Between
 walks it long-polls the active's change feed, so a change is fetched the
-moment the active sees it. Files arrive as a framed stream and are applied by
-the Applier (atomic per file, batch-flushed, old versions backed up).
+moment the active sees it. The walk's listings and the files (a framed stream)
+are fetched by replication/fetch.py and applied by the Applier (atomic per
+file, batch-flushed, old versions backed up); the failures of each run are
+collected in a `Failures` and become `errors`, the paths out of sync.
 """
 
 from __future__ import annotations
