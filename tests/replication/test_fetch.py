@@ -18,14 +18,14 @@ from hasync.backup import BackupSets
 from hasync.config import SyncDir
 from hasync.errors import Cause, PeerAgentDown, PeerError
 from hasync.fsutil import is_tmp_name, tmp_name
-from hasync.manifest import FILE, Tree
+from hasync.manifest import DIR, FILE, Entry, Tree
 from hasync.peer.client import AgentClient
 from hasync.peer.frames import MAX_FRAME, frame, header
-from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD
+from hasync.peer.protocol import F_DATA, F_DONE, F_END, F_ERR, F_HEAD, enc_entry
 from hasync.peer.transport import MemoryRequest, MemoryResponse, MemoryTransport
 from hasync.replication import partials
 from hasync.replication.apply import Applier, Failures
-from hasync.replication.fetch import RETRIES, Fetcher
+from hasync.replication.fetch import RETRIES, Fetcher, walk
 from hasync.replication.partials import Partial, PartialTransfers
 
 MTIME = 1_700_000_000_123_456_789
@@ -306,3 +306,75 @@ def test_a_big_file_cut_off_is_kept_and_resumed_by_the_next_fetch(env: Env, monk
     assert env.fetch(["big"]) == []
     assert env.bodies[1]["resume"][0][:2] == [b"big", 2500]
     assert (env.root / "big").read_bytes() == BIG and env.temps() == [] and env.resumes.index == {}
+
+
+# -- the Merkle walk ----------------------------------------------------------------------------------
+def fentry(data: bytes) -> Entry:
+    return Entry(FILE, 0o644, len(data), MTIME, blake3.blake3(data).digest())
+
+
+def tree_of(entries: dict[str, Entry]) -> Tree:
+    t = Tree()
+    for rel in sorted(entries, key=lambda r: r.count("/")):
+        t.put(rel, entries[rel])
+    return t
+
+
+DIR_E = Entry(DIR, 0o755, 0, MTIME)
+
+
+def walk_over(active: Tree, local: Tree, extra: Callable[[list[Any]], None] = lambda out: None) -> tuple[Any, ...]:
+    """`walk` against an active holding `active` (its /v1/tree answered as the active does)."""
+    asked: list[list[str]] = []
+
+    async def handler(req: MemoryRequest) -> MemoryResponse:
+        assert (req.method, req.path) == ("POST", "/v1/tree")
+        dirs = [os.fsdecode(p) for p in msgpack.unpackb(req.body)["dirs"]]
+        asked.append(dirs)
+        out: list[Any] = []
+        for reldir in dirs:
+            rows = [
+                [os.fsencode(n), enc_entry(e, active.dir_hash(f"{reldir}/{n}".lstrip("/")) if e.kind == DIR else None)]
+                for n, e in active.children(reldir).items()
+            ]
+            out.append([os.fsencode(reldir), active.dir_hash(reldir), rows])
+        extra(out)
+        return MemoryResponse(200, pack(out))
+
+    async def run() -> tuple[Any, ...]:
+        client = AgentClient("http://active:1", "t", 5.0, "node-a", transport=MemoryTransport(handler))
+        failures = Failures()
+        plan, sizes = await walk(client, "data", local, False, failures)
+        return plan, sizes, failures, asked
+
+    return asyncio.run(run())
+
+
+def test_the_walk_lists_only_the_directories_whose_hashes_differ() -> None:
+    same = {"a": fentry(A), "same": DIR_E, "same/x": fentry(b"x")}
+    active = tree_of({**same, "sub": DIR_E, "sub/b": fentry(B), "sub/deep": DIR_E, "sub/deep/c": fentry(b"c")})
+    local = tree_of({**same, "sub": DIR_E, "sub/old": fentry(b"old"), "gone": fentry(b"gone")})
+    plan, sizes, failures, asked = walk_over(active, local)
+    assert asked == [[""], ["sub"], ["sub/deep"]]  # `same` has the same hash: never listed
+    assert sorted(plan.fetch) == ["sub/b", "sub/deep/c"] and sizes == {"sub/b": len(B), "sub/deep/c": 1}
+    assert [rel for rel, _ in plan.make] == ["sub/deep"]
+    assert sorted(plan.delete) == ["gone", "sub/old"] and failures.errors == {}
+
+
+def test_a_hostile_listing_is_refused_piece_by_piece() -> None:
+    active = tree_of({"new": fentry(A), "keep": fentry(b"theirs")})
+    local = tree_of({"keep": fentry(b"ours")})
+
+    def extra(out: list[Any]) -> None:
+        rows = out[0][2]
+        rows.append([b"x/y", enc_entry(fentry(b"1"))])  # a name with a slash
+        rows.append([b"..", enc_entry(fentry(b"1"))])  # not a name
+        for row in rows:
+            if row[0] == b"keep":
+                row[1][1] = 0o177777  # a mode no chmod takes
+        out.append([b"not-asked", b"\0" * 16, []])
+
+    plan, _, failures, _ = walk_over(active, local, extra)
+    assert plan.fetch == ["new"] and plan.delete == []  # `keep`: its entry refused, our copy left alone
+    assert sorted(k[1] for k in failures.errors) == ["..", "keep", "not-asked", "x/y"]
+    assert all(e.cause is Cause.SYNC_ERROR and e.message.startswith("refused: ") for e in failures.errors.values())
