@@ -99,6 +99,7 @@ class AgentClient:
 
     def _too_large(self, resp: Response, path: str, limit: int) -> PeerError:
         resp.close()  # drop the connection: the rest of the body is never read
+        path = path.partition("?")[0]  # the URL's path, as aiohttp's resp.url.path gave it
         return PeerError(
             f"{self._where} sent an answer to {path} of more than {limit} bytes (limits.max_response_bytes)"
         )
