@@ -2,43 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-import errno
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
-import aiohttp
-
-from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerStarting, PeerUnreachable
+from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerStarting
 from hasync.peer.frames import FrameError, read_frames
 from hasync.peer.protocol import API, F_DONE, MSGPACK, pack, unpack
+from hasync.peer.transport import AiohttpTransport, Response, Timeouts, Transport, map_exceptions
 
-_REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
 MAX_RESPONSE_BYTES = 64 << 20  # limits.max_response_bytes' default: answers read whole (not file streams)
 MAX_ERROR_BYTES = 64 << 10  # an error answer's body: only its first 200 characters are shown
-# A kept-alive connection the peer dropped (its agent restarted, an outage reset it) fails with these.
-_DROPPED = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
-
-
-def _dropped(exc: BaseException) -> bool:
-    """Whether `exc` says an established connection went away (not that a new one was refused)."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return True
-    return (
-        isinstance(exc, aiohttp.ClientOSError)
-        and not isinstance(exc, aiohttp.ClientConnectorError)
-        and exc.errno in _DROPPED
-    )
 
 
 class AgentClient:
     """Authenticated calls to one agent; every failure becomes a PeerError subclass.
 
-    An answer read whole (msgpack, JSON) may be at most `max_response_bytes` long; file and log
-    streams are read frame by frame, each frame at most frames.MAX_FRAME. Past either, the call
-    fails with a PeerError (cause sync_error: the agent answers, but not as the protocol says).
+    Every call goes through `transport` (peer/transport.py: aiohttp by default, in memory for tests), and
+    its failures through the one exception map there. An answer read whole (msgpack, JSON) may be at
+    most `max_response_bytes` long; file and log streams are read frame by frame, each frame at most
+    frames.MAX_FRAME. Past either, the call fails with a PeerError (cause sync_error: the agent answers,
+    but not as the protocol says).
     """
 
     def __init__(
@@ -48,13 +34,15 @@ class AgentClient:
         timeout_s: float = 10.0,
         name: str = "peer",
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        transport: Transport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.timeout_s = timeout_s
         self.max_response_bytes = max_response_bytes
+        self.transport: Transport = AiohttpTransport(self.base_url) if transport is None else transport
         self._headers = {"Authorization": f"Bearer {token}"}
-        self._session: aiohttp.ClientSession | None = None
+        self._where = f"{name} agent at {self.base_url}"
 
     async def __aenter__(self) -> AgentClient:
         return self
@@ -64,66 +52,64 @@ class AgentClient:
     ) -> None:
         await self.close()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=8, force_close=False, enable_cleanup_closed=True),
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.transport.close()
 
-    def _timeout(self, total: float | None) -> aiohttp.ClientTimeout:
-        connect = self.timeout_s if total is None else min(self.timeout_s, total)
-        return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=total)
+    def _timeouts(self, total: float | None) -> Timeouts:
+        """A call read whole: `total` for all of it (None: no limit), connecting within timeout_s."""
+        return Timeouts(
+            total=total, connect=self.timeout_s if total is None else min(self.timeout_s, total), read=total
+        )
 
-    def map_error(self, exc: BaseException) -> PeerError:
-        """The PeerError for a transport failure: refused = agent down, timeout = unreachable."""
-        where = f"{self.name} agent at {self.base_url}"
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            os_errno = getattr(exc.os_error, "errno", None)
-            if os_errno in _REFUSED:
-                return PeerAgentDown(f"{where}: connection refused (host up, agent not running)")
-            return PeerUnreachable(f"{where}: {exc.os_error.strerror or exc.os_error}")
-        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            return PeerUnreachable(f"{where}: no answer within {self.timeout_s:g} s")
-        if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError)):
-            return PeerAgentDown(f"{where}: connection closed by the agent")
-        if _dropped(exc):
-            return PeerAgentDown(f"{where}: connection reset ({getattr(exc, 'strerror', None) or exc})")
-        return PeerError(f"{where}: {exc}")
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        timeouts: Timeouts,
+        *,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        params: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> AsyncIterator[Response]:
+        """One request, its answer's status checked (`check`); a transport failure, here or while the
+        caller reads the body, is raised as its PeerError."""
+        headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
+        with map_exceptions(self._where, self.timeout_s):
+            async with self.transport.request(
+                method, path, params=params, body=body, headers=headers, timeouts=timeouts
+            ) as resp:
+                if check:
+                    await self._check_response(resp)
+                yield resp
 
-    async def read_capped(self, resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+    async def _read_capped(self, resp: Response, path: str, limit: int | None = None) -> bytes:
         """The whole body of `resp`, refused (PeerError) past `limit` (default: max_response_bytes)
         without reading the rest."""
         limit = self.max_response_bytes if limit is None else limit
         if resp.content_length is not None and resp.content_length > limit:
-            raise self._too_large(resp, limit)
+            raise self._too_large(resp, path, limit)
         buf = bytearray()
-        while chunk := await resp.content.read(min(1 << 20, limit + 1 - len(buf))):
+        while chunk := await resp.read(min(1 << 20, limit + 1 - len(buf))):
             buf += chunk
             if len(buf) > limit:
-                raise self._too_large(resp, limit)
+                raise self._too_large(resp, path, limit)
         return bytes(buf)
 
-    def _too_large(self, resp: aiohttp.ClientResponse, limit: int) -> PeerError:
+    def _too_large(self, resp: Response, path: str, limit: int) -> PeerError:
         resp.close()  # drop the connection: the rest of the body is never read
+        path = path.partition("?")[0]  # the URL's path, as aiohttp's resp.url.path gave it
         return PeerError(
-            f"{self.name} agent at {self.base_url} sent an answer to {resp.url.path} of more than {limit} bytes "
-            "(limits.max_response_bytes)"
+            f"{self._where} sent an answer to {path} of more than {limit} bytes (limits.max_response_bytes)"
         )
 
-    async def check_response(self, resp: aiohttp.ClientResponse) -> None:
+    async def _check_response(self, resp: Response) -> None:
         """Raise the PeerError an HTTP error status stands for (401: AuthFailed)."""
         if resp.status == 200:
             return
         body = bytearray()  # its first MAX_ERROR_BYTES: enough for any error we send
-        while len(body) < MAX_ERROR_BYTES and (chunk := await resp.content.read(MAX_ERROR_BYTES - len(body))):
+        while len(body) < MAX_ERROR_BYTES and (chunk := await resp.read(MAX_ERROR_BYTES - len(body))):
             body += chunk
         try:
             err = json.loads(body)["error"]
@@ -131,12 +117,12 @@ class AgentClient:
         except (ValueError, KeyError, TypeError):
             msg = body[:200].decode("utf-8", "replace")
         if resp.status == 503 and msg.startswith("starting:"):
-            raise PeerStarting(f"{self.name} agent at {self.base_url} is starting (scanning its sync dirs)")
+            raise PeerStarting(f"{self._where} is starting (scanning its sync dirs)")
         if resp.status == 503 and msg.startswith("busy:"):
-            raise PeerAgentDown(f"{self.name} agent at {self.base_url} is busy: it holds its maximum of connections")
+            raise PeerAgentDown(f"{self._where} is busy: it holds its maximum of connections")
         if resp.status == 401:
-            raise AuthFailed(f"{self.name} agent at {self.base_url} rejected our token (HTTP 401)")
-        raise PeerError(f"{self.name} agent at {self.base_url}: HTTP {resp.status}: {msg}")
+            raise AuthFailed(f"{self._where} rejected our token (HTTP 401)")
+        raise PeerError(f"{self._where}: HTTP {resp.status}: {msg}")
 
     async def request(
         self,
@@ -150,18 +136,15 @@ class AgentClient:
     ) -> Any:
         total = self.timeout_s if timeout == -1.0 else timeout
         data = None if body is None else pack(body)
-        headers = {"Content-Type": MSGPACK} if data is not None else {}
-        # aiohttp (>= 3.9) sends a GET once more on a fresh connection when a kept-alive one was dropped.
-        try:
-            async with self.session.request(
-                method, self.base_url + path, data=data, params=params, headers=headers, timeout=self._timeout(total)
-            ) as resp:
-                await self.check_response(resp)
-                raw = await self.read_capped(resp)
-        except PeerError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self.map_error(exc) from exc
+        async with self._exchange(
+            method,
+            path,
+            self._timeouts(total),
+            body=data,
+            content_type=None if data is None else MSGPACK,
+            params=params,
+        ) as resp:
+            raw = await self._read_capped(resp, path)
         return self._decode(path, raw, as_json)
 
     def _decode(self, path: str, raw: bytes, as_json: bool) -> Any:
@@ -169,17 +152,12 @@ class AgentClient:
             return json.loads(raw) if as_json else unpack(raw)
         except (ValueError, TypeError, RecursionError) as exc:  # msgpack's and json's errors are ValueErrors
             what = "JSON" if as_json else "msgpack"
-            raise PeerError(
-                f"{self.name} agent at {self.base_url} sent {path} an answer that is not {what}: {exc}"
-            ) from exc
+            raise PeerError(f"{self._where} sent {path} an answer that is not {what}: {exc}") from exc
 
     # -- the API (docs/protocol.md) -----------------------------------------
     async def health(self) -> bool:
-        try:
-            async with self.session.get(self.base_url + "/healthz", timeout=self._timeout(self.timeout_s)) as resp:
-                return resp.status == 200
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self.map_error(exc) from exc
+        async with self._exchange("GET", "/healthz", self._timeouts(self.timeout_s), check=False) as resp:
+            return resp.status == 200
 
     async def info(self, since: int | None = None, timeout: float = -1.0, owner: bool | None = None) -> dict[str, Any]:
         """The agent's identity and, on the active, its change seq and Merkle roots. `owner`: whether
@@ -223,24 +201,12 @@ class AgentClient:
 
     async def json(self, method: str, path: str, body: Any = None, timeout: float = -1.0) -> Any:
         """A JSON request and its JSON answer (alarms, checks)."""
-        import json as _json
-
-        headers = {"Content-Type": "application/json"}
         total = self.timeout_s if timeout == -1.0 else timeout
-        try:
-            async with self.session.request(
-                method,
-                self.base_url + path,
-                data=None if body is None else _json.dumps(body),
-                headers=headers,
-                timeout=self._timeout(total),
-            ) as resp:
-                await self.check_response(resp)
-                raw = await self.read_capped(resp)
-        except PeerError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self.map_error(exc) from exc
+        data = None if body is None else json.dumps(body).encode()
+        async with self._exchange(
+            method, path, self._timeouts(total), body=data, content_type="application/json"
+        ) as resp:
+            raw = await self._read_capped(resp, path)
         return self._decode(path, raw, as_json=True)
 
     async def frames(
@@ -258,25 +224,19 @@ class AgentClient:
         byte means the agent hangs."""
         read_s = self.timeout_s * 3 if read_timeout_s is None else read_timeout_s
         data = None if body is None else pack(body)
-        headers = {"Content-Type": MSGPACK} if data is not None else {}
-        try:
-            async with self.session.request(
-                method,
-                self.base_url + path,
-                data=data,
-                params=params,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout_s, sock_read=read_s),
-            ) as resp:
-                await self.check_response(resp)
-                async for kind, payload in read_frames(resp.content.read, resp.content.readexactly, end):
+        async with self._exchange(
+            method,
+            path,
+            Timeouts(total=None, connect=self.timeout_s, read=read_s),
+            body=data,
+            content_type=None if data is None else MSGPACK,
+            params=params,
+        ) as resp:
+            try:
+                async for kind, payload in read_frames(resp.read, resp.readexactly, end):
                     yield kind, payload
-        except PeerError:
-            raise
-        except FrameError as exc:
-            raise PeerError(f"{self.name} agent at {self.base_url} sent {path} a bad frame stream: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
-            raise self.map_error(exc) from exc
+            except FrameError as exc:
+                raise PeerError(f"{self._where} sent {path} a bad frame stream: {exc}") from exc
 
     async def files(
         self, dir_name: str, paths: list[bytes], resume: list[tuple[bytes, int, bytes]] | None = None
@@ -299,18 +259,13 @@ class AgentClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """NDJSON events of a long operation (e.g. a sync run by the agent). The agent sends a
         keep-alive every few seconds, so `idle_s` without a line means it hangs."""
-        limits = aiohttp.ClientTimeout(total=timeout, connect=self.timeout_s, sock_read=idle_s)
-        try:
-            async with self.session.request(method, self.base_url + path, params=params, timeout=limits) as resp:
-                await self.check_response(resp)
-                async for line in resp.content:  # a line past 128 KiB: ValueError("Chunk too big")
+        limits = Timeouts(total=timeout, connect=self.timeout_s, read=idle_s)
+        async with self._exchange(method, path, limits, params=params) as resp:
+            try:
+                while line := await resp.readline():  # a line past transport.MAX_LINE: ValueError
                     if line.strip():
                         event = json.loads(line)
                         if event.get("event") != "alive":
                             yield event
-        except PeerError:
-            raise
-        except ValueError as exc:
-            raise PeerError(f"{self.name} agent at {self.base_url} sent {path} a bad progress line: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self.map_error(exc) from exc
+            except ValueError as exc:
+                raise PeerError(f"{self._where} sent {path} a bad progress line: {exc}") from exc

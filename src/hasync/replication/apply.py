@@ -1,21 +1,97 @@
-"""Applying changes on the standby: atomic per file, batch-flushed, backed up, path-safe."""
+"""Applying changes on the standby: atomic per file, batch-flushed, backed up, path-safe; and the
+failures of a run, one FileError per path with the spec's cause."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import stat
 from collections import deque
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 
+from hasync import clock
 from hasync.backup import BackupSets
 from hasync.config import SyncDir
+from hasync.errors import Cause, HasyncError, PathRefused, cause_of_oserror
 from hasync.fsutil import DirFds, fsync_fd, set_meta_at, syncfs, tmp_name
+from hasync.halog import kv
 from hasync.manifest import DIR, FILE, LINK, Entry, Tree
+
+log = logging.getLogger("hasync.standby")
+
+
+@dataclass(frozen=True)
+class FileError:
+    """A path the standby could not bring in sync, with the spec's cause."""
+
+    dir: str
+    path: str
+    cause: Cause
+    message: str
+    since: float
+    size: int = 0  # bytes the path needs on the standby, when known (for disk_full)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dir": self.dir,
+            "path": self.path,
+            "cause": self.cause.value,
+            "reason": self.message,
+            "size": self.size,
+        }
+
+
+ErrorKey = tuple[str, str]  # (sync dir, path)
+
+
+class Failures:
+    """What one run of the standby's writer (a reconcile, a batch of changes) could not bring in sync,
+    one FileError per (dir, path). `reported`: the errors known before the run, so that a refusal
+    seen again is not logged again."""
+
+    def __init__(self, reported: Mapping[ErrorKey, FileError] | None = None) -> None:
+        self.reported: Mapping[ErrorKey, FileError] = {} if reported is None else reported
+        self.errors: dict[ErrorKey, FileError] = {}
+
+    def fail(self, dir_name: str, rel: str, cause: Cause, msg: str, size: int = 0) -> None:
+        self.errors[(dir_name, rel)] = FileError(dir_name, rel, cause, msg, clock.now(), size)
+
+    def failed(self, dir_name: str, rel: str, exc: OSError | PathRefused, size: int = 0) -> None:
+        """A file operation on the standby failed: its cause from the errno; a path refused is sync_error."""
+        if isinstance(exc, PathRefused):
+            log.error("path refused %s", kv(dir=dir_name, path=rel, error=exc.message))
+            self.fail(dir_name, rel, Cause.SYNC_ERROR, f"path refused: {exc.message}")
+        else:
+            self.fail(dir_name, rel, cause_of_oserror(exc), f"{exc.strerror or exc} (on the standby)", size)
+
+    def guard(self, dir_name: str, rel: str, fn: Callable[..., object], *args: Any) -> bool:
+        """`fn(*args)`; False, with the path's failure recorded, when it raised OSError or PathRefused."""
+        try:
+            fn(*args)
+            return True
+        except (OSError, PathRefused) as exc:
+            self.failed(dir_name, rel, exc)
+        return False
+
+    def refused(self, dir_name: str, reldir: str, raw: object, exc: Exception) -> None:
+        """Data from the active refused (a bad name, entry or frame): sync_error for the path it names."""
+        what = exc.message if isinstance(exc, HasyncError) else f"malformed entry: {exc}"
+        name = os.fsdecode(raw) if isinstance(raw, bytes) else repr(raw)[:80]
+        key = f"{reldir}/{name}".lstrip("/").replace("\0", "\\0")
+        known = self.reported.get((dir_name, key))
+        if known is None or known.message != f"refused: {what}":  # a new refusal, not its repetition
+            log.error(
+                "refused data from the active %s",
+                kv(dir=dir_name, where=reldir or "/", entry=repr(raw)[:80], error=what),
+            )
+        self.fail(dir_name, key, Cause.SYNC_ERROR, f"refused: {what}")
 
 
 @dataclass
@@ -109,8 +185,7 @@ class FileWriter:
         # Our own write: nobody else has touched it yet, so its digest is trusted by inode.
         ino = st.st_ino
         entry = m._replace(digest=digest, ino=ino, uid=st.st_uid, gid=st.st_gid)
-        self.applier.pending.append(_Pending(self.rel, self.parent, self.tmp, entry))
-        self.applier.pending_bytes += self.size
+        self.applier._written(_Pending(self.rel, self.parent, self.tmp, entry), self.size)
         return True
 
     def abort(self) -> None:
@@ -175,7 +250,12 @@ class Applier:
     `syncfs`, or an fsync per file for tiny batches), keeps the old versions
     in the backup set, renames, and fsyncs the directories. A crash at any
     point leaves every name with its old or its new content; the temp files
-    are removed at the next start.
+    are removed at the next start. The standby flushes behind (`flush_behind`):
+    a written batch is made durable and renamed in a worker thread while the
+    next one is received.
+
+    Its state (the written batch, the flush in progress, the tree) changes only
+    through its methods.
     """
 
     def __init__(self, d: SyncDir, tree: Tree, backups: BackupSets, as_root: bool, fsync_each: bool) -> None:
@@ -186,21 +266,33 @@ class Applier:
         self.fsync_each = fsync_each
         self.fds = DirFds(d.path)
         self.root_fd = self.fds.get("")
-        self.pending: list[_Pending] = []
-        self.pending_bytes = 0
-        self.flushing: asyncio.Task[None] | None = None  # the batch being made durable (standby pipelining)
+        self._pending: list[_Pending] = []  # written, not yet renamed into place
+        self._pending_bytes = 0
+        self._flushing: asyncio.Task[None] | None = None  # the batch being made durable (flush_behind)
         self._dir_modes: dict[str, Entry] = {}
         self._opened: dict[str, int] = {}  # dirs given u+rwx for the batch: original mode
 
     def close(self) -> None:
-        for p in self.pending:
+        """Remove the temp files of the batch not renamed into place, restore the dir modes, close the fds."""
+        for p in self._pending:
             try:
                 os.unlink(p.tmp, dir_fd=self.fds.get(p.parent))
             except OSError:
                 pass
-        self.pending.clear()
+        self._pending.clear()
         self._restore_modes()
         self.fds.close()
+
+    async def aclose(self) -> None:
+        """Stop the flush in progress (cancelled or failed: its files are left out) and close."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+            try:
+                await self._flushing
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._flushing = None
+        self.close()
 
     # -- helpers -----------------------------------------------------------
     def parent_fd(self, parent: str) -> int:
@@ -313,11 +405,50 @@ class Applier:
     def begin(self, rel: str, meta: Entry, resume: Resume | None = None) -> FileWriter:
         return FileWriter(self, rel, meta, resume)
 
+    def _written(self, p: _Pending, size: int) -> None:
+        """A finished file (FileWriter.finish), waiting in the batch to be renamed into place."""
+        self._pending.append(p)
+        self._pending_bytes += size
+
+    def batch_full(self, max_files: int, max_bytes: int) -> bool:
+        """Whether the written batch holds more than `max_bytes` or at least `max_files` files."""
+        return self._pending_bytes > max_bytes or len(self._pending) >= max_files
+
     def take(self) -> list[_Pending]:
         """The written batch, handed over for `make_durable` then `commit`; a new batch starts."""
-        batch, self.pending = self.pending, []
-        self.pending_bytes = 0
+        batch, self._pending = self._pending, []
+        self._pending_bytes = 0
         return batch
+
+    def flush_behind(self, failed: Callable[[str, int, OSError], None]) -> None:
+        """Make the written batch durable (syncfs in a worker thread) and rename it into place, after the
+        batch before it, while the caller receives the next: the disk flush overlaps the network and the
+        writes. A file that cannot be made durable or renamed is reported to `failed(rel, size, error)`."""
+        batch = self.take()
+        if not batch:
+            return
+        prev = self._flushing
+
+        async def job() -> None:
+            if prev is not None:
+                await prev
+            try:
+                await asyncio.to_thread(self.make_durable, batch)
+            except OSError as exc:
+                for p in batch:
+                    failed(p.rel, p.entry.size, exc)
+                self._pending = batch + self._pending  # their temps are removed by close()
+                return
+            for p, err in self.commit(batch):
+                failed(p.rel, p.entry.size, err)
+
+        self._flushing = asyncio.create_task(job())
+
+    async def flushed(self) -> None:
+        """Wait until every batch handed to `flush_behind` is in place."""
+        if self._flushing is not None:
+            await self._flushing
+            self._flushing = None
 
     def make_durable(self, batch: list[_Pending]) -> None:
         """Flush the batch's temp files to disk: one syncfs (thread-safe: touches no shared state)."""
@@ -379,4 +510,4 @@ class Applier:
         self._restore_modes()
 
 
-__all__ = ["FILE", "LINK", "Applier", "FileWriter", "Resume", "WritePipe"]
+__all__ = ["FILE", "LINK", "Applier", "Failures", "FileError", "FileWriter", "Resume", "WritePipe"]

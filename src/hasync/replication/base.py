@@ -37,11 +37,13 @@ from hasync.manifest import (
     stat_entry,
 )
 from hasync.replication.watcher import Batch, DirWatcher
+from hasync.tasks import periodic
 
 log = logging.getLogger("hasync.replication")
 
 BIG_FILE = 4 << 20  # hashed in a worker thread, not in the event loop
 POLL_S = 2.0  # roots, failed watchers and directories without a watch are looked at this often
+SAVE_S = 30.0  # the hash caches of changed dirs are saved this often
 
 
 @dataclass(frozen=True)
@@ -213,9 +215,7 @@ class Side:
         self._tasks.append(asyncio.create_task(self._poll_roots(), name="poll-roots"))
 
     async def _periodic_save(self) -> None:
-        while True:
-            await asyncio.sleep(30)
-            await asyncio.to_thread(self.save_caches)
+        await periodic(lambda: asyncio.to_thread(self.save_caches), SAVE_S, self._stop_event, log, "saving hash caches")
 
     def _locate(self, path: str | Path) -> tuple[SyncDir, str] | None:
         sp = str(path)

@@ -4,8 +4,10 @@ Mechanism: at start, and every `full_reconcile_s`, a Merkle walk compares
 the local trees with the active's, level by level, fetching listings only of
 directories whose hashes differ (one request when nothing changed). Between
 walks it long-polls the active's change feed, so a change is fetched the
-moment the active sees it. Files arrive as a framed stream and are applied by
-the Applier (atomic per file, batch-flushed, old versions backed up).
+moment the active sees it. The walk's listings and the files (a framed stream)
+are fetched by replication/fetch.py and applied by the Applier (atomic per
+file, batch-flushed, old versions backed up); the failures of each run are
+collected in a `Failures` and become `errors`, the paths out of sync.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,61 +24,25 @@ from typing import Any
 from hasync import clock
 from hasync.backup import BackupSets
 from hasync.config import Config, SyncDir
-from hasync.errors import Cause, HasyncError, PathRefused, PeerError, cause_of_oserror, first_cause
+from hasync.errors import Cause, PeerError, first_cause
 from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
-from hasync.manifest import DIR, ERROR, FILE, Entry, Plan, Tree, compare_entry, scan
+from hasync.manifest import DIR, FILE, Plan, Tree, compare_entry, scan
+from hasync.peer.client import AgentClient
 from hasync.peer.models import ChangeFeed
-from hasync.peer.protocol import (
-    F_DATA,
-    F_DONE,
-    F_END,
-    F_ERR,
-    F_HEAD,
-    dec_changes,
-    dec_entry,
-    dec_failed,
-    dec_head,
-    dec_info,
-    dec_path,
-    enc_path,
-    unpack,
-)
+from hasync.peer.protocol import dec_changes, dec_info
 from hasync.quickcheck import QuickIndex, index_path
-from hasync.replication.apply import Applier, FileWriter, WritePipe
+from hasync.replication.apply import Applier, ErrorKey, Failures, FileError
 from hasync.replication.base import Side
+from hasync.replication.fetch import Fetcher, Progress, walk
 from hasync.replication.partials import PartialTransfers
+from hasync.tasks import Backoff
 
 log = logging.getLogger("hasync.standby")
 
 LONG_POLL_S = 25.0
-TREE_BATCH = 256
-RETRIES = 5
 BUSY_RETRY_S = 0.5  # a file that kept changing while read is asked for again after this
 FSYNC_EACH_MAX = 16  # up to this many files, fsync each; above, one syncfs per batch
-
-Progress = Callable[[dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class FileError:
-    """A path the standby could not bring in sync, with the spec's cause."""
-
-    dir: str
-    path: str
-    cause: Cause
-    message: str
-    since: float
-    size: int = 0  # bytes the path needs on the standby, when known (for disk_full)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "dir": self.dir,
-            "path": self.path,
-            "cause": self.cause.value,
-            "reason": self.message,
-            "size": self.size,
-        }
 
 
 @dataclass
@@ -99,13 +63,11 @@ class StandbySide(Side):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        from hasync.peer.client import AgentClient
-
         self.client = AgentClient(
             cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, cfg.limits.max_response_bytes
         )
         self.backups = BackupSets(cfg.backup.dir, cfg.cluster.role_name, cfg.backup.max_copies, cfg.backup.set_period_s)
-        self.errors: dict[tuple[str, str], FileError] = {}
+        self.errors: dict[ErrorKey, FileError] = {}
         self.peer_error: PeerError | None = None
         # The active's change feed refused for its shape (a peer fault, sync_error): cleared by the next
         # well-formed feed; meanwhile the standby falls back to full reconciles.
@@ -126,8 +88,8 @@ class StandbySide(Side):
         self._kick_task: asyncio.Task[None] | None = None
         self._kick_again = False
         self._poll_abort = asyncio.Event()
-        self._writes: ThreadPoolExecutor | None = None  # the WritePipe's thread, made on first use
         self.resumes = PartialTransfers(cfg.node.state_dir)
+        self.fetcher = Fetcher(self.client, self.resumes, cfg.sync.batch_files, cfg.sync.batch_bytes, self._received)
         self.busy: dict[tuple[str, str], float] = {}  # files that kept changing while read: since when
         self._busy_task: asyncio.Task[None] | None = None
         self._out_reported = False  # an out-of-sync state with a cause was seen since "in sync" was logged
@@ -199,8 +161,7 @@ class StandbySide(Side):
         async with self._lock:  # nothing writes now: the index describes the copy as it is
             await asyncio.to_thread(self.save_quick_indexes)
         await self.client.close()
-        if self._writes is not None:
-            self._writes.shutdown(wait=True)
+        self.fetcher.close()
 
     def save_quick_indexes(self) -> None:
         """Write the quick check's index beside each hash cache (see hasync.quickcheck).
@@ -273,13 +234,8 @@ class StandbySide(Side):
             except Exception:
                 log.exception("reconcile after a local change failed")
 
-    async def _periodic_save(self) -> None:
-        while True:
-            await asyncio.sleep(30)
-            await asyncio.to_thread(self.save_caches)
-
     async def _run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 due = time.monotonic() - self._last_full > self.cfg.sync.full_reconcile_s
@@ -297,18 +253,16 @@ class StandbySide(Side):
                     feed = dec_changes(resp)
                 except ValueError as exc:
                     self._feed_refused(exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await asyncio.sleep(backoff.next())
                     continue
                 await self._apply_changes(feed)
-                backoff = 0.2
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except PeerError as exc:
                 self.peer_failed(exc)
                 self._need_full = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff.next())
             except Exception:
                 log.exception("standby loop error")
                 self._need_full = True
@@ -376,9 +330,9 @@ class StandbySide(Side):
             self._set_owner_mode(info.with_owner)
             roots = dict(info.roots)
             plans: dict[str, tuple[Plan, dict[str, int]]] = {}
-            errors: dict[tuple[str, str], FileError] = {}
+            failures = Failures(self.errors)
             for d in self.cfg.sync.dirs:
-                plan_sizes = await self._plan(d, roots.get(d.name), errors)
+                plan_sizes = await self._plan(d, roots.get(d.name), failures)
                 if plan_sizes is not None:
                     plans[d.name] = plan_sizes
             total_files = sum(len(p.fetch) for p, _ in plans.values())
@@ -389,17 +343,17 @@ class StandbySide(Side):
                 progress(dict(tally, event="start"))
             try:
                 for name, (plan, sizes) in plans.items():
-                    await self._apply_plan(self.cfg.sync_dir(name), plan, sizes, errors, tally, progress)
+                    await self._apply_plan(self.cfg.sync_dir(name), plan, sizes, failures, tally, progress)
             except PeerError as exc:
                 self.peer_failed(exc)
-                self._set_errors(errors, full=True)
+                self._set_errors(failures.errors, full=True)
                 return self._result(SyncResult(False, cause=exc.cause, message=exc.message))
             self.instance, self.seq = info.instance, info.seq
             self.remote_roots = roots
             stale = self.resumes.discard_rest({d.name: d.path for d in self.cfg.sync.dirs if d.name in plans})
             if stale:
                 log.info("partial transfers not needed any more, removed %s", kv(count=stale))
-            self._set_errors(errors, full=True)
+            self._set_errors(failures.errors, full=True)
             self._need_full = False
             self._last_full = time.monotonic()
             self.pending = 0
@@ -421,7 +375,7 @@ class StandbySide(Side):
                 tree.set_with_owner(with_owner)
 
     async def _plan(
-        self, d: SyncDir, remote_root: bytes | None, errors: dict[tuple[str, str], FileError]
+        self, d: SyncDir, remote_root: bytes | None, failures: Failures
     ) -> tuple[Plan, dict[str, int]] | None:
         local = self.trees.get(d.name)
         if (local is None) == d.path.is_dir():  # the root appeared or vanished since the last look
@@ -432,70 +386,13 @@ class StandbySide(Side):
                 if remote_root is None
                 else f"sync dir {d.name!r} does not exist on the standby: {d.path}"
             )
-            errors[(d.name, "")] = FileError(d.name, "", Cause.SOURCE_MISSING, msg, clock.now())
+            failures.fail(d.name, "", Cause.SOURCE_MISSING, msg)
             self.missing.add(d.name)
             return None
         self.missing.discard(d.name)
-        plan, sizes = Plan(), dict[str, int]()
         if local.root_hash() == remote_root:
-            return plan, sizes
-        level: list[str] = [""]
-        while level:
-            nxt: list[str] = []
-            for i in range(0, len(level), TREE_BATCH):
-                chunk = level[i : i + TREE_BATCH]
-                listings = await self.client.tree(d.name, [enc_path(p) for p in chunk])
-                for listing in listings:
-                    try:  # a malformed listing is refused on its own: the others are still applied
-                        raw_dir, dir_hash, rows = listing
-                        reldir = dec_path(raw_dir, allow_root=True)
-                        if reldir not in chunk:
-                            raise PathRefused(f"the active listed {reldir!r}, which was not asked for")
-                        if dir_hash is not None and not isinstance(rows, list):
-                            raise ValueError(f"the listing of {reldir!r} is not an array")
-                    except (PathRefused, ValueError, TypeError) as exc:
-                        self._refused(
-                            errors, d, "", listing[0] if isinstance(listing, list) and listing else listing, exc
-                        )
-                        continue
-                    if dir_hash is None or (reldir in local.dirs and local.dir_hash(reldir) == dir_hash):
-                        continue
-                    want: dict[str, tuple[Entry, bytes | None]] = {}
-                    refused: set[str] = set()
-                    for item in rows:
-                        try:
-                            raw_name, row = item
-                        except (ValueError, TypeError) as exc:
-                            self._refused(errors, d, reldir, item, exc)
-                            continue
-                        try:
-                            name = dec_path(raw_name)
-                            if "/" in name:
-                                raise PathRefused(f"listing of {reldir!r} names {name!r}")
-                        except (PathRefused, ValueError, TypeError) as exc:
-                            self._refused(errors, d, reldir, raw_name, exc)
-                            continue
-                        try:
-                            want[name] = dec_entry(row)
-                        except (ValueError, TypeError) as exc:
-                            self._refused(errors, d, reldir, raw_name, exc)
-                            refused.add(name)  # a bad entry of a good name: our copy is left alone
-                    have = local.children(reldir)
-                    for name in sorted((want.keys() | have.keys()) - refused):
-                        rel = f"{reldir}/{name}" if reldir else name
-                        w = want.get(name)
-                        went = w[0] if w else None
-                        if went is not None and went.kind == FILE:
-                            sizes[rel] = went.size
-                        if compare_entry(rel, went, have.get(name), self.with_owner, plan):
-                            sub_hash = w[1] if w else None
-                            if rel not in local.dirs or local.dir_hash(rel) != sub_hash:
-                                nxt.append(rel)
-            level = nxt
-        plan.delete.sort(key=lambda p: (-p.count("/"), p))
-        plan.make.sort(key=lambda pe: pe[0].count("/"))
-        sizes = {p: sizes[p] for p in plan.fetch}
-        return plan, sizes
+            return Plan(), {}
+        return await walk(self.client, d.name, local, self.with_owner, failures)
 
     # -- the change feed ---------------------------------------------------
     async def _apply_changes(self, resp: ChangeFeed) -> None:
@@ -516,14 +413,14 @@ class StandbySide(Side):
                 return
             by_dir: dict[str, Plan] = {}
             sizes: dict[str, dict[str, int]] = {}
-            errors: dict[tuple[str, str], FileError] = {}
-            touched: set[tuple[str, str]] = set()
+            failures = Failures(self.errors)
+            touched: set[ErrorKey] = set()
             for change in resp.changes:
                 name, rel, want = change.dir, change.path, change.entry
                 tree = self.trees.get(name)
                 if change.refused is not None:
                     if tree is not None:
-                        self._refused(errors, self.cfg.sync_dir(name), "", change.raw, change.refused)
+                        failures.refused(name, "", change.raw, change.refused)
                     continue
                 if tree is None or rel == "":
                     self._need_full = True
@@ -538,10 +435,10 @@ class StandbySide(Side):
             for name, plan in by_dir.items():
                 plan.delete.sort(key=lambda p: (-p.count("/"), p))
                 plan.make.sort(key=lambda pe: pe[0].count("/"))
-                await self._apply_plan(self.cfg.sync_dir(name), plan, sizes.get(name, {}), errors, tally, None)
+                await self._apply_plan(self.cfg.sync_dir(name), plan, sizes.get(name, {}), failures, tally, None)
             for key in touched:
                 self.errors.pop(key, None)
-            self.errors.update(errors)
+            self.errors.update(failures.errors)
             self.seq = resp.seq
             self.remote_roots = dict(resp.roots)
             self.pending = 0
@@ -566,7 +463,7 @@ class StandbySide(Side):
         if ok:
             self.last_sync_at = clock.now()
 
-    def _set_errors(self, errors: dict[tuple[str, str], FileError], full: bool) -> None:
+    def _set_errors(self, errors: dict[ErrorKey, FileError], full: bool) -> None:
         for key, err in errors.items():
             old = self.errors.get(key)
             if old is None or old.cause != err.cause:
@@ -592,17 +489,16 @@ class StandbySide(Side):
         return first_cause(e.cause for e in self.errors.values())
 
     # -- applying a plan ---------------------------------------------------
-    def _fail(
-        self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, cause: Cause, msg: str, size: int = 0
-    ) -> None:
-        errors[(d.name, rel)] = FileError(d.name, rel, cause, msg, clock.now(), size)
+    def _received(self, nbytes: int) -> None:
+        self.received_files += 1
+        self.received_bytes += nbytes
 
     async def _apply_plan(
         self,
         d: SyncDir,
         plan: Plan,
         sizes: dict[str, int],
-        errors: dict[tuple[str, str], FileError],
+        failures: Failures,
         tally: dict[str, int],
         progress: Progress | None,
     ) -> None:
@@ -610,56 +506,41 @@ class StandbySide(Side):
         assert tree is not None
         for rel, e in plan.errors:
             assert e.error is not None  # an ERROR entry always carries its ScanError
-            self._fail(errors, d, rel, e.error.cause, f"cannot be read on the active: {e.error.message}")
+            failures.fail(d.name, rel, e.error.cause, f"cannot be read on the active: {e.error.message}")
         if not (plan.fetch or plan.make or plan.chmod or plan.delete):
             return
         applier = Applier(d, tree, self.backups, self.cfg.is_root, fsync_each=len(plan.fetch) <= FSYNC_EACH_MAX)
         self._dirty.add(d.name)
         try:
             for rel in plan.delete:
-                self._guard(errors, d, rel, applier.delete, rel)
+                failures.guard(d.name, rel, applier.delete, rel)
                 tally["deleted"] += 1
             for rel, e in plan.make:
-                self._guard(errors, d, rel, applier.make_dir if e.kind == DIR else applier.make_link, rel, e)
+                failures.guard(d.name, rel, applier.make_dir if e.kind == DIR else applier.make_link, rel, e)
             for rel, e in plan.chmod:
-                self._guard(errors, d, rel, applier.chmod, rel, e)
-            todo = list(plan.fetch)
-            todo_busy: set[str] = set()
-            for attempt in range(RETRIES):
-                retry = await self._fetch(d, applier, todo, sizes, errors, tally, progress)
-                if not retry:
-                    break
-                todo = retry
-                await asyncio.sleep(0.05 * (attempt + 1))
-            else:
-                self._still_busy(errors, d, todo)
-                todo_busy = set(todo)
-            for rel in plan.fetch:
-                if rel not in todo_busy:
-                    self.busy.pop((d.name, rel), None)
-            await self._flushed(applier)
-            self._guard(errors, d, "", applier.finish)
+                failures.guard(d.name, rel, applier.chmod, rel, e)
+            busy = await self.fetcher.fetch(d, applier, plan.fetch, sizes, failures, tally, progress)
+            if busy:
+                self._still_busy(failures, d, busy)
+            for rel in set(plan.fetch).difference(busy):
+                self.busy.pop((d.name, rel), None)
+            await applier.flushed()
+            failures.guard(d.name, "", applier.finish)
             if not applier.fsync_each:
                 # One flush for every rename, creation and removal of this apply.
-                await asyncio.to_thread(self._guard, errors, d, "", applier.sync_all)
+                await asyncio.to_thread(failures.guard, d.name, "", applier.sync_all)
         finally:
-            if applier.flushing is not None:
-                applier.flushing.cancel()
-                try:
-                    await applier.flushing
-                except (asyncio.CancelledError, Exception):  # cancelled or failed: close() removes the temps
-                    pass
-            applier.close()
+            await applier.aclose()
 
-    def _still_busy(self, errors: dict[tuple[str, str], FileError], d: SyncDir, paths: list[str]) -> None:
+    def _still_busy(self, failures: Failures, d: SyncDir, paths: list[str]) -> None:
         """Files that kept changing while they were read: retried soon and quietly (a file being saved
         is in flight, not a fault); reported (sync_error) once one has been busy for `retry_s`."""
         now = time.monotonic()
         for rel in paths:
             since = self.busy.setdefault((d.name, rel), now)
             if now - since >= self.cfg.sync.retry_s:
-                self._fail(
-                    errors, d, rel, Cause.SYNC_ERROR, f"file kept changing during transfer ({now - since:.0f} s)"
+                failures.fail(
+                    d.name, rel, Cause.SYNC_ERROR, f"file kept changing during transfer ({now - since:.0f} s)"
                 )
         if self._busy_task is None or self._busy_task.done():
             self._busy_task = asyncio.create_task(self._retry_busy())
@@ -667,222 +548,6 @@ class StandbySide(Side):
     async def _retry_busy(self) -> None:
         await asyncio.sleep(BUSY_RETRY_S)
         self.kick()
-
-    def _guard(
-        self, errors: dict[tuple[str, str], FileError], d: SyncDir, rel: str, fn: Callable[..., object], *args: Any
-    ) -> bool:
-        try:
-            fn(*args)
-            return True
-        except _Retry:
-            return False
-        except PathRefused as exc:
-            log.error("path refused %s", kv(dir=d.name, path=rel, error=exc.message))
-            self._fail(errors, d, rel, Cause.SYNC_ERROR, f"path refused: {exc.message}")
-        except OSError as exc:
-            self._fail(errors, d, rel, cause_of_oserror(exc), f"{exc.strerror or exc} (on the standby)")
-        return False
-
-    async def _fetch(
-        self,
-        d: SyncDir,
-        applier: Applier,
-        paths: list[str],
-        sizes: dict[str, int],
-        errors: dict[tuple[str, str], FileError],
-        tally: dict[str, int],
-        progress: Progress | None,
-    ) -> list[str]:
-        """Transfer `paths` in batches; return those that changed during transfer."""
-        retry: list[str] = []
-        batches: list[list[str]] = [[]]
-        acc = 0
-        for rel in paths:
-            size = sizes.get(rel, 0)
-            if batches[-1] and (
-                len(batches[-1]) >= self.cfg.sync.batch_files or acc + size > self.cfg.sync.batch_bytes
-            ):
-                batches.append([])
-                acc = 0
-            batches[-1].append(rel)
-            acc += size
-        for batch in batches:
-            if batch:
-                await self._fetch_batch(d, applier, batch, errors, tally, progress, retry)
-        return retry
-
-    async def _fetch_batch(
-        self,
-        d: SyncDir,
-        applier: Applier,
-        batch: list[str],
-        errors: dict[tuple[str, str], FileError],
-        tally: dict[str, int],
-        progress: Progress | None,
-        retry: list[str],
-    ) -> None:
-        wanted = set(batch)
-        if self._writes is None:
-            self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hasync-write")
-        pipe = WritePipe(self._writes)
-        writer: FileWriter | None = None
-        skip = False
-        last_progress = 0.0
-        offers = (  # the common case, no partial transfer: no thread hop on the change feed's path
-            await asyncio.to_thread(self.resumes.offers, d.name, applier.fds.get, batch) if self.resumes.index else {}
-        )
-        offered = [(enc_path(rel), r.offset, r.hasher.digest()) for rel, r in offers.items()]
-        try:
-            async for kind, payload in self.client.files(d.name, [enc_path(p) for p in batch], offered):
-                if kind == F_DATA:
-                    if writer is not None and not skip:
-                        await pipe.put(writer, payload)
-                        tally["bytes"] += len(payload)
-                    if progress and time.monotonic() - last_progress > 0.1:
-                        last_progress = time.monotonic()
-                        progress(dict(tally, event="progress"))
-                elif kind == F_HEAD:
-                    head = dec_head(payload)
-                    rel = dec_path(head.raw)
-                    if rel not in wanted:
-                        raise PathRefused(f"the active sent {rel!r}, which was not asked for")
-                    writer = None
-                    if head.meta is None:  # bad numbers: this file is refused, not the stream
-                        self._refused(errors, d, "", head.raw, head.refused or ValueError("refused"))
-                        skip = True
-                        continue
-                    offset = head.offset
-                    offer = offers.pop(rel, None)
-                    if offset and (offer is None or offset != offer.offset):
-                        raise PathRefused(f"the active resumes {rel!r} at byte {offset!r}, which was not offered")
-                    if offer is not None and not offset:
-                        self.resumes.discard(d.name, rel, applier.fds.get)  # its file is not what we hold
-                    meta = head.meta
-                    size = meta.size
-                    skip = False
-                    try:
-                        writer = applier.begin(rel, meta, offer if offset else None)
-                        self.resumes.started(d.name, writer)
-                        if offset:
-                            log.info("transfer resumed %s", kv(dir=d.name, path=rel, at=offset, size=size))
-                    except (OSError, PathRefused) as exc:
-                        self.resumes.discard(d.name, rel, applier.fds.get)
-                        self._guard(errors, d, rel, _raise, exc)
-                        skip = True
-                elif kind == F_END:
-                    digest, ok, _reason = unpack(payload)
-                    if writer is not None and not skip:
-                        await pipe.drain()
-                        if writer.error is not None:
-                            self._fail(
-                                errors,
-                                d,
-                                writer.rel,
-                                cause_of_oserror(writer.error),
-                                f"{writer.error.strerror} (on the standby)",
-                                writer.meta.size,
-                            )
-                            writer.abort()
-                        elif not ok:
-                            writer.abort()
-                            retry.append(writer.rel)
-                        elif self._guard(errors, d, writer.rel, self._finish, writer, digest, retry):
-                            tally["files"] += 1
-                            self.received_files += 1
-                            self.received_bytes += writer.size - writer.start
-                        self.resumes.drop(d.name, writer.rel)  # renamed into place, or its temp removed
-                    writer = None
-                    if (
-                        applier.pending_bytes > self.cfg.sync.batch_bytes
-                        or len(applier.pending) >= self.cfg.sync.batch_files
-                    ):
-                        self._flush(applier, d, errors)
-                elif kind == F_ERR:
-                    failed = dec_failed(payload)
-                    rel = dec_path(failed.raw)
-                    if rel not in wanted:
-                        raise PathRefused(f"the active reported {rel!r}, which was not asked for")
-                    if failed.vanished:
-                        continue  # the change feed brings its deletion
-                    error = failed.error
-                    self._fail(errors, d, rel, error.cause, f"cannot be read on the active: {error.message}")
-                elif kind == F_DONE:
-                    break
-        except (PathRefused, ValueError, TypeError) as exc:
-            # A malformed or hostile stream: keep what was whole, refuse the rest.
-            pipe.settle()
-            if writer is not None and not skip:
-                writer.abort()
-                self.resumes.drop(d.name, writer.rel)
-            self._refused(errors, d, "", b"(file stream)", exc)
-        except BaseException:
-            # The peer went away, or we are stopping: a big file's temp file stays to be resumed.
-            pipe.settle()
-            if writer is not None and not skip:
-                if self.resumes.holds(d.name, writer.rel):
-                    writer.keep()
-                else:
-                    writer.abort()
-            raise
-        pipe.settle()  # a stream that ended inside a file: nothing may still write to its fd
-        if writer is not None and not skip:
-            writer.abort()
-            self.resumes.drop(d.name, writer.rel)
-        for rel in offers:  # offered, not sent (vanished, unreadable): the partial is of no more use
-            self.resumes.discard(d.name, rel, applier.fds.get)
-        self._flush(applier, d, errors)
-        if progress:
-            progress(dict(tally, event="progress"))
-
-    @staticmethod
-    def _finish(writer: FileWriter, digest: bytes, retry: list[str]) -> None:
-        if not writer.finish(digest):
-            retry.append(writer.rel)
-            raise _Retry()
-
-    def _refused(
-        self, errors: dict[tuple[str, str], FileError], d: SyncDir, reldir: str, raw: object, exc: Exception
-    ) -> None:
-        what = exc.message if isinstance(exc, HasyncError) else f"malformed entry: {exc}"
-        name = os.fsdecode(raw) if isinstance(raw, bytes) else repr(raw)[:80]
-        key = f"{reldir}/{name}".lstrip("/").replace("\0", "\\0")
-        known = self.errors.get((d.name, key))
-        if known is None or known.message != f"refused: {what}":  # a new refusal, not its repetition
-            log.error(
-                "refused data from the active %s", kv(dir=d.name, where=reldir or "/", entry=repr(raw)[:80], error=what)
-            )
-        self._fail(errors, d, key, Cause.SYNC_ERROR, f"refused: {what}")
-
-    def _flush(self, applier: Applier, d: SyncDir, errors: dict[tuple[str, str], FileError]) -> None:
-        """Make the written batch durable (syncfs in a worker thread) and rename it into place, while
-        the next batch is received: the disk flush overlaps the network and the writes."""
-        batch = applier.take()
-        if not batch:
-            return
-        prev = applier.flushing
-
-        async def job() -> None:
-            if prev is not None:
-                await prev
-            try:
-                await asyncio.to_thread(applier.make_durable, batch)
-            except OSError as exc:
-                for p in batch:
-                    self._fail(
-                        errors, d, p.rel, cause_of_oserror(exc), f"{exc.strerror} (on the standby)", p.entry.size
-                    )
-                applier.pending = batch + applier.pending  # their temps are removed by close()
-                return
-            for p, err in applier.commit(batch):
-                self._fail(errors, d, p.rel, cause_of_oserror(err), f"{err.strerror} (on the standby)", p.entry.size)
-
-        applier.flushing = asyncio.create_task(job())
-
-    @staticmethod
-    async def _flushed(applier: Applier) -> None:
-        if applier.flushing is not None:
-            await applier.flushing
-            applier.flushing = None
 
     # -- status ------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -900,12 +565,4 @@ class StandbySide(Side):
         }
 
 
-class _Retry(Exception):
-    """The file arrived but did not match what was announced: fetch it again."""
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc
-
-
-__all__ = ["ERROR", "FileError", "HasyncError", "StandbySide", "SyncResult", "os"]
+__all__ = ["FileError", "StandbySide", "SyncResult"]
