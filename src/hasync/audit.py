@@ -25,12 +25,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import blake3
 from aiolimiter import AsyncLimiter
 
 from hasync import clock
+from hasync.config import AuditSection, SyncDir
 from hasync.fsutil import is_tmp_name
 from hasync.halog import kv
 from hasync.manifest import (
@@ -49,10 +50,7 @@ from hasync.manifest import (
     settled,
     stat_entry,
 )
-
-if TYPE_CHECKING:
-    from hasync.config import AuditSection, SyncDir
-    from hasync.replication.base import Side
+from hasync.replication.base import Side
 
 log = logging.getLogger("hasync.audit")
 

@@ -9,20 +9,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hasync import clock
+from hasync.audit import Finding
 from hasync.errors import Cause, PeerError, cause_of, first_cause
 from hasync.fsutil import atomic_write
 from hasync.halog import kv
+from hasync.peer.client import AgentClient
 from hasync.peer.protocol import dec_info, dec_status
+from hasync.replication.active import ActiveSide
+from hasync.replication.standby import StandbySide
 from hasync.tasks import periodic
-
-if TYPE_CHECKING:
-    from hasync.audit import Finding
-    from hasync.peer.client import AgentClient
-    from hasync.replication.active import ActiveSide
-    from hasync.replication.standby import StandbySide
 
 log = logging.getLogger("hasync.check")
 

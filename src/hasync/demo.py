@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -10,12 +11,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from rich.console import Console
+
+from hasync.config import load
 from hasync.fsutil import atomic_file
 
 SYNC_DIRS = ("conf", "udf")
@@ -162,8 +167,6 @@ def _wait_until(pred: Callable[[], bool], timeout: float) -> float | None:
 
 
 def run(work_dir: str) -> None:
-    from rich.console import Console
-
     con = Console(highlight=False)
     base = Path(work_dir).resolve()
     fresh = not (base / "node-a.toml").exists()
@@ -226,8 +229,6 @@ def run(work_dir: str) -> None:
 
 
 def _existing(base: Path) -> Pair:
-    from hasync.config import load
-
     a, b = load(base / "node-a.toml"), load(base / "node-b.toml")
     return Pair(
         base,
@@ -242,8 +243,6 @@ def _existing(base: Path) -> Pair:
 
 def _alarms(pair: Pair) -> list[dict[str, object]]:
     """The standby's alarm records (its agent's API, with the pair's token)."""
-    import json
-    import urllib.request
 
     token = (pair.base / "secrets" / "pair.token").read_text().strip()
     req = urllib.request.Request(
@@ -258,8 +257,6 @@ def _alarms(pair: Pair) -> list[dict[str, object]]:
 
 def _show_alarm(con: object, pair: Pair, active: subprocess.Popen[bytes], base: Path) -> subprocess.Popen[bytes]:
     """Stop the active's agent until the standby raises 45641, then start it until the alarm clears."""
-    from rich.console import Console
-
     assert isinstance(con, Console)
     before = {str(a["raised_at"]) for a in _alarms(pair)}
     con.print("[yellow]cutting the standby off: stopping node-a's agent[/]")

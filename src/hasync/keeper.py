@@ -32,18 +32,16 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hasync.alarms.model import Alarm, Identity
+from hasync.alarms.notify import Dispatcher
+from hasync.alarms.store import AlarmStore
 from hasync.check import PEER_CAUSES, Verdict
 from hasync.config import Config
 from hasync.errors import Cause, PeerError
 from hasync.halog import kv
-
-if TYPE_CHECKING:
-    from hasync.alarms.model import Alarm, Identity
-    from hasync.alarms.notify import Dispatcher
-    from hasync.alarms.store import AlarmStore
-    from hasync.peer.client import AgentClient
+from hasync.peer.client import AgentClient
 
 log = logging.getLogger("hasync.alarm")
 
@@ -74,8 +72,6 @@ class AlarmKeeper:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def identity(self, standby_hostname: str | None) -> Identity:
-        from hasync.alarms.model import Identity
-
         host = (
             self.cfg.node.hostname
             if self.role == "standby"

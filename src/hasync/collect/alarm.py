@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hasync.alarms.backends import open_store
 from hasync.alarms.store import SQLITE_FILE
+from hasync.config import Config
 from hasync.errors import HasyncError, PeerError, UsageError
 from hasync.peer.client import AgentClient
 from hasync.peer.protocol import API
-
-if TYPE_CHECKING:
-    from hasync.config import Config
 
 
 async def find_alarm(cfg: Config, fingerprint: str) -> tuple[dict[str, Any], str]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from hasync import __version__
 from hasync.clock import iso
@@ -20,12 +20,10 @@ from hasync.collect.part import NodePart, ProgressFn, json_bytes
 from hasync.collect.peer import peer_part
 from hasync.collect.spool import Trim, share
 from hasync.collect.window import Window
+from hasync.config import Config
 from hasync.errors import UsageError
 from hasync.fsutil import atomic_file
 from hasync.masking import Masker
-
-if TYPE_CHECKING:
-    from hasync.config import Config
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 200_000_000

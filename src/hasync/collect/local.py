@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hasync.alarms.backends import open_store
 from hasync.alarms.store import SQLITE_FILE
@@ -13,13 +13,11 @@ from hasync.collect.configs import masked_config
 from hasync.collect.part import NodePart, ProgressFn, json_bytes
 from hasync.collect.spool import LogSpool, cut_json, render
 from hasync.collect.window import Window
+from hasync.config import Config
 from hasync.errors import HasyncError, PeerError
 from hasync.logcut import CutStats, iter_window
 from hasync.masking import Masker
 from hasync.peer.client import AgentClient
-
-if TYPE_CHECKING:
-    from hasync.config import Config
 
 POLL_S = 0.2  # how often the progress of a cut running in a thread is read
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hasync.clock import iso
 from hasync.collect.offset import measure_offset
 from hasync.collect.part import NodePart, ProgressFn, json_bytes
 from hasync.collect.spool import LogSpool
 from hasync.collect.window import Window
+from hasync.config import Config
 from hasync.errors import PeerError
 from hasync.masking import Masker
 from hasync.peer.client import AgentClient
 from hasync.peer.protocol import API, L_DATA, L_DONE, L_ERR, L_PROGRESS, unpack
-
-if TYPE_CHECKING:
-    from hasync.config import Config
 
 
 async def stream_peer_log(

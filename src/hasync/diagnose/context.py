@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hasync.config import Config
 from hasync.diagnose.nodes import Node
-
-if TYPE_CHECKING:
-    from hasync.config import Config
-    from hasync.peer.client import AgentClient
+from hasync.peer.client import AgentClient
 
 
 @dataclass

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from hasync.config import Config
 from hasync.diagnose import facts
+from hasync.diagnose.logsummary import summarize
 from hasync.errors import BadRequest, PathRefused
 from hasync.fsutil import validate_relpath
-
-if TYPE_CHECKING:
-    from hasync.config import Config
-    from hasync.peer.client import AgentClient
+from hasync.logcut import window_time
+from hasync.peer.client import AgentClient
 
 DIAG = "/v1/diag"
 
@@ -64,9 +64,6 @@ def run_op(cfg: Config, op: str, args: dict[str, Any]) -> Any:
     if op == "delete_junk":
         return facts.delete_junk(cfg, path_args(cfg, args.get("paths")))
     if op == "log_summary":
-        from hasync.diagnose.logsummary import summarize
-        from hasync.logcut import window_time
-
         start, end = window_time(args.get("start"), '"start"'), window_time(args.get("end"), '"end"')
         return summarize(cfg.node.log_dir, start, end, cfg.masker().text)
     if op == "roots":

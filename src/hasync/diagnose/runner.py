@@ -5,20 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hasync.check import now_utc
+from hasync.config import Config
 from hasync.diagnose.context import Context
 from hasync.diagnose.model import Diagnosis, Step
 from hasync.diagnose.nodes import AgentNode, LocalNode, Node
 from hasync.diagnose.steps import collect, ha_log, network, recheck, storage, sync_files
 from hasync.errors import Cause, PeerError
 from hasync.halog import kv
+from hasync.peer.client import AgentClient
 from hasync.peer.protocol import API
-
-if TYPE_CHECKING:
-    from hasync.config import Config
-    from hasync.peer.client import AgentClient
 
 log = logging.getLogger("hasync.diagnose")
 
