@@ -264,3 +264,23 @@ def test_a_refusal_already_reported_is_not_logged_again(caplog: pytest.LogCaptur
         assert caplog.records == []
         again.refused("data", "dir", b"name\0x", ValueError("another reason"))
         assert len(caplog.records) == 1
+
+
+def test_a_directory_it_makes_is_handed_to_the_watcher_before_anything_is_put_in_it(sb: Standby) -> None:
+    seen: list[tuple[str, list[str]]] = []
+    a = Applier(
+        sb.d,
+        sb.tree,
+        sb.backups,
+        as_root=False,
+        fsync_each=False,
+        on_dir=lambda rel: seen.append((rel, os.listdir(sb.root / rel))),
+    )
+    a.make_dir("conf", Entry(DIR, 0o755, mtime_ns=MTIME))
+    a.make_dir("conf/sub", Entry(DIR, 0o755, mtime_ns=MTIME))
+    write(a, "conf/sub/a.yaml", b"key: value\n")
+    assert a.flush() == []
+    a.finish()
+    a.close()
+    assert seen == [("conf", []), ("conf/sub", [])]  # each watched while still empty
+    assert (sb.root / "conf" / "sub" / "a.yaml").read_bytes() == b"key: value\n"

@@ -258,8 +258,20 @@ class Applier:
     through its methods.
     """
 
-    def __init__(self, d: SyncDir, tree: Tree, backups: BackupSets, as_root: bool, fsync_each: bool) -> None:
+    def __init__(
+        self,
+        d: SyncDir,
+        tree: Tree,
+        backups: BackupSets,
+        as_root: bool,
+        fsync_each: bool,
+        on_dir: Callable[[str], None] | None = None,
+    ) -> None:
         self.d = d
+        # Called with each directory this side makes, before anything is put in it: the watcher watches it
+        # from the start, so its own mkdir event is no "directory nobody watches" that would be rescanned
+        # (and its just-written, racy files hashed again: 100,000 files cost ~50 MiB of peak memory).
+        self.on_dir = on_dir
         self.tree = tree
         self.backups = backups
         self.as_root = as_root
@@ -352,6 +364,8 @@ class Applier:
         if st is None:
             os.mkdir(name, 0o700, dir_fd=pfd)
         fd = self.fds.get(rel)
+        if self.on_dir is not None:
+            self.on_dir(rel)
         self._dir_modes[rel] = e
         self.tree.put(rel, e._replace(ino=os.fstat(fd).st_ino))
 

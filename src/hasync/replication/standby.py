@@ -509,7 +509,9 @@ class StandbySide(Side):
             failures.fail(d.name, rel, e.error.cause, f"cannot be read on the active: {e.error.message}")
         if not (plan.fetch or plan.make or plan.chmod or plan.delete):
             return
-        applier = Applier(d, tree, self.backups, self.cfg.is_root, fsync_each=len(plan.fetch) <= FSYNC_EACH_MAX)
+        applier = Applier(
+            d, tree, self.backups, self.cfg.is_root, len(plan.fetch) <= FSYNC_EACH_MAX, self._watch_hook(d)
+        )
         self._dirty.add(d.name)
         try:
             for rel in plan.delete:
