@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from hasync.config import load
-from hasync.fsutil import atomic_file
+from hasync.fsutil import atomic_file, atomic_write
 
 SYNC_DIRS = ("conf", "udf")
 DEMO_INTERVAL_S = 5.0  # the demo checks often, to show the alarm within seconds
@@ -60,8 +60,7 @@ def write_pair(
     (base / "secrets").mkdir(parents=True, exist_ok=True)
     token = base / "secrets" / "pair.token"
     if not token.exists():
-        token.write_text(secrets.token_urlsafe(32) + "\n")
-        token.chmod(0o600)
+        atomic_write(token, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600)  # never readable by others
     configs = []
     for me, peer, port, peer_port in (("node-a", "node-b", port_a, port_b), ("node-b", "node-a", port_b, port_a)):
         sync_dirs = "".join(f'[[sync.dirs]]\nname = "{d}"\npath = "data/{me}/{d}"\n\n' for d in dirs)
@@ -100,7 +99,7 @@ interval_s = {interval_s}
 token_file = "secrets/pair.token"
 {extra}"""
         path = base / f"{me}.toml"
-        path.write_text(text)
+        atomic_write(path, text.encode())
         configs.append(path)
         for d in dirs:
             (base / "data" / me / d).mkdir(parents=True, exist_ok=True)
