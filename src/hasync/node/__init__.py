@@ -278,7 +278,7 @@ class Node:
 
     def _start_role_tasks(self) -> None:
         if self.cfg.audit.enabled:
-            self._role_tasks.append(asyncio.create_task(self.auditor.run_forever(), name="audit"))
+            self._role_tasks.append(asyncio.create_task(self.auditor.run(self.stopping), name="audit"))
         check = run_periodic(self.run_check, self.cfg.check.interval_s, self.stopping)
         self._role_tasks.append(asyncio.create_task(check, name="check"))
 
