@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
 import urllib.request
 from pathlib import Path
 
 import blake3
+import pytest
 
+from hasync.audit import FIRST_PASS_MAX_S, Auditor, Finding
+from hasync.config import load
+from hasync.demo import write_pair
 from hasync.manifest import RACY_NS, Tree, cache_path
+from hasync.replication.active import ActiveSide
 from pairlib import PairEnv, wait_for
 
 NO_AUDIT = "\n[audit]\nenabled = false\n"
@@ -167,3 +174,66 @@ def test_background_audit_finds_and_repairs_on_its_own(make_pair) -> None:  # ty
     assert code == 1 and ("conf", "flink-conf.yaml") in {(o["dir"], o["path"]) for o in doc["out_of_sync"]}  # type: ignore[attr-defined]
     code, doc = check_json(env)
     assert code == 0, doc
+
+
+# -- the schedule: one pass every interval_s, start to start (no processes) ---------------------------------
+
+
+def make_auditor(tmp_path: Path, interval_s: float) -> Auditor:
+    cfg = load(write_pair(tmp_path).config_a)
+    section = cfg.audit.model_copy(update={"interval_s": interval_s})  # not validated: any interval
+    return Auditor(ActiveSide(cfg), section, cfg.node.name)
+
+
+def test_audit_passes_start_interval_s_apart_the_first_soon(tmp_path: Path) -> None:
+    assert make_auditor(tmp_path / "1", 100.0)._until_next_pass() == 100.0
+    a = make_auditor(tmp_path / "2", 14_400.0)
+    assert a._until_next_pass() == FIRST_PASS_MAX_S  # the first pass within 10 minutes of start
+    a._last_start = time.monotonic() - 3_600.0  # the last pass started an hour ago: the next in 3 hours
+    assert 10_799.0 < a._until_next_pass() <= 10_800.0
+    a._last_start = time.monotonic() - 20_000.0  # a pass that took longer than the interval: the next at once
+    assert a._until_next_pass() == 0.0
+
+
+def test_audit_loop_goes_on_after_a_failed_or_replaced_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = make_auditor(tmp_path, 0.001)
+    rates: list[float | None] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+
+        async def run_pass(rate_mb_s: float | None) -> list[Finding]:
+            rates.append(rate_mb_s)
+            if len(rates) == 1:
+                raise RuntimeError("disk on fire")
+            if len(rates) == 2:
+                raise asyncio.CancelledError  # as when `check --deep` replaced this pass: not a stop
+            if len(rates) == 4:
+                stop.set()
+            return []
+
+        monkeypatch.setattr(a, "run_pass", run_pass)
+        await asyncio.wait_for(a.run(stop), 5)
+
+    with caplog.at_level(logging.ERROR, logger="hasync.audit"):
+        asyncio.run(scenario())
+    assert rates == [a.cfg.rate_mb_s] * 4  # the background passes are throttled
+    [failed] = [r for r in caplog.records if r.name == "hasync.audit"]
+    assert failed.getMessage() == "audit pass failed" and "disk on fire" in str(failed.exc_info)
+
+
+def test_audit_loop_stops_promptly_before_its_first_pass(tmp_path: Path) -> None:
+    a = make_auditor(tmp_path, 14_400.0)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(a.run(stop))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        stop.set()
+        await asyncio.wait_for(task, 5)  # not after the 10 minutes before the first pass
+
+    asyncio.run(scenario())
+    assert a.passes == 0

@@ -51,6 +51,7 @@ from hasync.manifest import (
     stat_entry,
 )
 from hasync.replication.base import Side
+from hasync.tasks import periodic
 
 log = logging.getLogger("hasync.audit")
 
@@ -133,23 +134,27 @@ class Auditor:
         self.unreported: list[Finding] = []  # not yet in a check verdict
         self._pass: asyncio.Task[list[Finding]] | None = None
         self._now_lock = asyncio.Lock()
+        self._last_start: float | None = None  # monotonic time the last background pass started
 
     # -- scheduling ---------------------------------------------------------
-    async def run_forever(self) -> None:
-        """Passes every `interval_s` (start to start), at `rate_mb_s`; the first soon after start."""
-        await asyncio.sleep(min(self.cfg.interval_s, FIRST_PASS_MAX_S))
-        while True:
-            started = time.monotonic()
-            try:
-                await self.run_pass(self.cfg.rate_mb_s)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-                # else a pass asked for now replaced this one: it covered the tree
-            except Exception:
-                log.exception("audit pass failed")
-            await asyncio.sleep(max(0.0, self.cfg.interval_s - (time.monotonic() - started)))
+    async def run(self, stop: asyncio.Event) -> None:
+        """Passes every `interval_s` (start to start), at `rate_mb_s`, until `stop`; the first soon after start."""
+        await periodic(self._background_pass, self._until_next_pass, stop, log, "audit pass")
+
+    def _until_next_pass(self) -> float:
+        if self._last_start is None:
+            return min(self.cfg.interval_s, FIRST_PASS_MAX_S)
+        return max(0.0, self.cfg.interval_s - (time.monotonic() - self._last_start))
+
+    async def _background_pass(self) -> None:
+        self._last_start = time.monotonic()
+        try:
+            await self.run_pass(self.cfg.rate_mb_s)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            # else a pass asked for now replaced this one: it covered the tree
 
     async def run_now(self) -> list[Finding]:
         """A full pass now, unthrottled (`hasync check --deep`): it replaces a background pass in progress."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -91,27 +92,30 @@ def field(doc: dict[str, Any], key: str, kind: type[T], default: T | None = None
 
 def query_int(request: web.Request, key: str, default: int, lo: int = 0, hi: int = 1 << 63) -> int:
     """An integer query parameter within [lo, hi]; BadRequest when it does not parse or is out of range."""
-    raw = request.query.get(key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {key}={raw[:40]!r} is not an integer") from None
-    if not lo <= value <= hi:
+    value = _query(request, key, default, int, "an integer")
+    if not lo <= value <= hi:  # the default too: a caller's default is within its range
         raise BadRequest(f"query parameter {key}={value} is out of range [{lo}, {hi}]")
     return value
 
 
 def query_float(request: web.Request, key: str, default: float) -> float:
     """A finite number query parameter; BadRequest when it does not parse."""
+    return _query(request, key, default, _finite, "a finite number")
+
+
+def _query(request: web.Request, key: str, default: T, parse: Callable[[str], T], what: str) -> T:
+    """Query parameter `key` as `parse` reads it (ValueError: it is not `what`), or `default` when absent."""
     raw = request.query.get(key)
     if raw is None:
         return default
     try:
-        value = float(raw)
+        return parse(raw)
     except ValueError:
-        raise BadRequest(f"query parameter {key}={raw[:40]!r} is not a number") from None
+        raise BadRequest(f"query parameter {key}={raw[:40]!r} is not {what}") from None
+
+
+def _finite(raw: str) -> float:
+    value = float(raw)
     if not math.isfinite(value):
-        raise BadRequest(f"query parameter {key}={raw[:40]!r} is not a finite number")
+        raise ValueError(f"{value} is not finite")
     return value

@@ -156,13 +156,15 @@ class Node:
         return doc
 
     # -- the status document -------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """Who answers: the head of `/v1/status`, `/v1/info` and `/v1/collect/info`."""
+        return {"node": self.cfg.node.name, "hostname": self.cfg.node.hostname, "role": self.role.name}
+
     async def status_doc(self, brief: bool = False) -> dict[str, Any]:
         """`GET /v1/status`: this node, its role's view of the pair, and (unless `brief`, what a peer
         asks for) the audit, the alarms, the last check, transfers and the watcher."""
         doc: dict[str, Any] = {
-            "node": self.cfg.node.name,
-            "hostname": self.cfg.node.hostname,
-            "role": self.role.name,
+            **self.identity(),
             "peer": self.cfg.peer.name,
             "agent_running": True,
             "started_at": iso(self.started_at),
@@ -278,7 +280,7 @@ class Node:
 
     def _start_role_tasks(self) -> None:
         if self.cfg.audit.enabled:
-            self._role_tasks.append(asyncio.create_task(self.auditor.run_forever(), name="audit"))
+            self._role_tasks.append(asyncio.create_task(self.auditor.run(self.stopping), name="audit"))
         check = run_periodic(self.run_check, self.cfg.check.interval_s, self.stopping)
         self._role_tasks.append(asyncio.create_task(check, name="check"))
 

@@ -58,6 +58,7 @@ from hasync.peer.protocol import (
     pack,
 )
 from hasync.replication.base import BIG_FILE, Side
+from hasync.tasks import periodic
 
 log = logging.getLogger("hasync.active")
 
@@ -95,9 +96,7 @@ class ActiveSide(Side):
         await super().stop()
 
     async def _periodic_rescan(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.sync.full_reconcile_s)
-            await self.rescan_all()
+        await periodic(self.rescan_all, self.cfg.sync.full_reconcile_s, self._stop_event, log, "full rescan")
 
     # -- keeping the trees current ----------------------------------------
     async def rescan_all(self, initial: bool = False, only: str | None = None) -> None:

@@ -165,15 +165,16 @@ class Side:
     async def _poll_roots(self, every_s: float = POLL_S) -> None:
         """Supervise: notice a sync dir's root appearing, vanishing or being replaced (inotify only sees inside
         an existing root), reopen a failed watcher (with backoff) and poll the directories it cannot watch."""
-        while True:
-            await asyncio.sleep(every_s)
-            for d in self.cfg.sync.dirs:
-                try:
-                    await self._supervise(d)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("watching sync dir failed %s", kv(dir=d.name))
+        await periodic(self._supervise_all, every_s, self._stop_event, log, "supervising the sync dirs")
+
+    async def _supervise_all(self) -> None:
+        for d in self.cfg.sync.dirs:
+            try:  # one sync dir's failure is its own: the others are still looked at
+                await self._supervise(d)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("watching sync dir failed %s", kv(dir=d.name))
 
     async def _supervise(self, d: SyncDir) -> None:
         tree = self.trees.get(d.name)

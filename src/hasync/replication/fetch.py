@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from hasync.config import SyncDir
@@ -57,26 +58,19 @@ TREE_BATCH = 256  # directories listed per request of a Merkle walk
 Progress = Callable[[dict[str, Any]], None]
 
 
+@dataclass(eq=False)
 class Fetcher:
     """Fetches files from the active (`client`) into Appliers, one sync dir at a time.
 
     `received(n)` is told of every file brought in, with the bytes this transfer carried for it.
     """
 
-    def __init__(
-        self,
-        client: AgentClient,
-        resumes: PartialTransfers,
-        batch_files: int,
-        batch_bytes: int,
-        received: Callable[[int], None],
-    ) -> None:
-        self.client = client
-        self.resumes = resumes
-        self.batch_files = batch_files
-        self.batch_bytes = batch_bytes
-        self.received = received
-        self._writes: ThreadPoolExecutor | None = None  # the WritePipe's thread, made on first use
+    client: AgentClient
+    resumes: PartialTransfers
+    batch_files: int
+    batch_bytes: int
+    received: Callable[[int], None]
+    _writes: ThreadPoolExecutor | None = field(default=None, init=False)  # the WritePipe's thread
 
     def close(self) -> None:
         if self._writes is not None:
@@ -96,14 +90,17 @@ class Fetcher:
         """Bring `paths` (with their `sizes`, to cut batches) into `applier`; return those that kept
         changing while they were read, RETRIES times. Failures go to `failures`; `tally` counts the
         files and bytes received (for `progress`). PeerError when the active cannot be asked."""
+        if self._writes is None:  # its thread starts with the first write
+            self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hasync-write")
+        t = _Transfer(self, d, applier, WritePipe(self._writes), failures, tally, progress)
         todo = list(paths)
         for attempt in range(RETRIES):
-            retry: list[str] = []
+            t.retry = []
             for batch in self.batches(todo, sizes):
-                await self._fetch_batch(d, applier, batch, failures, tally, progress, retry)
-            if not retry:
+                await t.stream(batch)
+            if not t.retry:
                 return []
-            todo = retry
+            todo = t.retry
             if attempt + 1 < RETRIES:
                 await asyncio.sleep(0.05 * (attempt + 1))
         return todo
@@ -122,54 +119,10 @@ class Fetcher:
             acc += size
         return [b for b in out if b]
 
-    async def _fetch_batch(
-        self,
-        d: SyncDir,
-        applier: Applier,
-        batch: list[str],
-        failures: Failures,
-        tally: dict[str, int],
-        progress: Progress | None,
-        retry: list[str],
-    ) -> None:
-        if self._writes is None:
-            self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hasync-write")
-        pipe = WritePipe(self._writes)
-        offers = (  # the common case, no partial transfer: no thread hop on the change feed's path
-            await asyncio.to_thread(self.resumes.offers, d.name, applier.fds.get, batch) if self.resumes.index else {}
-        )
-        offered = [(enc_path(rel), r.offset, r.hasher.digest()) for rel, r in offers.items()]
-        s = _Stream(self, d, applier, pipe, batch, offers, failures, tally, retry)
-        last_progress = 0.0
-        try:
-            async for kind, payload in self.client.files(d.name, [enc_path(p) for p in batch], offered):
-                if kind == F_DATA:  # the hot path: no call but the write
-                    if s.writer is not None:
-                        await s.pipe.put(s.writer, payload)
-                        tally["bytes"] += len(payload)
-                    if progress and time.monotonic() - last_progress > 0.1:
-                        last_progress = time.monotonic()
-                        progress(dict(tally, event="progress"))
-                elif kind == F_HEAD:
-                    s.head(payload)
-                elif kind == F_END:
-                    await s.end(payload)
-                elif kind == F_ERR:
-                    s.error(payload)
-                # F_DONE: the last frame, the stream ends with it
-        except (PathRefused, ValueError, TypeError) as exc:
-            s.refuse(exc)  # a malformed or hostile stream: keep what was whole, refuse the rest
-        except BaseException:
-            s.interrupted()  # the peer went away, or we are stopping
-            raise
-        s.ended()
-        applier.flush_behind(lambda rel, size, exc: failures.failed(d.name, rel, exc, size))
-        if progress:
-            progress(dict(tally, event="progress"))
 
-
-class _Stream:
-    """One batch's frame stream: the state carried from frame to frame."""
+class _Transfer:
+    """One `Fetcher.fetch`: its batches' frame streams, read one after the other, and the state carried
+    from frame to frame."""
 
     def __init__(
         self,
@@ -177,23 +130,63 @@ class _Stream:
         d: SyncDir,
         applier: Applier,
         pipe: WritePipe,
-        batch: list[str],
-        offers: dict[str, Resume],
         failures: Failures,
         tally: dict[str, int],
-        retry: list[str],
+        progress: Progress | None,
     ) -> None:
         self.fetcher = fetcher
         self.resumes = fetcher.resumes
         self.d = d
         self.applier = applier
-        self.wanted = set(batch)
-        self.offers = offers  # offered for resume and not yet answered
+        self.pipe = pipe  # settled at the end of every stream
         self.failures = failures
         self.tally = tally
-        self.retry = retry
-        self.pipe = pipe
-        self.writer: FileWriter | None = None  # the file the data frames are for; None: they are dropped
+        self.progress = progress
+        self.retry: list[str] = []  # files that changed while they were read: asked for again
+        # The stream being read: the paths it was asked for, the resumes offered and not yet answered,
+        # the file its data frames are for (None: they are dropped).
+        self.wanted: set[str] = set()
+        self.offers: dict[str, Resume] = {}
+        self.writer: FileWriter | None = None
+
+    async def stream(self, batch: list[str]) -> None:
+        """Ask for `batch` in one frame stream and read it to its end."""
+        d, resumes = self.d, self.resumes
+        self.wanted = set(batch)
+        self.offers = (  # the common case, no partial transfer: no thread hop on the change feed's path
+            await asyncio.to_thread(resumes.offers, d.name, self.applier.fds.get, batch) if resumes.index else {}
+        )
+        offered = [(enc_path(rel), r.offset, r.hasher.digest()) for rel, r in self.offers.items()]
+        tally, progress = self.tally, self.progress
+        last_progress = 0.0
+        try:
+            async for kind, payload in self.fetcher.client.files(d.name, [enc_path(p) for p in batch], offered):
+                if kind == F_DATA:  # the hot path: no call but the write
+                    if self.writer is not None:
+                        await self.pipe.put(self.writer, payload)
+                        tally["bytes"] += len(payload)
+                    if progress and time.monotonic() - last_progress > 0.1:
+                        last_progress = time.monotonic()
+                        progress(dict(tally, event="progress"))
+                elif kind == F_HEAD:
+                    self.head(payload)
+                elif kind == F_END:
+                    await self.end(payload)
+                elif kind == F_ERR:
+                    self.error(payload)
+                # F_DONE: the last frame, the stream ends with it
+        except (PathRefused, ValueError, TypeError) as exc:
+            self.refuse(exc)  # a malformed or hostile stream: keep what was whole, refuse the rest
+        except BaseException:
+            self.interrupted()  # the peer went away, or we are stopping
+            raise
+        self.ended()
+        self.applier.flush_behind(self._flush_failed)
+        if progress:
+            progress(dict(tally, event="progress"))
+
+    def _flush_failed(self, rel: str, size: int, exc: OSError) -> None:
+        self.failures.failed(self.d.name, rel, exc, size)
 
     def _asked(self, raw: object, what: str) -> str:
         rel = dec_path(raw)
@@ -243,7 +236,7 @@ class _Stream:
             self.resumes.drop(self.d.name, w.rel)  # renamed into place, or its temp removed
             self.writer = None
         if self.applier.batch_full(self.fetcher.batch_files, self.fetcher.batch_bytes):
-            self.applier.flush_behind(lambda rel, size, exc: self.failures.failed(self.d.name, rel, exc, size))
+            self.applier.flush_behind(self._flush_failed)
 
     def _finish(self, w: FileWriter, digest: bytes) -> None:
         try:

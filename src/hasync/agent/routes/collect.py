@@ -32,11 +32,8 @@ def add_routes(app: web.Application, node: Node) -> None:
 
 
 async def info(node: Node, request: web.Request) -> web.Response:
-    cfg = node.cfg
     doc: dict[str, Any] = {
-        "node": cfg.node.name,
-        "hostname": cfg.node.hostname,
-        "role": node.role.name,
+        **node.identity(),
         "time": clock.now(),
         "utc_offset": utc_offset(),
         "version": __version__,

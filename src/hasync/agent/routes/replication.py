@@ -35,13 +35,7 @@ def add_routes(app: web.Application, node: Node) -> None:
 
 
 async def info(node: Node, request: web.Request) -> web.Response:
-    cfg = node.cfg
-    body: dict[str, Any] = {
-        "node": cfg.node.name,
-        "hostname": cfg.node.hostname,
-        "role": node.role.name,
-        "time": clock.now(),
-    }
+    body: dict[str, Any] = {**node.identity(), "time": clock.now()}
     since = query_int(request, "since", 0) if "since" in request.query else None
     body.update(node.role.info(request.query.get("owner"), since))
     return web.Response(body=pack(body), content_type=MSGPACK)
