@@ -3,9 +3,12 @@ through a symlink planted in the backup directory."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -164,3 +167,34 @@ def test_unsafe_names_are_refused(tmp_path: Path, dir_name: str, rel: str) -> No
     finally:
         os.close(fd)
     assert (root / "f").exists() and not (tmp_path / "f").exists()
+
+
+def test_a_copy_cut_short_leaves_no_partial_version_in_the_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a hard link is impossible (another file system: EXDEV) the old version is copied; a copy that
+    fails half-way leaves nothing under its name, so the next keep still keeps the whole old version."""
+    old = os.urandom(3 << 20)
+    root, fd = src(tmp_path, {"big": old})
+    b = BackupSets(tmp_path / "backup", "FlinkServer", period_s=3600)
+
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    real_copy = shutil.copyfileobj
+
+    def cut(fi: BinaryIO, fo: BinaryIO, length: int = 0) -> None:
+        fo.write(fi.read(1 << 20))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(shutil, "copyfileobj", cut)
+    try:
+        with pytest.raises(OSError):
+            b.keep("d", "big", fd, "big", move=False)
+        (s,) = b.sets()
+        assert contents(s) == {}  # no partial "first version", no temp file
+        monkeypatch.setattr(shutil, "copyfileobj", real_copy)
+        b.keep("d", "big", fd, "big", move=False)
+    finally:
+        os.close(fd)
+    assert contents(s) == {"d/big": old}
+    assert os.stat(s / "d" / "big").st_mode & 0o777 == os.stat(root / "big").st_mode & 0o777

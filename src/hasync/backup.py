@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hasync.errors import PathRefused
-from hasync.fsutil import DirFds, validate_relpath
+from hasync.fsutil import DirFds, atomic_file_at, validate_relpath
 
 STAMP = "%Y%m%d%H%M%S"
 
@@ -137,15 +137,13 @@ def _copy_at(src_dir_fd: int, name: str, dst_dir_fd: int, dst_name: str) -> None
             os.close(fd)
     elif stat.S_ISREG(st.st_mode):
         src = os.open(name, _NOFOLLOW | os.O_NONBLOCK, dir_fd=src_dir_fd)
-        try:
-            dst = os.open(
-                dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir_fd
-            )
-            with open(src, "rb", closefd=False) as fi, open(dst, "wb") as fo:
+        try:  # whole or not at all: a cut copy under the final name would stay as "the first version" kept
+            # Not fsynced here: the apply that replaces the original makes the batch durable (syncfs).
+            with open(src, "rb", closefd=False) as fi, atomic_file_at(dst_dir_fd, dst_name, 0o600, False) as fo:
                 shutil.copyfileobj(fi, fo, 1 << 20)
                 fo.flush()
-                os.fchmod(dst, stat.S_IMODE(st.st_mode))
-                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.fchmod(fo.fileno(), stat.S_IMODE(st.st_mode))
+                os.utime(fo.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(src)
     # fifos, sockets and devices are never synchronized: nothing to keep

@@ -70,23 +70,34 @@ def atomic_file(path: Path, mode: int = 0o644, durable: bool = True) -> Iterator
     directory; when the block ends it is flushed, fsynced, renamed over `path` and the directory fsynced.
     If the block raises, the temp file is removed and `path` is untouched. `durable=False` skips the
     fsyncs: after a power loss the file may be missing or empty (for state whose loss only costs work)."""
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / tmp_name()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with atomic_file_at(dir_fd, path.name, mode, durable) as f:
+            yield f
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_file_at(dir_fd: int, name: str, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
+    """`atomic_file` for the entry `name` of the directory open as `dir_fd` (a no-follow descriptor: the
+    write never goes through a symlink swapped in for a parent)."""
+    tmp = tmp_name()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with _suppress_enoent():
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
     if durable:
-        fsync_dir(directory)
+        os.fsync(dir_fd)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
