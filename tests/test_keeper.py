@@ -155,6 +155,23 @@ def test_the_active_raises_only_when_the_standby_stays_unreachable(
     assert events(store) == [("raise", "hook"), ("clear", "hook")]
 
 
+def test_the_takeover_counts_only_unreachable_verdicts_in_a_row(
+    cfgs: tuple[Config, Config], store: SqliteStore
+) -> None:
+    """Out-of-sync verdicts while the standby answered do not count toward the active's takeover."""
+    k = AlarmKeeper(tuned(cfgs[0], raise_after=1, takeover_after=3), "active", store, None, [], None, shared=False)
+    v = Verdicts()
+
+    async def scenario() -> list[Alarm | None]:
+        got = [await k.on_verdict(v(False, Cause.SYNC_ERROR)) for _ in range(2)]  # reachable, out of sync
+        got += [await k.on_verdict(v(False, Cause.PEER_AGENT_DOWN, reachable=False)) for _ in range(3)]
+        return got
+
+    *before, taken = run(scenario())
+    assert before == [None, None, None, None]  # not after the first unreachable verdict: after the third
+    assert taken is not None and taken.cause == "peer_agent_down"
+
+
 def peer_with_alarms(docs: list[dict[str, Any]]) -> AgentClient:
     async def handler(req: MemoryRequest) -> MemoryResponse:
         assert req.path == "/v1/alarms"

@@ -68,6 +68,7 @@ class AlarmKeeper:
         self.shared = shared
         self.bad = 0
         self.good = 0
+        self.unreachable = 0  # out-of-sync verdicts in a row with the standby unreachable
         self.on_raise: OnRaise | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -104,6 +105,10 @@ class AlarmKeeper:
             self.good, self.bad = self.good + 1, 0
         else:
             self.good, self.bad = 0, self.bad + 1
+        # The active's takeover counts only verdicts with the standby unreachable, in a row: an
+        # out-of-sync verdict while the standby answered is the standby's alarm to raise.
+        gone = not v.in_sync and not v.peer_reachable and v.cause in PEER_CAUSES
+        self.unreachable = self.unreachable + 1 if gone else 0
         mine = await self.mine()
         current = mine[0] if mine else None
         at = v.checked_at
@@ -123,10 +128,8 @@ class AlarmKeeper:
                 return current
             if self.bad < self.cfg.check.raise_after:
                 return None
-            if self.role == "active" and not (
-                not v.peer_reachable
-                and v.cause in PEER_CAUSES
-                and self.bad >= max(self.cfg.check.raise_after, self.cfg.check.takeover_after)
+            if self.role == "active" and self.unreachable < max(
+                self.cfg.check.raise_after, self.cfg.check.takeover_after
             ):
                 return None
             if self.role == "standby" and v.peer_reachable and not self.shared and await self._peer_owns():
