@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -119,3 +120,14 @@ def test_no_code_asks_which_role_it_is_by_type() -> None:
         f"{rel(p)}:{i}" for p in MODULES for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)
     ]
     assert hits == []
+
+
+def test_every_top_level_module_has_a_layer() -> None:
+    """A module outside the layers contract could import anything: each one is placed in a layer."""
+    doc = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())
+    (layers,) = [c["layers"] for c in doc["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    placed = {name.strip() for layer in layers for name in re.split(r"[|:]", layer)}
+    top = {p.stem for p in SRC.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    top |= {p.parent.name for p in SRC.glob("*/__init__.py")}
+    assert top - placed == set()
+    assert placed - top == set()  # nor a layer that names a module that is gone
