@@ -19,11 +19,13 @@ from hasync.check import OutOfSync, Verdict
 from hasync.config import Config, load
 from hasync.demo import write_pair
 from hasync.errors import Cause
-from hasync.keeper import AlarmKeeper
+from hasync.keeper import AlarmDuty, AlarmKeeper
 from hasync.peer.client import AgentClient
 from hasync.peer.transport import MemoryRequest, MemoryResponse, MemoryTransport
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+STANDBY = AlarmDuty("standby", owner=True)
+ACTIVE = AlarmDuty("active", owner=False)
 
 
 @pytest.fixture
@@ -70,7 +72,7 @@ def test_the_standby_raises_after_raise_after_verdicts_and_clears_after_clear_af
     cfgs: tuple[Config, Config], store: SqliteStore
 ) -> None:
     cfg = tuned(cfgs[1], raise_after=2, clear_after=2)
-    k = AlarmKeeper(cfg, "standby", store, None, ["hook"], None, shared=False)
+    k = AlarmKeeper(cfg, STANDBY, store, None, ["hook"], None, shared=False)
     v = Verdicts()
 
     async def scenario() -> list[Alarm | None]:
@@ -94,7 +96,7 @@ def test_the_standby_raises_after_raise_after_verdicts_and_clears_after_clear_af
 def test_a_raised_alarm_follows_the_cause_without_a_new_notification(
     cfgs: tuple[Config, Config], store: SqliteStore
 ) -> None:
-    k = AlarmKeeper(cfgs[1], "standby", store, None, ["hook"], None, shared=False)
+    k = AlarmKeeper(cfgs[1], STANDBY, store, None, ["hook"], None, shared=False)
     v = Verdicts()
 
     async def scenario() -> tuple[Alarm, Alarm, Alarm]:
@@ -111,7 +113,7 @@ def test_a_raised_alarm_follows_the_cause_without_a_new_notification(
 
 
 def test_on_raise_is_told_of_a_new_alarm_once(cfgs: tuple[Config, Config], store: SqliteStore) -> None:
-    k = AlarmKeeper(cfgs[1], "standby", store, None, [], None, shared=False)
+    k = AlarmKeeper(cfgs[1], STANDBY, store, None, [], None, shared=False)
     v = Verdicts()
     told: list[str] = []
 
@@ -136,7 +138,7 @@ def test_the_active_raises_only_when_the_standby_stays_unreachable(
     cfgs: tuple[Config, Config], store: SqliteStore
 ) -> None:
     cfg = tuned(cfgs[0], raise_after=1, takeover_after=3)
-    k = AlarmKeeper(cfg, "active", store, None, ["hook"], None, shared=False)
+    k = AlarmKeeper(cfg, ACTIVE, store, None, ["hook"], None, shared=False)
     v = Verdicts()
 
     async def scenario() -> list[Alarm | None]:
@@ -159,7 +161,7 @@ def test_the_takeover_counts_only_unreachable_verdicts_in_a_row(
     cfgs: tuple[Config, Config], store: SqliteStore
 ) -> None:
     """Out-of-sync verdicts while the standby answered do not count toward the active's takeover."""
-    k = AlarmKeeper(tuned(cfgs[0], raise_after=1, takeover_after=3), "active", store, None, [], None, shared=False)
+    k = AlarmKeeper(tuned(cfgs[0], raise_after=1, takeover_after=3), ACTIVE, store, None, [], None, shared=False)
     v = Verdicts()
 
     async def scenario() -> list[Alarm | None]:
@@ -191,11 +193,11 @@ def test_the_standby_leaves_an_alarm_the_active_raised_to_the_active(
         "cleared_at": None,
     }
     v = Verdicts()
-    k = AlarmKeeper(cfgs[1], "standby", store, None, [], peer_with_alarms([theirs]), shared=False)
+    k = AlarmKeeper(cfgs[1], STANDBY, store, None, [], peer_with_alarms([theirs]), shared=False)
     assert run(k.on_verdict(v(False, Cause.SYNC_ERROR))) is None and store.active() == []
     # Another pair's alarm, or one already cleared, is not the active's alarm of this pair.
     for other in ({**theirs, "role_name": "OtherRole"}, {**theirs, "cleared_at": "2026-01-01T00:00:00+00:00"}):
-        k = AlarmKeeper(cfgs[1], "standby", store, None, [], peer_with_alarms([other]), shared=False)
+        k = AlarmKeeper(cfgs[1], STANDBY, store, None, [], peer_with_alarms([other]), shared=False)
         assert run(k.on_verdict(v(False, Cause.SYNC_ERROR))) is not None
         run(k.on_verdict(v(True)))
 
@@ -207,14 +209,14 @@ def test_an_unreachable_peer_does_not_stop_the_standby_from_raising(
         raise ConnectionRefusedError(111, "Connection refused")
 
     peer = AgentClient("http://node-a:1", "t", 1.0, "node-a", transport=MemoryTransport(handler))
-    k = AlarmKeeper(cfgs[1], "standby", store, None, [], peer, shared=False)
+    k = AlarmKeeper(cfgs[1], STANDBY, store, None, [], peer, shared=False)
     assert run(k.on_verdict(Verdicts()(False, Cause.SYNC_ERROR))) is not None
 
 
 def test_a_shared_store_keeps_only_this_pairs_alarms(cfgs: tuple[Config, Config], store: SqliteStore) -> None:
     other = Identity("other-cluster", "Flink", "FlinkServer", "node-x")
     store.raise_alarm(other, Cause.SYNC_ERROR, "theirs", T0)
-    k = AlarmKeeper(cfgs[1], "standby", store, None, [], None, shared=True)
+    k = AlarmKeeper(cfgs[1], STANDBY, store, None, [], None, shared=True)
     v = Verdicts()
     assert run(k.mine()) == []
     raised = run(k.on_verdict(v(False, Cause.SYNC_ERROR)))

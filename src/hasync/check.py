@@ -71,7 +71,7 @@ class Verdict:
             "peer_reachable": self.peer_reachable,
             "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
             "out_of_sync": [o.as_json() for o in self.out_of_sync],
-            "checked_at": self.checked_at.astimezone().isoformat(timespec="seconds"),
+            "checked_at": clock.iso(self.checked_at),
         }
 
     def nagios(self) -> tuple[str, int]:

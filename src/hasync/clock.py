@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime, tzinfo
+from typing import overload
 
 OFFSET_ENV = "HASYNC_TEST_CLOCK_OFFSET_S"
 
@@ -35,6 +36,10 @@ def now_utc() -> datetime:
     return datetime.fromtimestamp(now(), UTC)
 
 
+@overload
+def iso(when: float | datetime, timespec: str = ..., tz: tzinfo | None = ...) -> str: ...
+@overload
+def iso(when: None, timespec: str = ..., tz: tzinfo | None = ...) -> None: ...
 def iso(when: float | datetime | None, timespec: str = "seconds", tz: tzinfo | None = None) -> str | None:
     """ISO 8601 with its UTC offset (in `tz`, default this host's zone) of a datetime or epoch seconds; None stays None.
 

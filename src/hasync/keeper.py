@@ -31,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from hasync import clock
 from hasync.alarms.model import Alarm, Identity
 from hasync.alarms.notify import Dispatcher
 from hasync.alarms.store import AlarmStore
@@ -48,11 +50,24 @@ log = logging.getLogger("hasync.alarm")
 OnRaise = Callable[["Alarm"], Coroutine[Any, Any, None]]
 
 
+@dataclass(frozen=True)
+class AlarmDuty:
+    """How a role takes part in alarm 45641 (SPEC §6), declared by the role object (`hasync.node`).
+
+    The owner (the standby) raises the alarm under its own HostName after `raise_after` verdicts, and
+    leaves alone an alarm its peer raised while it was away (the peer clears it). The other (the active)
+    raises it only once the owner has been unreachable for `takeover_after` verdicts in a row, under the
+    owner's HostName."""
+
+    name: str  # the role's name, for the HA log
+    owner: bool
+
+
 class AlarmKeeper:
     def __init__(
         self,
         cfg: Config,
-        role: str,
+        duty: AlarmDuty,
         store: AlarmStore,
         dispatcher: Dispatcher | None,
         notify: Sequence[str],
@@ -60,7 +75,7 @@ class AlarmKeeper:
         shared: bool,
     ) -> None:
         self.cfg = cfg
-        self.role = role
+        self.duty = duty
         self.store = store
         self.dispatcher = dispatcher
         self.notify = tuple(notify)
@@ -72,10 +87,14 @@ class AlarmKeeper:
         self.on_raise: OnRaise | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def follow(self, duty: AlarmDuty, peer: AgentClient | None) -> None:
+        """Take part as another role now (the node's role was replaced): its duty, its peer client."""
+        self.duty, self.peer = duty, peer
+
     def identity(self, standby_hostname: str | None) -> Identity:
         host = (
             self.cfg.node.hostname
-            if self.role == "standby"
+            if self.duty.owner
             else (self.cfg.peer.hostname or standby_hostname or self.cfg.peer.name)
         )
         c = self.cfg.cluster
@@ -128,11 +147,11 @@ class AlarmKeeper:
                 return current
             if self.bad < self.cfg.check.raise_after:
                 return None
-            if self.role == "active" and self.unreachable < max(
+            if not self.duty.owner and self.unreachable < max(
                 self.cfg.check.raise_after, self.cfg.check.takeover_after
             ):
                 return None
-            if self.role == "standby" and v.peer_reachable and not self.shared and await self._peer_owns():
+            if self.duty.owner and v.peer_reachable and not self.shared and await self._peer_owns():
                 return None  # the active raised it while we were away: it clears it too
             return await self._raise(self.identity(standby_hostname), v, at)
         if current is not None and self.good >= self.cfg.check.clear_after:
@@ -145,7 +164,7 @@ class AlarmKeeper:
                             alarm_id=45641,
                             fingerprint=cleared.fingerprint,
                             host=cleared.host_name,
-                            raised_at=cleared.raised_at.isoformat(timespec="seconds"),
+                            raised_at=clock.iso(cleared.raised_at, tz=UTC),
                         ),
                     )
                     self._wake()
@@ -165,7 +184,7 @@ class AlarmKeeper:
                     fingerprint=ident.fingerprint,
                     cause=v.cause,
                     host=ident.host_name,
-                    by=self.role,
+                    by=self.duty.name,
                     info=v.additional_info()[:200],
                 ),
             )

@@ -1,4 +1,5 @@
-"""hasync.roles: the providers, the role table, and what each role answers (or refuses)."""
+"""The roles: the providers (hasync.roles), the role table and what each role object answers or refuses
+(hasync.node)."""
 
 from __future__ import annotations
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hasync.cli.common import config_option, handle_errors, human_bytes, json_option, print_json
 from hasync.cli.progress import Bars
+
+if TYPE_CHECKING:  # a command imports the replication code only when it runs (start-up time)
+    from hasync.replication.standby import SyncResult
 
 
 @click.command()
@@ -182,7 +185,7 @@ async def _standalone(cfg: Any, bar: _Bar, lock: Any, quick: Any, deadline: floa
     finally:
         await side.client.close()
         lock.release()
-    return _result("full", r.in_sync, r.files, r.bytes, r.deleted, r.cause, r.message, r.errors)
+    return _result("full", r)
 
 
 async def _quick(cfg: Any, side: Any, quick: Any) -> dict[str, Any] | None:
@@ -191,44 +194,28 @@ async def _quick(cfg: Any, side: Any, quick: Any) -> dict[str, Any] | None:
     import asyncio
 
     from hasync.errors import PeerError
+    from hasync.peer.protocol import dec_info
+    from hasync.replication.standby import SyncResult
 
     checked = asyncio.ensure_future(asyncio.to_thread(quick.finish))
     try:
-        info = await side.client.info(owner=cfg.is_root)
+        info = dec_info(await side.client.info(owner=cfg.is_root))
     except PeerError as exc:
         side.peer_failed(exc)
-        return _result("quick", False, cause=exc.cause, message=exc.message)
+        return _result("quick", SyncResult(False, cause=exc.cause, message=exc.message))
     finally:
         unchanged = await checked  # the worker is always reaped
-    if not unchanged or info.get("role") != "active":
+    if not unchanged or not info.is_active:
         return None  # the full path says what differs (or that the configs disagree on the roles)
-    roots = info.get("roots") or {}
     for name, (root, with_owner) in quick.roots().items():
-        if roots.get(name) != root or with_owner != bool(info.get("with_owner")):
+        if info.roots.get(name) != root or with_owner != info.with_owner:
             return None
-    return _result("quick", True)
+    return _result("quick", SyncResult(True))
 
 
-def _result(
-    method: str,
-    in_sync: bool,
-    files: int = 0,
-    nbytes: int = 0,
-    deleted: int = 0,
-    cause: Any = None,
-    message: str = "",
-    errors: Any = (),
-) -> dict[str, Any]:
-    return {
-        "in_sync": in_sync,
-        "method": method,
-        "files": files,
-        "bytes": nbytes,
-        "deleted": deleted,
-        "cause": None if cause is None else cause.value,
-        "message": message,
-        "errors": [e.as_json() for e in errors],
-    }
+def _result(method: str, result: SyncResult) -> dict[str, Any]:
+    """The sync's JSON document: its result (as the agent would answer it) and how it was found."""
+    return {"method": method, **result.to_json()}
 
 
 async def asyncio_to_thread(fn: Any) -> None:

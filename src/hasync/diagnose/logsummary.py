@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hasync import clock
 from hasync.logcut import CutStats, iter_window
 
 MAX_GROUPS = 50
@@ -23,7 +24,7 @@ def summarize(log_dir: Path, start: datetime, end: datetime, mask: Callable[[str
             continue
         key = (rec.level, rec.component, rec.event)
         g = groups.get(key)
-        when = rec.ts.isoformat(timespec="milliseconds")
+        when = clock.iso(rec.ts, "milliseconds", rec.ts.tzinfo)
         if g is None:
             groups[key] = {
                 "level": rec.level,

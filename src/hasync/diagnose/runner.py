@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from hasync import clock
 from hasync.check import now_utc
 from hasync.config import Config
 from hasync.diagnose.context import Context
@@ -55,7 +56,7 @@ async def run(
     d = Diagnosis(
         alarm=None if alarm is None else alarm["fingerprint"],
         node=cfg.node.name,
-        started_at=now.astimezone().isoformat(timespec="seconds"),
+        started_at=clock.iso(now),
     )
     d.steps.append(await _guard("network", network.run(ctx)))
     if ctx.standby_status is None:

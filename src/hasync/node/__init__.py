@@ -29,7 +29,7 @@ from hasync.errors import PeerError, Starting
 from hasync.halog import kv
 from hasync.keeper import AlarmKeeper
 from hasync.metrics import Metrics
-from hasync.node.role import Role, iso
+from hasync.node.role import Role
 from hasync.node.table import make_role
 from hasync.peer.client import AgentClient
 from hasync.peer.protocol import API
@@ -167,7 +167,7 @@ class Node:
             **self.identity(),
             "peer": self.cfg.peer.name,
             "agent_running": True,
-            "started_at": iso(self.started_at),
+            "started_at": clock.iso(self.started_at),
         }
         doc.update(await self.role.status(brief, self.last_verdict))
         if brief:
@@ -262,7 +262,7 @@ class Node:
         self.dispatcher = Dispatcher(self.store, notifiers)
         shared = is_postgres_url(cfg.alarms.store)
         keys = [n.key for n in notifiers]
-        self.keeper = AlarmKeeper(cfg, self.role.name, self.store, self.dispatcher, keys, self.role.peer, shared)
+        self.keeper = AlarmKeeper(cfg, self.role.alarm_duty, self.store, self.dispatcher, keys, self.role.peer, shared)
         self.keeper.on_raise = self._on_raise
         if run_dispatcher:
             self._tasks.append(asyncio.create_task(self.dispatcher.run(self.stopping), name="dispatcher"))
@@ -313,8 +313,7 @@ class Node:
             self.metrics.follow(new.side)
             self.metrics.watch_audit(self.auditor)
             if self.keeper is not None:
-                self.keeper.role = new.name
-                self.keeper.peer = new.peer
+                self.keeper.follow(new.alarm_duty, new.peer)
             log.info("role replaced %s", kv(node=self.cfg.node.name, was=old.name, role=new.name))
             if self._running:
                 await new.start()

@@ -20,6 +20,7 @@ from hasync import clock
 from hasync.check import ActiveCheck, Verdict
 from hasync.config import Config
 from hasync.errors import Starting
+from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
 from hasync.peer.client import AgentClient
 from hasync.replication.active import ActiveSide
@@ -29,6 +30,7 @@ from hasync.roles.providers import RoleName
 @register
 class ActiveRole(Role):
     name: ClassVar[RoleName] = "active"
+    alarm_duty = AlarmDuty("active", owner=False)  # raises it only when the standby stays unreachable
     audits_first = True  # the standby's audit then compares with a repaired active
 
     side: ActiveSide

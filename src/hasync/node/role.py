@@ -8,24 +8,17 @@ is asked answers `WrongRole` (HTTP 409 `wrong_role`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from hasync.check import Verdict
 from hasync.config import Config
 from hasync.errors import WrongRole
+from hasync.keeper import AlarmDuty
 from hasync.peer.client import AgentClient
 from hasync.replication.active import ActiveSide
 from hasync.replication.base import Side
 from hasync.replication.standby import StandbySide
 from hasync.roles.providers import RoleName
-
-
-def iso(ts: float | None) -> str | None:
-    """A wall-clock time (seconds since the epoch) as the status document shows it: local, to the second."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).astimezone().isoformat(timespec="seconds")
 
 
 class Check(Protocol):
@@ -58,6 +51,8 @@ class Role:
     audits_first: ClassVar[bool]
     # The diagnosis runner is given this node's brief status document as the standby's status.
     diagnosis_status: ClassVar[bool] = False
+    # How this role takes part in alarm 45641 (the keeper asks this, never the role's name).
+    alarm_duty: ClassVar[AlarmDuty]
 
     side: Side
     check: Check

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from hasync import clock
 from hasync.check import StandbyCheck, Verdict
 from hasync.config import Config
 from hasync.errors import PeerError
-from hasync.node.role import Role, iso, register
+from hasync.keeper import AlarmDuty
+from hasync.node.role import Role, register
+from hasync.peer.protocol import dec_info
 from hasync.replication.standby import StandbySide
 from hasync.roles.providers import RoleName
 
@@ -28,6 +31,7 @@ from hasync.roles.providers import RoleName
 @register
 class StandbyRole(Role):
     name: ClassVar[RoleName] = "standby"
+    alarm_duty = AlarmDuty("standby", owner=True)  # the standby owns the alarm
     audits_first = False  # the active audits first: compared with a repaired active
     diagnosis_status = True
 
@@ -57,7 +61,7 @@ class StandbyRole(Role):
             lag = last.lag_s
         if not snap["in_sync"] and side.peer_error is None and not brief:
             try:
-                feed_lag = float((await self.peer.info(since=side.seq)).get("lag_s", 0.0))
+                feed_lag = dec_info(await self.peer.info(since=side.seq)).lag_s or 0.0
                 lag = max(feed_lag, lag or 0.0)
             except PeerError:
                 pass
@@ -65,7 +69,7 @@ class StandbyRole(Role):
             "peer_reachable": side.peer_error is None,
             "in_sync": snap["in_sync"],
             "lag_s": lag,
-            "last_sync_at": iso(snap["last_sync_at"]),
+            "last_sync_at": clock.iso(snap["last_sync_at"]),
             "pending": snap["pending"],
             "cause": snap["cause"],
             "errors": snap["errors"],

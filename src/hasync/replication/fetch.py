@@ -49,6 +49,7 @@ from hasync.peer.protocol import (
 )
 from hasync.replication.apply import Applier, Failures, FileWriter, Resume, WritePipe
 from hasync.replication.partials import PartialTransfers
+from hasync.tasks import Backoff
 
 log = logging.getLogger("hasync.standby")
 
@@ -94,6 +95,7 @@ class Fetcher:
             self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hasync-write")
         t = _Transfer(self, d, applier, WritePipe(self._writes), failures, tally, progress)
         todo = list(paths)
+        pause = Backoff(0.05, 0.4)  # a file changing while it is read: asked again a little later each time
         for attempt in range(RETRIES):
             t.retry = []
             for batch in self.batches(todo, sizes):
@@ -102,7 +104,7 @@ class Fetcher:
                 return []
             todo = t.retry
             if attempt + 1 < RETRIES:
-                await asyncio.sleep(0.05 * (attempt + 1))
+                await asyncio.sleep(pause.next())
         return todo
 
     def batches(self, paths: list[str], sizes: dict[str, int]) -> list[list[str]]:

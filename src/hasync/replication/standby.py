@@ -55,6 +55,18 @@ class SyncResult:
     cause: Cause | None = None
     message: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """The result of a sync as `POST /v1/sync` ends and `hasync sync --once --json` prints it."""
+        return {
+            "in_sync": self.in_sync,
+            "files": self.files,
+            "bytes": self.bytes,
+            "deleted": self.deleted,
+            "cause": None if self.cause is None else self.cause.value,
+            "message": self.message,
+            "errors": [e.as_json() for e in self.errors],
+        }
+
 
 class StandbySide(Side):
     """Keeps this node's sync dirs equal to the active's."""

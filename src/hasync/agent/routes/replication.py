@@ -1,7 +1,7 @@
 """The replication routes: what the standby fetches from the active, and a sync now on the standby.
 
 Which of them a node answers is its role's to say: the active's routes on the standby, and sync on
-the active, answer 409 `wrong_role` (`hasync.roles`).
+the active, answer 409 `wrong_role` (the role object, `hasync.node.role`).
 """
 
 from __future__ import annotations
@@ -98,13 +98,7 @@ async def sync(node: Node, request: web.Request) -> web.StreamResponse:
     result = task.result()
     final = {
         "event": "result",
-        "in_sync": result.in_sync,
-        "files": result.files,
-        "bytes": result.bytes,
-        "deleted": result.deleted,
-        "cause": None if result.cause is None else result.cause.value,
-        "message": result.message,
-        "errors": [e.as_json() for e in result.errors],
+        **result.to_json(),
         "peer_starting": isinstance(side.peer_error, PeerStarting),  # sync --once waits and asks again
     }
     await resp.write(json.dumps(final).encode() + b"\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+from hasync import clock
 from hasync.diagnose.context import Context
 from hasync.diagnose.model import Step
 
@@ -14,7 +15,7 @@ def command(ctx: Context) -> str:
     cfg = shlex.quote(str(ctx.cfg.path.resolve()))
     if ctx.alarm is not None:
         return f"hasync collect -c {cfg} --alarm {ctx.alarm['fingerprint']}"
-    at = shlex.quote(ctx.window[1].isoformat(timespec="seconds"))
+    at = shlex.quote(clock.iso(ctx.window[1], tz=ctx.window[1].tzinfo))
     minutes = max(1, round((ctx.window[1] - ctx.window[0]).total_seconds() / 60))
     return f"hasync collect -c {cfg} --at {at} --before {minutes}m --after 0m"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from hasync import clock
 from hasync.diagnose.context import Context
 from hasync.diagnose.model import Step
 from hasync.errors import Cause, PeerError
@@ -15,9 +16,7 @@ TITLE = "View the HA run logs from before to after the alarm"
 async def run(ctx: Context) -> Step:
     step = Step("ha_log", TITLE)
     start, end = ctx.window
-    evidence = [
-        f"window {start.astimezone().isoformat(timespec='seconds')} .. {end.astimezone().isoformat(timespec='seconds')}"
-    ]
+    evidence = [f"window {clock.iso(start)} .. {clock.iso(end)}"]
     causes: Counter[str] = Counter()
     errors = 0
     looked = 0

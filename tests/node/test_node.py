@@ -82,7 +82,7 @@ def test_replace_role_makes_the_node_the_other_role(tmp_path: Path) -> None:
             with pytest.raises(WrongRole):
                 await node.role.changes("", 0, 0.0)
             assert node.role.info(None, None) == {}
-            assert node.keeper is not None and node.keeper.role == "standby"
+            assert node.keeper is not None and node.keeper.duty.owner and node.keeper.duty.name == "standby"
             assert node.keeper.peer is node.role.peer
             assert node.auditor.side is node.role.side
             metrics = node.metrics.render().decode()
