@@ -17,7 +17,6 @@ from hasync.alarms.backends import open_store
 from hasync.alarms.model import Alarm, Identity
 from hasync.alarms.store import MIGRATIONS, SCHEMA_VERSION, AlarmStore, StoreError
 from hasync.errors import Cause, HasyncError
-from hasync.masking import mask_url
 
 from .conftest import Stores
 from .pgfixtures import url_with
@@ -380,15 +379,6 @@ def test_unknown_store_is_refused(tmp_path: Path) -> None:
 
 
 # -- PostgreSQL ----------------------------------------------------------
-
-
-def test_mask_url() -> None:
-    assert mask_url("postgresql://hasync:s3cr%40t@db:5432/alarms") == "postgresql://hasync:***@db:5432/alarms"
-    assert mask_url("postgresql://hasync@db/alarms") == "postgresql://hasync@db/alarms"
-    assert mask_url("postgresql://db/alarms?user=u&password=pw&sslmode=require") == (
-        "postgresql://db/alarms?user=u&password=***&sslmode=require"
-    )
-    assert mask_url("http://u:p@am:9093") == "http://u:***@am:9093"
 
 
 def test_pg_password_never_in_error_messages(tmp_path: Path) -> None:

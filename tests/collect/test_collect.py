@@ -25,7 +25,6 @@ from hasync.clock import iso
 from hasync.collect import parse_duration, parse_size, parse_time, stream_peer_log
 from hasync.errors import Cause, UsageError
 from hasync.logcut import LogRecord, parse_lines
-from hasync.masking import Masker
 from hasync.peer.client import AgentClient
 from pairlib import PairEnv
 from test_logcut import PER_FILE, TRACEBACK, Entry, base_time, fmt, in_window, make_entries, write_log_set
@@ -340,20 +339,3 @@ def test_parsers() -> None:
             parse_duration(bad)
     with pytest.raises(UsageError):
         parse_size("lots")
-
-
-def test_masker() -> None:
-    m = Masker(["tok3n-value-abcdef", "pw"])
-    assert m.text("a tok3n-value-abcdef b") == "a *** b"
-    assert m.text("pw is short: not replaced everywhere") == "pw is short: not replaced everywhere"
-    assert (
-        m.text("see postgresql://u:p%40ss@db:5432/x?sslmode=require")
-        == "see postgresql://u:***@db:5432/x?sslmode=require"
-    )
-    assert m.text("GET /x?user=a&password=abc&y=1") == "GET /x?user=a&password=***&y=1"
-    assert m.text('secret="a b c" other=1') == "secret=*** other=1"
-    assert m.text("Authorization: Bearer abcdefgh12345") == "Authorization: Bearer ***"
-    assert m.text("no secrets here token_count") == "no secrets here token_count"
-    doc = {"password_hash": "x", "token_file": "secrets/pair.token", "nested": [{"api_key": 5, "ok": None}]}
-    masked = {"password_hash": "***", "token_file": "secrets/pair.token", "nested": [{"api_key": "***", "ok": None}]}
-    assert m.json(doc) == masked
