@@ -1,4 +1,8 @@
-"""Scenario tests of replication with two real agents on 127.0.0.1."""
+"""Scenario tests of a pair replicating, with two real agents on 127.0.0.1: the first sync and live changes,
+a file rewritten during its transfer, the standby killed mid-transfer and restarted, unreadable files on the
+active, a symlinked parent and local edits on the standby, a one-off sync, stopping and restarting the agent.
+
+(The unit tests of the replication package are in tests/replication/.)"""
 
 from __future__ import annotations
 
