@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from hasync import halog
+from hasync.halog import Throttle, clip
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARN|ERROR|DEBUG) \[\w+\] .+")
 
@@ -47,3 +48,13 @@ def test_rotated_order_puts_second_rotation_of_a_second_after_the_first(tmp_path
         "ha.log.2026-11-25_10-00-00-1.gz",
         "ha.log.2026-11-25_10-00-00-2.gz",
     ]
+
+
+def test_throttle_logs_first_then_counts() -> None:
+    t = Throttle[str](10.0, overflow="other", max_keys=2)
+    assert t.hit("a", 0.0) and not t.hit("a", 1.0) and not t.hit("a", 2.0)
+    assert t.hit(t.key("b"), 0.5) and t.key("c") == "other"
+    assert t.next_due() == 10.0 and t.due(5.0) == []
+    assert t.due(10.5) == [("a", 2, 10.5)]
+    assert t.due(21.0) == [] and t.hit("a", 21.0)  # quiet interval: forgotten, logged in full again
+    assert clip("x" * 500).startswith("x" * 200) and clip("x" * 500).endswith("(+300 chars)")

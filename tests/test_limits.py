@@ -358,18 +358,6 @@ def test_a_huge_answer_from_the_peer_is_refused(huge_info: tuple[PairEnv, HugeIn
     print(f"\nhuge /v1/info: standby peak RSS {peak / 1024:.0f} MiB, {fake.sent >> 20} MiB sent before it hung up")
 
 
-def test_throttle_logs_first_then_counts() -> None:
-    from hasync.halog import Throttle, clip
-
-    t = Throttle[str](10.0, overflow="other", max_keys=2)
-    assert t.hit("a", 0.0) and not t.hit("a", 1.0) and not t.hit("a", 2.0)
-    assert t.hit(t.key("b"), 0.5) and t.key("c") == "other"
-    assert t.next_due() == 10.0 and t.due(5.0) == []
-    assert t.due(10.5) == [("a", 2, 10.5)]
-    assert t.due(21.0) == [] and t.hit("a", 21.0)  # quiet interval: forgotten, logged in full again
-    assert clip("x" * 500).startswith("x" * 200) and clip("x" * 500).endswith("(+300 chars)")
-
-
 @pytest.mark.parametrize(
     ("line", "key"),
     [
