@@ -266,7 +266,7 @@ def test_rejected_requests_are_logged_once_per_client_and_reason(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The first rejected request of each (client, reason) in full; the rest as one count once the interval ends."""
-    cfg = load(tmp_path, extra="\n[limits]\nlog_rate_s = 0.3\n")
+    cfg = load(tmp_path, extra="\n[limits]\nlog_rate_s = 1\n")
 
     async def until(pred: Callable[[], bool], what: str) -> None:
         deadline = asyncio.get_running_loop().time() + 10
