@@ -23,7 +23,6 @@ from hasync.config import Config
 from hasync.errors import PeerError
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
-from hasync.peer.protocol import dec_info
 from hasync.replication.standby import StandbySide
 from hasync.roles.providers import RoleName
 
@@ -61,7 +60,7 @@ class StandbyRole(Role):
             lag = last.lag_s
         if not snap["in_sync"] and side.peer_error is None and not brief:
             try:
-                feed_lag = dec_info(await self.peer.info(since=side.seq)).lag_s or 0.0
+                feed_lag = (await self.peer.peer_info(since=side.seq)).lag_s or 0.0
                 lag = max(feed_lag, lag or 0.0)
             except PeerError:
                 pass

@@ -100,6 +100,8 @@ class PeerStatus:
     lag_s: float | None = None
     cause: Cause | None = None
     errors: tuple[PathError, ...] = ()
+    last_sync_at: str | None = None  # ISO 8601, as the standby's status shows it
+    pending: int | None = None
 
     @property
     def is_standby(self) -> bool:
