@@ -67,6 +67,19 @@ class SyncResult:
         }
 
 
+@dataclass(frozen=True)
+class StandbySnapshot:
+    """The side's sync state at one moment, as the standby's status shows it."""
+
+    in_sync: bool | None
+    pending: int
+    last_sync_at: float | None  # clock.now() when it was last in sync
+    peer_error: PeerError | None  # the peer failure, else the refused change feed
+    errors: tuple[FileError, ...]  # by dir and path
+    cause: Cause | None
+    seq: int
+
+
 class StandbySide(Side):
     """Keeps this node's sync dirs equal to the active's."""
 
@@ -562,19 +575,16 @@ class StandbySide(Side):
         self.kick()
 
     # -- status ------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        peer_error = self.peer_error or self.feed_error
-        return {
-            "in_sync": self.in_sync,
-            "pending": self.pending,
-            "last_sync_at": self.last_sync_at,
-            "peer_error": None
-            if peer_error is None
-            else {"cause": peer_error.cause.value, "message": peer_error.message},
-            "errors": [e.as_json() for e in sorted(self.errors.values(), key=lambda e: (e.dir, e.path))],
-            "cause": None if self.main_cause() is None else str(self.main_cause()),
-            "seq": self.seq,
-        }
+    def snapshot(self) -> StandbySnapshot:
+        return StandbySnapshot(
+            self.in_sync,
+            self.pending,
+            self.last_sync_at,
+            self.peer_error or self.feed_error,
+            tuple(sorted(self.errors.values(), key=lambda e: (e.dir, e.path))),
+            self.main_cause(),
+            self.seq,
+        )
 
 
-__all__ = ["FileError", "StandbySide", "SyncResult"]
+__all__ = ["FileError", "StandbySide", "StandbySnapshot", "SyncResult"]
