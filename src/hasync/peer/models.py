@@ -88,6 +88,7 @@ class PathError:
     path: str
     cause: Cause
     reason: str
+    size: int = 0  # bytes the path needs on the standby, when known (for disk_full)
 
 
 @dataclass(frozen=True)

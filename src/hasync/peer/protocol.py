@@ -272,4 +272,5 @@ def _path_error(e: Any) -> PathError:
     if not isinstance(e, dict) or not all(isinstance(e.get(k), str) for k in ("dir", "path", "reason")):
         raise ValueError(f"status error {e!r:.60} is not a map of dir, path, cause and reason")
     cause, reason = cause_and_message(e.get("cause"), e["reason"])
-    return PathError(e["dir"], e["path"], cause, reason)
+    size = e.get("size", 0)
+    return PathError(e["dir"], e["path"], cause, reason, size if type(size) is int and size >= 0 else 0)
