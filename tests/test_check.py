@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,14 +11,18 @@ from typing import Any
 from hasync.check import ActiveCheck, OutOfSync, Verdict
 from hasync.errors import Cause, ScanError
 from hasync.manifest import ERROR, Entry, Tree
+from hasync.peer.client import AgentClient
+from hasync.peer.transport import MemoryRequest, MemoryResponse, MemoryTransport
 
 
-class _Peer:
-    def __init__(self, status: dict[str, Any]) -> None:
-        self.doc = status
+def _peer(status: dict[str, Any]) -> AgentClient:
+    """The standby's agent answering `status` to GET /v1/status (JSON), over the in-memory transport."""
 
-    async def status(self, brief: bool = False, timeout: float = -1.0) -> dict[str, Any]:
-        return self.doc
+    async def handler(req: MemoryRequest) -> MemoryResponse:
+        assert (req.path, dict(req.params)) == ("/v1/status", {"brief": "1"})
+        return MemoryResponse(200, json.dumps(status).encode())
+
+    return AgentClient("http://b:1", "t", 5.0, "b", transport=MemoryTransport(handler))
 
 
 def _check(tmp_path: Path, status: dict[str, Any], trees: dict[str, Tree | None]) -> ActiveCheck:
@@ -26,7 +31,7 @@ def _check(tmp_path: Path, status: dict[str, Any], trees: dict[str, Tree | None]
         peer=SimpleNamespace(name="b", hostname=None, timeout_s=5.0),
     )
     side = SimpleNamespace(cfg=cfg, trees=trees, oldest_change_after=lambda seq: None)
-    return ActiveCheck(side, _Peer(status), 60.0)  # type: ignore[arg-type]
+    return ActiveCheck(side, _peer(status), 60.0)  # type: ignore[arg-type]
 
 
 def test_an_unknown_cause_from_the_standby_is_sync_error_with_its_text(tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 
 from hasync import clock
 from hasync.audit import Finding
-from hasync.errors import Cause, PeerError, cause_of, first_cause
+from hasync.errors import Cause, MalformedAnswer, PeerError, cause_of, first_cause
 from hasync.fsutil import atomic_write
 from hasync.halog import kv
 from hasync.peer.client import AgentClient
-from hasync.peer.protocol import dec_info, dec_status
+from hasync.peer.models import PeerStatus
 from hasync.replication.active import ActiveSide
 from hasync.replication.standby import StandbySide
 from hasync.tasks import periodic
@@ -176,7 +176,7 @@ class StandbyCheck:
         side = self.side
         timeout = min(side.cfg.peer.timeout_s, max(1.0, self.interval_s / 2))
         try:
-            info = dec_info(await side.client.info(since=side.seq, timeout=timeout))
+            info = await side.client.peer_info(since=side.seq, timeout=timeout)
         except PeerError as exc:
             side.peer_failed(exc)
             self.grace.age(False)
@@ -251,7 +251,7 @@ class ActiveCheck:
         self._learned_path = side.cfg.node.state_dir / PEER_HOSTNAME_FILE
         self.learned_hostname = read_learned_hostname(self._learned_path)
         self._learn_failed = False
-        self.last_peer_status: dict[str, Any] | None = None
+        self.last_peer_status: PeerStatus | None = None
         self.grace = _Grace()
 
     @property
@@ -299,16 +299,14 @@ class ActiveCheck:
         own = self.own_errors()
         timeout = min(self.side.cfg.peer.timeout_s, max(1.0, self.interval_s / 2))
         try:
-            doc = await self.client.status(brief=True, timeout=timeout)
+            st = await self.client.peer_status(timeout=timeout)
+        except MalformedAnswer as exc:  # it answers, wrongly: reachable, its status refused
+            msg = f"refused the status of {self.side.cfg.peer.name}: {exc.reason}"
+            return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
         except PeerError as exc:
             self.grace.age(False)
             listed = (OutOfSync("", "", exc.message, exc.cause), *own)
             return Verdict(False, exc.cause, False, self.lag(), listed[:MAX_LISTED])
-        try:
-            st = dec_status(doc)
-        except ValueError as exc:
-            msg = f"refused the status of {self.side.cfg.peer.name}: {exc}"
-            return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
         if not st.is_standby:
             msg = (
                 f"{self.side.cfg.peer.name} says it is {st.role!r}, not the standby: "
@@ -316,7 +314,7 @@ class ActiveCheck:
             )
             return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
         self.learn_hostname(st.hostname)
-        self.last_peer_status = doc
+        self.last_peer_status = st
         theirs = [OutOfSync(e.dir, e.path, e.reason, e.cause) for e in st.errors]
         seen = {(o.dir, o.path) for o in theirs}
         listed = tuple(theirs + [o for o in own if (o.dir, o.path) not in seen])[:MAX_LISTED]

@@ -204,6 +204,15 @@ class PeerError(HasyncError):
     cause = Cause.SYNC_ERROR
 
 
+class MalformedAnswer(PeerError):
+    """The peer answered, but not as the protocol says (a decoder refused its answer): sync_error.
+    `reason` is what the decoder refused, for a caller that tells it in its own words."""
+
+    def __init__(self, route: str, reason: str) -> None:
+        super().__init__(f"malformed {route} answer: {reason}")
+        self.reason = reason
+
+
 class PeerUnreachable(PeerError):
     code = "peer_unreachable"
     cause = Cause.PEER_UNREACHABLE

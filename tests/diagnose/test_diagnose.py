@@ -9,11 +9,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from hasync.diagnose import runner
+from hasync.diagnose.model import Diagnosis, Step
+from hasync.errors import Cause
 from hasync.peer.frames import FRAME_HEADER
+from hasync.peer.models import PathError, PeerStatus
 from hasync.peer.protocol import L_DONE, L_ERR
 from pairlib import ROOT, PairEnv, wait_for
 
@@ -299,3 +304,22 @@ def test_log_summary_with_extreme_times_is_a_clean_answer(make_pair) -> None:  #
         status, text = _diag(env, {"op": "log_summary", "start": bad, "end": "2026-01-01T00:00:00+00:00"})
         assert status == 400 and "start" in text, (bad, status, text)
     assert "Traceback" not in env.b.output()
+
+
+def test_a_leftover_out_of_sync_names_sync_error_from_the_standbys_typed_status() -> None:
+    """No step found a fault, the standby's brief status (a PeerStatus) says it is not in sync."""
+    status = PeerStatus(
+        "standby",
+        in_sync=False,
+        errors=(PathError("conf", "a", Cause.SYNC_ERROR, "boom"), PathError("conf", "b", Cause.JUNK_FILE, "sed")),
+    )
+    d = Diagnosis(steps=[Step("sync_files", "sync files", "ok")])
+    runner._name_leftover_cause(d, SimpleNamespace(standby_status=status))  # type: ignore[arg-type]
+    assert (d.cause, d.steps[0].evidence) == (Cause.SYNC_ERROR, "the standby reports: conf/a: boom; conf/b: sed")
+    d = Diagnosis(steps=[Step("sync_files", "sync files", "ok")])
+    runner._name_leftover_cause(d, SimpleNamespace(standby_status=PeerStatus("standby", in_sync=False)))  # type: ignore[arg-type]
+    assert (d.cause, d.steps[0].evidence) == (Cause.UNKNOWN, "the standby is not in sync and reports no error")
+    for st in (None, PeerStatus("standby", in_sync=True)):
+        d = Diagnosis(steps=[Step("sync_files", "sync files", "ok")])
+        runner._name_leftover_cause(d, SimpleNamespace(standby_status=st))  # type: ignore[arg-type]
+        assert d.cause is None

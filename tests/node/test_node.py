@@ -147,10 +147,10 @@ def test_switched_pair_replicates_the_other_way(tmp_path: Path) -> None:
             two = pair.data_a / "conf" / "two.txt"
             await until(lambda: two.exists() and two.read_text() == "from b\n", "node-a to fetch two.txt")
             async with AgentClient(cfg_b.peer_url(), cfg_b.token, 5.0, "node-a") as to_a:
-                assert (await to_a.status(brief=True))["role"] == "standby"
-                assert (await to_a.info())["role"] == "standby"
+                assert (await to_a.peer_status()).is_standby
+                assert (await to_a.peer_info()).role == "standby"
             async with AgentClient(cfg_a.peer_url(), cfg_a.token, 5.0, "node-b") as to_b:
-                assert (await to_b.info())["role"] == "active"
+                assert (await to_b.peer_info()).is_active
                 with pytest.raises(Exception, match="active node"):
                     await to_b.json("POST", "/v1/sync", {})
         finally:

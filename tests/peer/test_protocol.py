@@ -161,6 +161,13 @@ def test_the_standbys_status_decodes_with_typed_causes() -> None:
         (PathError("conf", "a", Cause.JUNK_FILE, "sed"), PathError("conf", "b", Cause.SYNC_ERROR, "newer_cause: boom")),
     )
     assert st.is_standby and type(st.cause) is Cause
+    when = dec_status({"role": "standby", "last_sync_at": "2026-01-02T03:04:05.678Z", "pending": 3})
+    assert (when.last_sync_at, when.pending) == ("2026-01-02T03:04:05.678Z", 3)
+    assert dec_status({"last_sync_at": 5, "pending": True}) == PeerStatus(None)  # of the wrong type: not shown
+    sized = dec_status({"errors": [{"dir": "c", "path": "p", "cause": "disk_full", "reason": "r", "size": 9}]})
+    assert sized.errors == (PathError("c", "p", Cause.DISK_FULL, "r", 9),)
+    odd = dec_status({"errors": [{"dir": "c", "path": "p", "cause": "disk_full", "reason": "r", "size": -1}]})
+    assert odd.errors[0].size == 0  # unknown
     assert dec_status({"role": "active", "cause": "", "hostname": 5}) == PeerStatus("active", None)
     assert dec_status({"cause": "newer"}).cause is Cause.SYNC_ERROR
     for bad in ("x", {"errors": "x"}, {"errors": [{"dir": "c", "path": 1, "reason": "r"}]}, {"errors": [5]}):

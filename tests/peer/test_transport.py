@@ -15,9 +15,18 @@ import msgpack
 import pytest
 from aiohttp import web
 
-from hasync.errors import AuthFailed, Cause, PeerAgentDown, PeerError, PeerStarting, PeerUnreachable
+from hasync.errors import (
+    AuthFailed,
+    Cause,
+    MalformedAnswer,
+    PeerAgentDown,
+    PeerError,
+    PeerStarting,
+    PeerUnreachable,
+)
 from hasync.peer.client import MAX_ERROR_BYTES, AgentClient
 from hasync.peer.frames import frame
+from hasync.peer.models import Change, ChangeFeed, PeerInfo, PeerStatus
 from hasync.peer.transport import (
     MAX_LINE,
     AiohttpTransport,
@@ -214,6 +223,86 @@ def test_an_answer_that_is_not_msgpack_is_a_peer_error() -> None:
 
     err = error_of(client(handler)[0].request("GET", "/v1/info"))
     assert "sent /v1/info an answer that is not msgpack" in err.message
+
+
+# -- the replication answers, decoded once --------------------------------------------------------------
+def json_answer(obj: Any) -> Handler:
+    async def handler(req: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, json.dumps(obj).encode())
+
+    return handler
+
+
+ROOT = b"r" * 16
+
+
+def test_the_replication_answers_come_decoded() -> None:
+    c, t = client(
+        answer(
+            {
+                "node": "a",
+                "role": "active",
+                "instance": "i",
+                "seq": 7,
+                "roots": {"conf": ROOT},
+                "with_owner": True,
+                "lag_s": 1,
+            }
+        )
+    )
+    assert run(c.peer_info(since=3, owner=False)) == PeerInfo(
+        "a", "active", instance="i", seq=7, roots={"conf": ROOT}, with_owner=True, lag_s=1.0
+    )
+    assert dict(t.requests[0].params) == {"since": "3", "owner": "0"}
+    c, t = client(answer({"instance": "i", "seq": 9, "reset": False, "changes": [["conf", b"a", None]], "roots": {}}))
+    assert run(c.change_feed("i", 7, 2.5)) == ChangeFeed("i", 9, False, (Change("conf", b"a", "a"),), {})
+    assert (t.requests[0].path, dict(t.requests[0].params)) == (
+        "/v1/changes",
+        {"instance": "i", "since": "7", "wait": "2.5"},
+    )
+    assert t.requests[0].timeouts.total == 4.5  # the long poll's wait and timeout_s
+    c, t = client(json_answer({"role": "standby", "in_sync": True, "pending": 0, "errors": []}))
+    assert run(c.peer_status()) == PeerStatus("standby", in_sync=True, pending=0)
+    assert (t.requests[0].path, dict(t.requests[0].params)) == ("/v1/status", {"brief": "1"})
+
+
+@pytest.mark.parametrize(
+    "call, body, text",
+    [
+        (lambda c: c.peer_info(), msgpack.packb([1]), "malformed /v1/info answer: [1] is not a map"),
+        (lambda c: c.peer_info(), msgpack.packb({"role": "active", "roots": 5}), "malformed /v1/info answer: instance"),
+        (
+            lambda c: c.change_feed("i", 0, 1.0),
+            msgpack.packb({"seq": 1}),
+            "malformed /v1/changes answer: change feed lacks",
+        ),
+        (
+            lambda c: c.change_feed("i", 0, 1.0),
+            msgpack.packb({"instance": "i", "seq": -1, "reset": False, "changes": [], "roots": {}}),
+            "malformed /v1/changes answer: change feed seq -1",
+        ),
+        (lambda c: c.peer_status(), b'"up"', "malformed /v1/status answer: status 'up' is not a map"),
+        (lambda c: c.peer_status(), b'{"errors": [5]}', "malformed /v1/status answer: status error 5 is not a map"),
+    ],
+)
+def test_a_malformed_replication_answer_is_a_sync_error(
+    call: Callable[[AgentClient], Awaitable[Any]], body: bytes, text: str
+) -> None:
+    async def handler(req: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, body)
+
+    exc = error_of(call(client(handler)[0]))
+    assert type(exc) is MalformedAnswer and exc.cause is Cause.SYNC_ERROR
+    assert exc.message.startswith(text) and exc.message.endswith(exc.reason)
+
+
+def test_the_status_document_is_the_agents_json_unchecked() -> None:
+    c, t = client(json_answer({"role": "standby", "anything": [1, 2]}))
+    assert run(c.status_document(timeout=9)) == {"role": "standby", "anything": [1, 2]}
+    assert dict(t.requests[0].params) == {} and t.requests[0].timeouts.total == 9
+    c, t = client(json_answer("up"))
+    assert run(c.status_document(brief=True)) == "up"  # shown or stored as it came
+    assert dict(t.requests[0].params) == {"brief": "1"}
 
 
 # -- line streams -------------------------------------------------------------------------------------

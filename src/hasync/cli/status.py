@@ -38,7 +38,7 @@ async def _status(cfg: Any) -> dict[str, Any]:
         try:
             # The local agent asks the peer too (its alarms, its lag), each call bounded by
             # [peer] timeout_s: give it the time for both, or a slow peer looks like a hung local agent.
-            doc: dict[str, Any] = await local.status(timeout=2 * cfg.peer.timeout_s + 5.0)
+            doc = await local.status_document(timeout=2 * cfg.peer.timeout_s + 5.0)
             return doc
         except PeerAgentDown:
             pass
@@ -60,7 +60,7 @@ async def _status(cfg: Any) -> dict[str, Any]:
     }
     async with AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, name=cfg.peer.name) as peer:
         try:
-            await peer.info()
+            await peer.peer_info()
             doc["peer_reachable"] = True
         except PeerError as exc:
             doc["peer_reachable"] = False

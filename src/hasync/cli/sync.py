@@ -129,7 +129,7 @@ async def _sync(cfg: Any, lock: Any, quick: Any, show_progress: bool, wait_s: fl
                 while result.get("peer_starting"):
                     url, name = (cfg.local_url(), cfg.node.name) if me_active else (cfg.peer_url(), cfg.peer.name)
                     async with AgentClient(url, cfg.token, cfg.peer.timeout_s, name=name) as active:
-                        if not await _active_up(active.info, name, deadline):
+                        if not await _active_up(active.peer_info, name, deadline):
                             break
                     result = await _via_agent(target, bar)
                 result.pop("peer_starting", None)
@@ -176,9 +176,11 @@ async def _standalone(cfg: Any, bar: _Bar, lock: Any, quick: Any, deadline: floa
                 return fast
         await side.load_local()
         if isinstance(side.peer_error, PeerStarting):
-            await _active_up(side.client.info, cfg.peer.name, deadline)
+            await _active_up(side.client.peer_info, cfg.peer.name, deadline)
         r = await side.reconcile(progress=bar.event)
-        while isinstance(side.peer_error, PeerStarting) and await _active_up(side.client.info, cfg.peer.name, deadline):
+        while isinstance(side.peer_error, PeerStarting) and await _active_up(
+            side.client.peer_info, cfg.peer.name, deadline
+        ):
             r = await side.reconcile(progress=bar.event)
         await asyncio_to_thread(side.save_caches)
         await asyncio_to_thread(side.save_quick_indexes)
@@ -194,12 +196,11 @@ async def _quick(cfg: Any, side: Any, quick: Any) -> dict[str, Any] | None:
     import asyncio
 
     from hasync.errors import PeerError
-    from hasync.peer.protocol import dec_info
     from hasync.replication.standby import SyncResult
 
     checked = asyncio.ensure_future(asyncio.to_thread(quick.finish))
     try:
-        info = dec_info(await side.client.info(owner=cfg.is_root))
+        info = await side.client.peer_info(owner=cfg.is_root)
     except PeerError as exc:
         side.peer_failed(exc)
         return _result("quick", SyncResult(False, cause=exc.cause, message=exc.message))

@@ -79,8 +79,7 @@ async def _local_alarms(cfg: Config, part: NodePart) -> list[dict[str, Any]]:
 async def _local_status(cfg: Config, part: NodePart) -> dict[str, Any]:
     async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as me:
         try:
-            doc: dict[str, Any] = await me.status(timeout=max(30.0, cfg.peer.timeout_s))
-            return doc
+            return await me.status_document(timeout=max(30.0, cfg.peer.timeout_s))
         except PeerError as exc:
             part.notes.append(f"{part.name}: status from the config only, its agent did not answer: {exc.message}")
     return {

@@ -101,7 +101,7 @@ async def peer_part(cfg: Config, window: Window, spool_dir: Path, masker: Masker
             )
         for name, fetch in (
             ("alarms.json", lambda: peer.json("GET", f"{API}/alarms?all=1", timeout=max(30.0, peer.timeout_s))),
-            ("status.json", lambda: peer.status(timeout=max(30.0, peer.timeout_s))),
+            ("status.json", lambda: peer.status_document(timeout=max(30.0, peer.timeout_s))),
         ):
             try:
                 part.docs[name] = json_bytes(masker.json(await fetch()))

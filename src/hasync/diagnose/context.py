@@ -9,6 +9,7 @@ from typing import Any
 from hasync.config import Config
 from hasync.diagnose.nodes import Node
 from hasync.peer.client import AgentClient
+from hasync.peer.models import PeerStatus
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Context:
     alarm: dict[str, Any] | None = None
     peer_ok: bool = True  # set by the network step
     fixed: list[str] = field(default_factory=list)
-    standby_status: dict[str, Any] | None = None
+    standby_status: PeerStatus | None = None  # the standby's brief status
 
     @property
     def standby(self) -> Node | None:

@@ -17,7 +17,7 @@ from hasync.diagnose.steps import collect, ha_log, network, recheck, storage, sy
 from hasync.errors import Cause, PeerError
 from hasync.halog import kv
 from hasync.peer.client import AgentClient
-from hasync.peer.protocol import API
+from hasync.peer.models import PeerStatus
 
 log = logging.getLogger("hasync.diagnose")
 
@@ -31,7 +31,7 @@ async def run(
     fix: bool,
     alarm: dict[str, Any] | None,
     window_s: float | None = None,
-    standby_status: dict[str, Any] | None = None,
+    standby_status: PeerStatus | None = None,
 ) -> Diagnosis:
     """The whole procedure. `alarm` is the alarm's JSON (to_json), or None for the pair as it is now."""
     window_s = cfg.diagnose.window_s if window_s is None else window_s
@@ -80,13 +80,12 @@ async def run(
 
 def _name_leftover_cause(d: Diagnosis, ctx: Context) -> None:
     """No step found a fault: still out of sync means sync_error (a message says why) or unknown."""
-    st = ctx.standby_status or {}
-    if st.get("in_sync") is not False:
+    st = ctx.standby_status
+    if st is None or st.in_sync is not False:
         return
-    errors = st.get("errors") or []
-    cause = Cause.SYNC_ERROR if any(e.get("cause") == Cause.SYNC_ERROR.value for e in errors) else Cause.UNKNOWN
+    cause = Cause.SYNC_ERROR if any(e.cause is Cause.SYNC_ERROR for e in st.errors) else Cause.UNKNOWN
     step = next(s for s in d.steps if s.id == "sync_files")
-    reasons = "; ".join(f"{e['dir']}/{e['path']}: {e['reason']}" for e in errors[:5])
+    reasons = "; ".join(f"{e.dir}/{e.path}: {e.reason}" for e in st.errors[:5])
     step.verdict, step.cause = "fault", cause
     step.evidence = (step.evidence + "\n" if step.evidence else "") + (
         f"the standby reports: {reasons}" if reasons else "the standby is not in sync and reports no error"
@@ -94,13 +93,12 @@ def _name_leftover_cause(d: Diagnosis, ctx: Context) -> None:
     step.action = step.action or "See the ha_log step; if it does not explain the fault, collect the fault information."
 
 
-async def _standby_status(ctx: Context) -> dict[str, Any] | None:
+async def _standby_status(ctx: Context) -> PeerStatus | None:
     client = ctx.standby_client
     if client is None:
         return None
     try:
-        doc: dict[str, Any] = await client.json("GET", f"{API}/status?brief=1", timeout=10)
-        return doc
+        return await client.peer_status(timeout=10)
     except PeerError:
         return None
 

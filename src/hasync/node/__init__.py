@@ -32,7 +32,7 @@ from hasync.metrics import Metrics
 from hasync.node.role import Role
 from hasync.node.table import make_role
 from hasync.peer.client import AgentClient
-from hasync.peer.protocol import API
+from hasync.peer.protocol import API, dec_status
 from hasync.roles import node_role
 from hasync.urls import is_postgres_url
 
@@ -204,7 +204,8 @@ class Node:
     async def run_diagnosis(self, fix: bool, alarm: dict[str, Any] | None) -> dict[str, Any]:
         """The procedure run by this agent (on demand, or when the alarm is raised)."""
         role = self.role
-        status = await self.status_doc(brief=True) if role.diagnosis_status else None
+        # The standby's own brief status, read as the diagnosis reads the standby's from its agent.
+        status = dec_status(await self.status_doc(brief=True)) if role.diagnosis_status else None
         async with AgentClient(self.cfg.local_url(), self.cfg.token, self.cfg.peer.timeout_s, "local") as me:
             d = await runner.run(
                 self.cfg, role.name, LocalNode(self.cfg), role.peer, me, fix, alarm, standby_status=status

@@ -74,13 +74,13 @@ class ActiveRole(Role):
             # What a peer asks for: never ask the peer back (two actives would wait on each other).
             return {"errors": [o.status_json() for o in self.check.own_errors()]}
         v = await self.check.verdict()
-        peer = self.check.last_peer_status or {}
+        peer = self.check.last_peer_status
         doc: dict[str, Any] = {
             "peer_reachable": v.peer_reachable,
             "in_sync": v.in_sync,
             "lag_s": v.lag_s,
-            "last_sync_at": peer.get("last_sync_at"),
-            "pending": peer.get("pending"),
+            "last_sync_at": None if peer is None else peer.last_sync_at,
+            "pending": None if peer is None else peer.pending,
             "cause": None if v.cause is None else v.cause.value,
             "errors": [o.status_json() for o in v.out_of_sync],
         }

@@ -23,7 +23,6 @@ from hasync.config import Config
 from hasync.errors import PeerError
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
-from hasync.peer.protocol import dec_info
 from hasync.replication.standby import StandbySide
 from hasync.roles.providers import RoleName
 
@@ -54,24 +53,25 @@ class StandbyRole(Role):
     async def status(self, brief: bool, last: Verdict | None) -> dict[str, Any]:
         side = self.side
         snap = side.snapshot()
-        lag: float | None = 0.0 if snap["in_sync"] else None
-        if not snap["in_sync"] and last is not None and not last.in_sync:
+        lag: float | None = 0.0 if snap.in_sync else None
+        if not snap.in_sync and last is not None and not last.in_sync:
             # The standby's own check knows how long it has lacked what it could not apply; the
             # active, whose change feed the standby has read past it, does not (its lag would say 0).
             lag = last.lag_s
-        if not snap["in_sync"] and side.peer_error is None and not brief:
+        if not snap.in_sync and side.peer_error is None and not brief:
             try:
-                feed_lag = dec_info(await self.peer.info(since=side.seq)).lag_s or 0.0
+                feed_lag = (await self.peer.peer_info(since=side.seq)).lag_s or 0.0
                 lag = max(feed_lag, lag or 0.0)
             except PeerError:
                 pass
+        err = snap.peer_error
         return {
             "peer_reachable": side.peer_error is None,
-            "in_sync": snap["in_sync"],
+            "in_sync": snap.in_sync,
             "lag_s": lag,
-            "last_sync_at": clock.iso(snap["last_sync_at"]),
-            "pending": snap["pending"],
-            "cause": snap["cause"],
-            "errors": snap["errors"],
-            "peer_error": snap["peer_error"],
+            "last_sync_at": clock.iso(snap.last_sync_at),
+            "pending": snap.pending,
+            "cause": None if snap.cause is None else str(snap.cause),
+            "errors": [e.as_json() for e in snap.errors],
+            "peer_error": None if err is None else {"cause": err.cause.value, "message": err.message},
         }

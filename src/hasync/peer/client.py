@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from hasync.errors import AuthFailed, PeerAgentDown, PeerError, PeerStarting
+from hasync.errors import AuthFailed, MalformedAnswer, PeerAgentDown, PeerError, PeerStarting
 from hasync.peer.frames import FrameError, read_frames
-from hasync.peer.protocol import API, F_DONE, MSGPACK, pack, unpack
+from hasync.peer.models import ChangeFeed, PeerInfo, PeerStatus
+from hasync.peer.protocol import API, F_DONE, MSGPACK, dec_changes, dec_info, dec_status, pack, unpack
 from hasync.peer.transport import AiohttpTransport, Response, Timeouts, Transport, map_exceptions
 
 MAX_RESPONSE_BYTES = 64 << 20  # limits.max_response_bytes' default: answers read whole (not file streams)
 MAX_ERROR_BYTES = 64 << 10  # an error answer's body: only its first 200 characters are shown
+
+T = TypeVar("T")
 
 
 class AgentClient:
@@ -25,6 +28,10 @@ class AgentClient:
     most `max_response_bytes` long; file and log streams are read frame by frame, each frame at most
     frames.MAX_FRAME. Past either, the call fails with a PeerError (cause sync_error: the agent answers,
     but not as the protocol says).
+
+    The replication answers are decoded here, once (peer_info, change_feed, peer_status): a caller
+    gets the frozen value of peer/models.py, or a MalformedAnswer (a PeerError, sync_error) when the
+    answer is not what the protocol says.
     """
 
     def __init__(
@@ -154,30 +161,37 @@ class AgentClient:
             what = "JSON" if as_json else "msgpack"
             raise PeerError(f"{self._where} sent {path} an answer that is not {what}: {exc}") from exc
 
+    def _decoded(self, path: str, decoder: Callable[[Any], T], doc: Any) -> T:
+        """`doc` decoded by one of protocol's decoders; what it refuses is the peer's fault."""
+        try:
+            return decoder(doc)
+        except ValueError as exc:
+            raise MalformedAnswer(path, str(exc)) from exc
+
     # -- the API (docs/protocol.md) -----------------------------------------
     async def health(self) -> bool:
         async with self._exchange("GET", "/healthz", self._timeouts(self.timeout_s), check=False) as resp:
             return resp.status == 200
 
-    async def info(self, since: int | None = None, timeout: float = -1.0, owner: bool | None = None) -> dict[str, Any]:
+    async def peer_info(self, since: int | None = None, timeout: float = -1.0, owner: bool | None = None) -> PeerInfo:
         """The agent's identity and, on the active, its change seq and Merkle roots. `owner`: whether
-        this (standby) side can replicate owners, so that the active's hashes cover them or not."""
+        this (standby) side can replicate owners, so that the active's hashes cover them or not.
+        `since`: the active adds the age of the oldest change after it (lag_s)."""
         params = {"since": str(since)} if since is not None else {}
         if owner is not None:
             params["owner"] = "1" if owner else "0"
-        result: dict[str, Any] = await self.request("GET", f"{API}/info", params=params, timeout=timeout)
-        return result
+        return dec_info(await self.request("GET", f"{API}/info", params=params, timeout=timeout))
 
     async def tree(self, dir_name: str, reldirs: list[bytes]) -> list[list[Any]]:
         result: list[list[Any]] = await self.request("POST", f"{API}/tree", body={"dir": dir_name, "dirs": reldirs})
         return result
 
-    async def changes(self, instance: str, since: int, wait_s: float) -> dict[str, Any]:
+    async def change_feed(self, instance: str, since: int, wait_s: float) -> ChangeFeed:
+        """The active's changes after `since` (a long poll of up to `wait_s`), or a reset."""
+        path = f"{API}/changes"
         params = {"instance": instance, "since": str(since), "wait": f"{wait_s:g}"}
-        result: dict[str, Any] = await self.request(
-            "GET", f"{API}/changes", params=params, timeout=wait_s + self.timeout_s
-        )
-        return result
+        doc = await self.request("GET", path, params=params, timeout=wait_s + self.timeout_s)
+        return self._decoded(path, dec_changes, doc)
 
     async def with_alarms(
         self, docs: list[dict[str, Any]], include_cleared: bool, timeout: float = -1.0
@@ -192,7 +206,15 @@ class AgentClient:
         merged = docs + [d for d in theirs if (d["fingerprint"], d["raised_at"]) not in seen]
         return sorted(merged, key=lambda d: d["raised_at"], reverse=True)
 
-    async def status(self, brief: bool = False, timeout: float = -1.0) -> dict[str, Any]:
+    async def peer_status(self, timeout: float = -1.0) -> PeerStatus:
+        """The agent's brief status, as the active's check reads the standby's (never asks its peer)."""
+        path = f"{API}/status"
+        doc = await self.request("GET", path, params={"brief": "1"}, as_json=True, timeout=timeout)
+        return self._decoded(path, dec_status, doc)
+
+    async def status_document(self, brief: bool = False, timeout: float = -1.0) -> dict[str, Any]:
+        """The agent's status as the JSON document it sends, for a caller that shows or stores it
+        whole (`hasync status --json`, a collection's status.json); not checked."""
         params = {"brief": "1"} if brief else None
         result: dict[str, Any] = await self.request(
             "GET", f"{API}/status", params=params, as_json=True, timeout=timeout

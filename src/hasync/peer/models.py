@@ -88,6 +88,7 @@ class PathError:
     path: str
     cause: Cause
     reason: str
+    size: int = 0  # bytes the path needs on the standby, when known (for disk_full)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class PeerStatus:
     lag_s: float | None = None
     cause: Cause | None = None
     errors: tuple[PathError, ...] = ()
+    last_sync_at: str | None = None  # ISO 8601, as the standby's status shows it
+    pending: int | None = None
 
     @property
     def is_standby(self) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 
-from hasync.errors import Cause, PathRefused, PeerError, ScanError, cause_and_message, cause_of
+from hasync.errors import Cause, MalformedAnswer, PathRefused, ScanError, cause_and_message, cause_of
 from hasync.fsutil import validate_relpath
 from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind
 from hasync.peer.models import Change, ChangeFeed, FileFailed, FileHead, PathError, PeerInfo, PeerStatus
@@ -125,8 +125,8 @@ _KINDS = {k.value: k for k in Kind}
 
 
 def dec_info(doc: Any) -> PeerInfo:
-    """A `/v1/info` answer (section 7.2), checked. A malformed answer is the peer's fault: PeerError
-    (sync_error), handled as any failure to talk to it."""
+    """A `/v1/info` answer (section 7.2), checked. A malformed answer is the peer's fault:
+    MalformedAnswer (a PeerError, sync_error), handled as any failure to talk to it."""
     try:
         if not isinstance(doc, dict):
             raise ValueError(f"{doc!r:.60} is not a map")
@@ -153,7 +153,7 @@ def dec_info(doc: Any) -> PeerInfo:
             lag_s=None if lag is None else float(lag),
         )
     except ValueError as exc:
-        raise PeerError(f"malformed /v1/info answer: {exc}") from exc
+        raise MalformedAnswer(f"{API}/info", str(exc)) from exc
 
 
 def _roots(roots: Any) -> dict[str, bytes | None]:
@@ -253,7 +253,7 @@ def dec_status(doc: Any) -> PeerStatus:
     if not isinstance(doc, dict):
         raise ValueError(f"status {doc!r:.60} is not a map")
     role, hostname, in_sync, lag, cause = (doc.get(k) for k in ("role", "hostname", "in_sync", "lag_s", "cause"))
-    errors = doc.get("errors", [])
+    last, pending, errors = doc.get("last_sync_at"), doc.get("pending"), doc.get("errors", [])
     if not isinstance(errors, list):
         raise ValueError(f"status errors {errors!r:.60} is not an array")
     return PeerStatus(
@@ -263,6 +263,8 @@ def dec_status(doc: Any) -> PeerStatus:
         float(lag) if isinstance(lag, int | float) else None,
         None if not cause else cause_of(cause),
         tuple(_path_error(e) for e in errors),
+        last_sync_at=last if isinstance(last, str) else None,
+        pending=pending if type(pending) is int else None,
     )
 
 
@@ -270,4 +272,5 @@ def _path_error(e: Any) -> PathError:
     if not isinstance(e, dict) or not all(isinstance(e.get(k), str) for k in ("dir", "path", "reason")):
         raise ValueError(f"status error {e!r:.60} is not a map of dir, path, cause and reason")
     cause, reason = cause_and_message(e.get("cause"), e["reason"])
-    return PathError(e["dir"], e["path"], cause, reason)
+    size = e.get("size", 0)
+    return PathError(e["dir"], e["path"], cause, reason, size if type(size) is int and size >= 0 else 0)

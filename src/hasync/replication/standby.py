@@ -24,13 +24,12 @@ from typing import Any
 from hasync import clock
 from hasync.backup import BackupSets
 from hasync.config import Config, SyncDir
-from hasync.errors import Cause, PeerError, first_cause
+from hasync.errors import Cause, MalformedAnswer, PeerError, first_cause
 from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
 from hasync.manifest import DIR, FILE, Plan, Tree, compare_entry, scan
 from hasync.peer.client import AgentClient
 from hasync.peer.models import ChangeFeed
-from hasync.peer.protocol import dec_changes, dec_info
 from hasync.quickcheck import QuickIndex, index_path
 from hasync.replication.apply import Applier, ErrorKey, Failures, FileError
 from hasync.replication.base import Side
@@ -66,6 +65,19 @@ class SyncResult:
             "message": self.message,
             "errors": [e.as_json() for e in self.errors],
         }
+
+
+@dataclass(frozen=True)
+class StandbySnapshot:
+    """The side's sync state at one moment, as the standby's status shows it."""
+
+    in_sync: bool | None
+    pending: int
+    last_sync_at: float | None  # clock.now() when it was last in sync
+    peer_error: PeerError | None  # the peer failure, else the refused change feed
+    errors: tuple[FileError, ...]  # by dir and path
+    cause: Cause | None
+    seq: int
 
 
 class StandbySide(Side):
@@ -260,11 +272,10 @@ class StandbySide(Side):
                 # Come back in time for the next full reconcile (and, with errors, the next retry).
                 until_full = self.cfg.sync.full_reconcile_s - (time.monotonic() - self._last_full)
                 wait = max(0.5, min(LONG_POLL_S, until_full, self.cfg.sync.retry_s if self.errors else LONG_POLL_S))
-                resp = await self._long_poll(wait)
                 try:
-                    feed = dec_changes(resp)
-                except ValueError as exc:
-                    self._feed_refused(exc)
+                    feed = await self._long_poll(wait)
+                except MalformedAnswer as exc:
+                    self._feed_refused(exc.reason)
                     await asyncio.sleep(backoff.next())
                     continue
                 await self._apply_changes(feed)
@@ -280,13 +291,13 @@ class StandbySide(Side):
                 self._need_full = True
                 await asyncio.sleep(1.0)
 
-    async def _long_poll(self, wait: float) -> dict[str, Any]:
+    async def _long_poll(self, wait: float) -> ChangeFeed:
         """The change feed's long-poll, dropped when a peer failure is seen meanwhile (by the check).
         After a silent partition or a pulled cable its connection is dead; waiting for its own timeout
         (wait + timeout_s), or for TCP to retransmit an answer lost in the outage, would keep the
         standby from catching up for many seconds after the link is back."""
         self._poll_abort.clear()
-        poll = asyncio.ensure_future(self.client.changes(self.instance, self.seq, wait))
+        poll = asyncio.ensure_future(self.client.change_feed(self.instance, self.seq, wait))
         abort = asyncio.ensure_future(self._poll_abort.wait())
         try:
             await asyncio.wait({poll, abort}, return_when=asyncio.FIRST_COMPLETED)
@@ -307,11 +318,11 @@ class StandbySide(Side):
         self.in_sync = False
         self._poll_abort.set()
 
-    def _feed_refused(self, exc: ValueError) -> None:
+    def _feed_refused(self, reason: str) -> None:
         """A change feed of the wrong shape: refused whole, logged when it starts or its reason changes."""
-        err = PeerError(f"refused the change feed of {self.cfg.peer.name}: {exc}")
+        err = PeerError(f"refused the change feed of {self.cfg.peer.name}: {reason}")
         if self.feed_error is None or self.feed_error.message != err.message:
-            log.error("refused the change feed of the active %s", kv(peer=self.cfg.peer.name, error=str(exc)))
+            log.error("refused the change feed of the active %s", kv(peer=self.cfg.peer.name, error=reason))
         self.feed_error = err
         self._need_full = True
         self.in_sync = False
@@ -329,7 +340,7 @@ class StandbySide(Side):
                 for d in self.cfg.sync.dirs:
                     self.trees[d.name] = await asyncio.to_thread(self._scan_local, d)
             try:
-                info = dec_info(await self.client.info(owner=self.cfg.is_root))
+                info = await self.client.peer_info(owner=self.cfg.is_root)
                 if not info.is_active:
                     raise PeerError(
                         f"{self.cfg.peer.name} is not the active node (it says {info.role or None!r}): "
@@ -564,19 +575,16 @@ class StandbySide(Side):
         self.kick()
 
     # -- status ------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        peer_error = self.peer_error or self.feed_error
-        return {
-            "in_sync": self.in_sync,
-            "pending": self.pending,
-            "last_sync_at": self.last_sync_at,
-            "peer_error": None
-            if peer_error is None
-            else {"cause": peer_error.cause.value, "message": peer_error.message},
-            "errors": [e.as_json() for e in sorted(self.errors.values(), key=lambda e: (e.dir, e.path))],
-            "cause": None if self.main_cause() is None else str(self.main_cause()),
-            "seq": self.seq,
-        }
+    def snapshot(self) -> StandbySnapshot:
+        return StandbySnapshot(
+            self.in_sync,
+            self.pending,
+            self.last_sync_at,
+            self.peer_error or self.feed_error,
+            tuple(sorted(self.errors.values(), key=lambda e: (e.dir, e.path))),
+            self.main_cause(),
+            self.seq,
+        )
 
 
-__all__ = ["FileError", "StandbySide", "SyncResult"]
+__all__ = ["FileError", "StandbySide", "StandbySnapshot", "SyncResult"]

@@ -40,7 +40,7 @@ async def run(ctx: Context) -> Step:
             evidence.append(f"{name}: {doc['more_groups']} more kinds of message")
     if looked == 0:
         step.verdict = "error"
-    elif errors and ctx.alarm is None and (ctx.standby_status or {}).get("in_sync") is True:
+    elif errors and ctx.alarm is None and ctx.standby_status is not None and ctx.standby_status.in_sync is True:
         step.verdict = "ok"  # past errors of a pair that is in sync now: shown, not a fault
         evidence.append("the pair is in sync now: these errors are resolved")
     elif errors:

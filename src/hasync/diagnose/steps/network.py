@@ -73,8 +73,8 @@ async def run(ctx: Context) -> Step:
     peer = ctx.cfg.peer.name
     if tcp == "ok":
         try:
-            info = await ctx.peer_client.info(timeout=5.0)
-            evidence.append(f"authenticated request: accepted by {info.get('node', peer)} ({info.get('role')})")
+            info = await ctx.peer_client.peer_info(timeout=5.0)
+            evidence.append(f"authenticated request: accepted by {info.node or peer} ({info.role or None})")
         except AuthFailed:
             evidence.append("authenticated request: rejected (HTTP 401): the nodes do not share one token")
             step.verdict, step.cause = "fault", Cause.AUTH_FAILED

@@ -7,6 +7,7 @@ from typing import Any
 from hasync.diagnose.context import Context, human_bytes
 from hasync.diagnose.model import Step
 from hasync.errors import Cause, PeerError
+from hasync.peer.models import PathError
 
 TITLE = "Check whether the storage space of the backup directory and the sync directories is full"
 
@@ -34,9 +35,9 @@ def _places(name: str, doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _short(doc: dict[str, Any], errors: list[dict[str, Any]], min_free: int) -> list[str]:
+def _short(doc: dict[str, Any], errors: list[PathError], min_free: int) -> list[str]:
     """Why the standby lacks space: its disk_full errors, and places under the minimum."""
-    out = [f"could not write {e['dir']}/{e['path']} ({human_bytes(e.get('size', 0))}): {e['reason']}" for e in errors]
+    out = [f"could not write {e.dir}/{e.path} ({human_bytes(e.size)}): {e.reason}" for e in errors]
     out += [
         f"{p['name']} has {human_bytes(p['free'])} free, less than the minimum {human_bytes(min_free)}"
         for p in doc["places"]
@@ -62,7 +63,8 @@ async def run(ctx: Context) -> Step:
         step.verdict = "error" if ctx.standby is not None else "skipped"
         step.evidence = "\n".join([*evidence, "the standby could not be measured"])
         return step
-    errors = [e for e in (ctx.standby_status or {}).get("errors", []) if e.get("cause") == Cause.DISK_FULL.value]
+    st = ctx.standby_status
+    errors = [e for e in st.errors if e.cause is Cause.DISK_FULL] if st is not None else []
     min_free = ctx.cfg.diagnose.min_free_bytes
     short = _short(standby_doc, errors, min_free)
     if not short:
@@ -71,7 +73,7 @@ async def run(ctx: Context) -> Step:
         return step
     step.verdict, step.cause = "fault", Cause.DISK_FULL
     evidence += short
-    need = sum(int(e.get("size", 0)) for e in errors) + min_free
+    need = sum(e.size for e in errors) + min_free
     if ctx.fix and ctx.standby is not None:
         removed = await ctx.standby.call("prune_backups", need_free=need)
         ctx.fixed += removed

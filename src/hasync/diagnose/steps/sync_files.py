@@ -78,10 +78,10 @@ async def run(ctx: Context) -> Step:
                     f" (only files named sed*, of size 0 and mode 0000 are deleted)"
                 )
     # What the standby itself failed to write for lack of permission.
-    for e in (ctx.standby_status or {}).get("errors", []):
-        if e.get("cause") == Cause.PERMISSION_DENIED.value and "(on the standby)" in e.get("reason", ""):
+    for e in ctx.standby_status.errors if ctx.standby_status is not None else ():
+        if e.cause is Cause.PERMISSION_DENIED and "(on the standby)" in e.reason:
             causes.append(Cause.PERMISSION_DENIED)
-            evidence.append(f"standby cannot write {e['dir']}/{e['path']}: {e['reason']}")
+            evidence.append(f"standby cannot write {e.dir}/{e.path}: {e.reason}")
     order = (Cause.SOURCE_MISSING, Cause.JUNK_FILE, Cause.PERMISSION_DENIED)
     cause = next((c for c in order if c in causes), None)
     if cause is None:
