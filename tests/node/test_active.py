@@ -17,6 +17,7 @@ from hasync.config import Config, ensure_dirs
 from hasync.demo import write_pair
 from hasync.errors import Cause
 from hasync.node.active import ActiveRole
+from hasync.peer.protocol import dec_status
 
 
 @pytest.fixture
@@ -75,11 +76,13 @@ def test_the_lag_is_the_age_of_the_oldest_change_after_since(
 
 
 def status(role: ActiveRole, verdict: Verdict, peer_status: dict[str, Any] | None) -> dict[str, Any]:
+    """The active's full status with `peer_status` as the standby's last brief status (decoded as the check does)."""
+
     async def verdict_now() -> Verdict:
         return verdict
 
     role.check.verdict = verdict_now  # type: ignore[method-assign]
-    role.check.last_peer_status = peer_status
+    role.check.last_peer_status = None if peer_status is None else dec_status(peer_status)
     return asyncio.run(role.status(False, None))
 
 

@@ -18,6 +18,8 @@ from hasync.config import ensure_dirs
 from hasync.demo import write_pair
 from hasync.errors import Cause, PeerUnreachable
 from hasync.node.standby import StandbyRole
+from hasync.peer.models import PeerInfo
+from hasync.peer.protocol import dec_info
 
 LAST_SYNC = datetime(2026, 11, 25, 9, 0, tzinfo=UTC).timestamp()
 
@@ -29,11 +31,11 @@ class FakeInfo:
         self.answer = answer
         self.asked: list[int | None] = []
 
-    async def __call__(self, since: int | None = None, timeout: float = -1.0, owner: bool | None = None) -> Any:
+    async def __call__(self, since: int | None = None, timeout: float = -1.0, owner: bool | None = None) -> PeerInfo:
         self.asked.append(since)
         if isinstance(self.answer, BaseException):
             raise self.answer
-        return self.answer
+        return dec_info(self.answer)
 
 
 def active_info(lag_s: float | None) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def lagging(lag_s: float) -> Verdict:
 
 
 def status(role: StandbyRole, info: FakeInfo, brief: bool, last: Verdict | None) -> dict[str, Any]:
-    role.peer.info = info  # type: ignore[method-assign]
+    role.peer.peer_info = info  # type: ignore[method-assign]
     return asyncio.run(role.status(brief, last))
 
 
