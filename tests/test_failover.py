@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from functools import partial
 from typing import Any
 
-from pairlib import PairEnv, wait_for
-
 from hasync.failover import DETAIL_KEYS, StandbyState, active_verdict, from_check, relayed, standby_verdict
+from pairlib import PairEnv, wait_for
 
 INTERVAL = 2.0
 WAIT_S = 30.0
@@ -24,6 +24,10 @@ def endpoint(port: int) -> tuple[int, bytes, dict[str, str]]:
             return r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), dict(exc.headers)
+
+
+def answers(port: int, code: int) -> bool:
+    return endpoint(port)[0] == code
 
 
 def status(env: PairEnv, node: str) -> dict[str, Any]:
@@ -48,7 +52,7 @@ def test_in_sync_is_safe_everywhere(make_pair) -> None:  # type: ignore[no-untyp
     env.b.start()
     env.wait_standby_in_sync()
     for node, port in (("b", env.b.port), ("a", env.a.port)):
-        wait_for(lambda p=port: endpoint(p)[0] == 200, WAIT_S, what=f"{node}: GET /v1/failover 200")
+        wait_for(partial(answers, port, 200), WAIT_S, what=f"{node}: GET /v1/failover 200")
         code, body, _ = endpoint(port)
         assert (code, body) == (200, FIXED_BODIES[200])
         doc = status(env, node)
@@ -100,7 +104,7 @@ def test_junk_file_on_active_is_not_safe_and_the_endpoint_tells_nothing(make_pai
         assert exc.code == 401
     junk.unlink()
     for node, port in (("b", env.b.port), ("a", env.a.port)):
-        wait_for(lambda p=port: endpoint(p)[0] == 200, WAIT_S, what=f"{node}: safe again after the fix")
+        wait_for(partial(answers, port, 200), WAIT_S, what=f"{node}: safe again after the fix")
         assert failover(env, node)[0] == 0
 
 
