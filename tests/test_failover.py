@@ -195,8 +195,9 @@ def test_active_relays_the_standby_and_adds_its_own() -> None:
     old = active_verdict({"in_sync": True}, None, 0, None)  # a standby of a version without the verdict
     assert not old.safe and old.reason and "no failover verdict" in old.reason
     # A relayed verdict is read strictly: "not safe" with no text still is not safe; odd keys are dropped.
-    bare = relayed({"failover_safe": False, "failover_detail": {"evil": 1, "in_sync": False}})
+    bare = relayed({"failover_safe": False, "failover_detail": {"evil": 1, "in_sync": False, "pending_files": "x"}})
     assert bare is not None and not bare.safe and bare.reason and "evil" not in bare.detail
+    assert bare.detail["in_sync"] is False and bare.detail["pending_files"] is None
     assert relayed({"failover_safe": "yes"}) is None
 
 

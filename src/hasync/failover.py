@@ -110,7 +110,8 @@ def relayed(doc: Any) -> Failover | None:
     reason = doc.get("failover_reason")
     raw = doc.get("failover_detail")
     given = raw if isinstance(raw, dict) else {}
-    detail = _detail(**{k: v for k, v in given.items() if k in DETAIL_KEYS})
+    # Figures only: a key this version does not know, or a value that is not a figure, is left out.
+    detail = _detail(**{k: v for k, v in given.items() if k in DETAIL_KEYS and isinstance(v, bool | int | float)})
     safe = doc["failover_safe"]
     if not safe and not isinstance(reason, str):
         reason = "the standby says a switchover now is not safe"
