@@ -3,13 +3,19 @@ with two real agents; and the verdict functions of hasync.failover."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
 from functools import partial
 from typing import Any
 
-from hasync.failover import DETAIL_KEYS, StandbyState, active_verdict, from_check, relayed, standby_verdict
+from aiohttp.test_utils import TestClient, TestServer
+
+from hasync import config
+from hasync.agent.app import Agent
+from hasync.failover import DETAIL_KEYS, Failover, StandbyState, active_verdict, from_check, relayed, standby_verdict
+from hasync.node import Node
 from pairlib import PairEnv, wait_for
 
 INTERVAL = 2.0
@@ -139,6 +145,38 @@ def test_no_agent_on_the_standby_decides_from_a_check_now(make_pair) -> None:  #
     wait_for(lambda: failover(env, "b")[0] == 1, WAIT_S, what="the active's new file seen by a check")
     rc, doc = failover(env, "b")
     assert "out of sync" in doc["failover_reason"] and doc["failover_detail"]["in_sync"] is False
+
+
+def route(cfg_path: Any, verdict: Any) -> tuple[int, bytes, dict[str, str]]:
+    """GET /v1/failover, no token, of an in-process agent whose Node answers `verdict()`."""
+    node = Node(config.load(cfg_path))
+
+    async def failover() -> Failover:
+        result: Failover = verdict()
+        return result
+
+    node.failover = failover  # type: ignore[method-assign]
+
+    async def run() -> tuple[int, bytes, dict[str, str]]:
+        async with TestClient(TestServer(Agent(node).app())) as client:
+            resp = await client.get("/v1/failover")
+            return resp.status, await resp.read(), dict(resp.headers)
+
+    return asyncio.run(run())
+
+
+def test_the_route_says_one_fixed_word_whatever_happens(make_pair) -> None:  # type: ignore[no-untyped-def]
+    env: PairEnv = make_pair()
+    secret = "conf/secret-name.key"
+    assert route(env.pair.config_b, lambda: Failover(True, None))[:2] == (200, b"safe\n")
+    status_, body, headers = route(env.pair.config_b, lambda: Failover(False, secret, {"pending_files": 7}))
+    assert (status_, body) == (503, b"not safe\n") and secret not in json.dumps(headers)
+
+    def broken() -> Failover:
+        raise RuntimeError(secret)
+
+    status_, body, headers = route(env.pair.config_a, broken)
+    assert (status_, body) == (503, b"not safe\n") and secret not in json.dumps(headers)
 
 
 # -- the verdict functions ------------------------------------------------------------
