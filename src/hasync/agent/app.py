@@ -70,7 +70,7 @@ class Agent:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/healthz":
+        if request.path in status.PUBLIC:  # /healthz and the failover verdict's 200/503: no details
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")

@@ -17,11 +17,22 @@ from hasync.cli.common import config_option, handle_errors, human_bytes, plugin_
 @click.option(
     "--deep", is_flag=True, help="first re-read and hash every file on both nodes (the audit), repairing what differs"
 )
-def check(config_path: str, as_json: bool, nagios: bool, deep: bool) -> None:
+@click.option(
+    "--failover",
+    is_flag=True,
+    help="exit 0 only when a switchover now would lose nothing, else 1 with the reason on one line",
+)
+def check(config_path: str, as_json: bool, nagios: bool, deep: bool, failover: bool) -> None:
     """Check the pair now: exit 0 in sync, 1 out of sync. It raises and clears alarm 45641 like the
     periodic check. With the node's agent running the agent checks; otherwise this process does
     (with --nagios: CRITICAL, this node's agent is not running). With --deep a difference the audit
-    found is out of sync (exit 1) even though it was repaired."""
+    found is out of sync (exit 1) even though it was repaired. With --failover: the failover verdict
+    (the agent's, or without an agent a check now, safe only if it shows the pair in sync)."""
+    if failover and (nagios or deep):
+        raise click.UsageError("--failover does not go with --nagios or --deep")
+    if failover:
+        _failover(config_path, as_json)
+        return
     if nagios and deep:
         plugin_exit("UNKNOWN", "--deep does not go with --nagios (a deep check reads every file)")
     if nagios:
@@ -43,6 +54,43 @@ def _plain(config_path: str, as_json: bool, deep: bool = False) -> None:
     else:
         _print(doc)
     sys.exit(0 if doc["in_sync"] else 1)
+
+
+FAILOVER_FIELDS = ("node", "role", "failover_safe", "failover_reason", "failover_detail")
+
+
+@handle_errors
+def _failover(config_path: str, as_json: bool) -> None:
+    import asyncio
+
+    from hasync.config import load
+
+    doc = asyncio.run(failover_once(load(config_path)))
+    if as_json:
+        print_json(doc)
+    elif doc["failover_safe"]:
+        click.echo(f"failover safe: a switchover now would lose nothing ({doc['node']}, {doc['role']})")
+    else:
+        click.echo(f"failover NOT safe: {doc['failover_reason']}".replace("\n", " "))
+    sys.exit(0 if doc["failover_safe"] is True else 1)
+
+
+async def failover_once(cfg: Any) -> dict[str, Any]:
+    """The failover verdict of the local agent (its status document), or without an agent the one of a
+    check run here: `{"node", "role", "failover_safe", "failover_reason", "failover_detail"}`."""
+    from hasync.errors import PeerAgentDown, PeerError
+    from hasync.peer.client import AgentClient
+
+    async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as local:
+        try:
+            doc = await local.status_document(timeout=max(30.0, 3 * cfg.peer.timeout_s))
+        except PeerAgentDown:
+            doc = None
+    if doc is None:
+        return await _standalone(cfg, failover=True)
+    if not isinstance(doc.get("failover_safe"), bool):
+        raise PeerError("the local agent's status carries no failover verdict (an older agent?)")
+    return {k: doc.get(k) for k in FAILOVER_FIELDS}
 
 
 def _nagios(config_path: str) -> None:
@@ -101,8 +149,9 @@ async def check_once(cfg: Any, deep: bool = False, fallback: bool = True) -> dic
     return await _standalone(cfg, deep)
 
 
-async def _standalone(cfg: Any, deep: bool = False) -> dict[str, Any]:
-    """The check run here, over this node's Node (no HTTP app), recorded in its alarm store."""
+async def _standalone(cfg: Any, deep: bool = False, failover: bool = False) -> dict[str, Any]:
+    """The check run here, over this node's Node (no HTTP app), recorded in its alarm store; with
+    `failover`, the failover verdict after it (FAILOVER_FIELDS)."""
     from hasync import halog
     from hasync.config import ensure_dirs
     from hasync.fsutil import StateLock
@@ -116,7 +165,11 @@ async def _standalone(cfg: Any, deep: bool = False) -> dict[str, Any]:
     try:
         await node.open_alarms(run_dispatcher=False, guarded=False)
         await node.role.prepare_once()
-        doc = await node.deep_check() if deep else (await node.run_check()).to_json()
+        if failover:
+            v = await node.run_check()
+            doc = {**node.identity(), **(await node.role.failover_alone(v)).to_json()}
+        else:
+            doc = await node.deep_check() if deep else (await node.run_check()).to_json()
         if node.dispatcher is not None:
             await node.dispatcher.flush_once()
         return doc

@@ -26,6 +26,7 @@ from hasync.config import Config
 from hasync.diagnose import runner
 from hasync.diagnose.nodes import LocalNode
 from hasync.errors import PeerError, Starting
+from hasync.failover import Failover
 from hasync.halog import kv
 from hasync.keeper import AlarmKeeper
 from hasync.metrics import Metrics
@@ -154,6 +155,10 @@ class Node:
         doc = v.to_json()
         doc["audit"] = {"nodes": nodes, "differences": sum(len(n.get("findings", [])) for n in nodes.values())}
         return doc
+
+    async def failover(self) -> Failover:
+        """The failover verdict now (hasync.failover): asked of the role, never a scan."""
+        return await self.role.failover(self.last_verdict)
 
     # -- the status document -------------------------------------------------------
     def identity(self) -> dict[str, Any]:

@@ -14,17 +14,22 @@ carry the standby's hostname, configured or learned from the standby's answers.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, ClassVar
 
 from hasync import clock
 from hasync.check import ActiveCheck, Verdict
 from hasync.config import Config
-from hasync.errors import Starting
+from hasync.errors import PeerError, Starting
+from hasync.failover import Failover, active_verdict
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
 from hasync.peer.client import AgentClient
 from hasync.replication.active import ActiveSide
 from hasync.roles.providers import RoleName
+
+FAILOVER_FRESH_S = 1.0  # the active reuses its failover verdict this long (see ActiveRole.failover)
 
 
 @register
@@ -43,6 +48,8 @@ class ActiveRole(Role):
             cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, cfg.limits.max_response_bytes
         )
         self.check = ActiveCheck(self.side, self.peer, cfg.check.interval_s)
+        self._failover: tuple[float, Failover] | None = None  # the last verdict and when (monotonic)
+        self._failover_lock = asyncio.Lock()
 
     def serving(self) -> ActiveSide:
         if not self.ready:
@@ -86,7 +93,27 @@ class ActiveRole(Role):
         }
         if not v.peer_reachable and v.out_of_sync:
             doc["peer_error"] = {"cause": v.out_of_sync[0].cause, "message": v.out_of_sync[0].reason}
+        doc.update((await self.failover(last)).to_json())
         return doc
+
+    async def failover(self, last: Verdict | None) -> Failover:
+        """The standby's own verdict, asked with one brief status request, and this node's unreadable
+        files. Answers at most FAILOVER_FRESH_S old are reused: probes arriving together (an HTTP health
+        checker, keepalived, the status page) share one request, and a flood of them costs the standby
+        at most one brief status per FAILOVER_FRESH_S."""
+        async with self._failover_lock:
+            if self._failover is not None and time.monotonic() - self._failover[0] < FAILOVER_FRESH_S:
+                return self._failover[1]
+            own = self.check.own_errors()
+            first = None if not own else f"{own[0].dir}/{own[0].path}".strip("/")
+            timeout = min(self.cfg.peer.timeout_s, 5.0)
+            try:
+                doc = await self.peer.status_document(brief=True, timeout=timeout)
+                v = active_verdict(doc, None, len(own), first)
+            except PeerError as exc:
+                v = active_verdict(None, f"{exc.cause}: {exc.message}", len(own), first)
+            self._failover = (time.monotonic(), v)
+            return v
 
     @property
     def standby_hostname(self) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from hasync.check import Verdict
 from hasync.config import Config
 from hasync.errors import WrongRole
+from hasync.failover import Failover
 from hasync.keeper import AlarmDuty
 from hasync.peer.client import AgentClient
 from hasync.replication.active import ActiveSide
@@ -102,6 +103,15 @@ class Role:
     async def status(self, brief: bool, last: Verdict | None) -> dict[str, Any]:
         """This role's part of the status document; `last` is the last recorded verdict."""
         raise NotImplementedError
+
+    async def failover(self, last: Verdict | None) -> Failover:
+        """The failover verdict (hasync.failover) from what this role holds; `last` is the last
+        recorded verdict. Cheap: no scan, at most one brief request to the peer."""
+        raise NotImplementedError
+
+    async def failover_alone(self, v: Verdict) -> Failover:
+        """The failover verdict of `hasync check --failover` with no agent running, after the check `v`."""
+        return await self.failover(v)
 
     @property
     def standby_hostname(self) -> str | None:

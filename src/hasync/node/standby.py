@@ -15,15 +15,17 @@ what it could not apply, and the lag of what it lacks.
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 from hasync import clock
 from hasync.check import StandbyCheck, Verdict
 from hasync.config import Config
 from hasync.errors import PeerError
+from hasync.failover import Failover, StandbyState, from_check, standby_verdict
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
-from hasync.replication.standby import StandbySide
+from hasync.replication.standby import LONG_POLL_S, StandbySide
 from hasync.roles.providers import RoleName
 
 
@@ -46,6 +48,37 @@ class StandbyRole(Role):
     async def prepare_once(self) -> None:
         await self.side.prepare()
         self.check.grace_s = 0.0  # no agent syncs meanwhile: any difference is a fault now
+
+    @property
+    def max_silence_s(self) -> float:
+        """Past this without an answer of the active, it counts as unreachable: the change feed's
+        long poll answers at least every LONG_POLL_S, and fails after the peer timeout."""
+        return LONG_POLL_S + self.cfg.peer.timeout_s + 5.0
+
+    async def failover(self, last: Verdict | None) -> Failover:
+        side = self.side
+        peer_error = side.peer_error or side.feed_error
+        first = next(iter(side.errors.values()), None)
+        missing = last.lag_s if last is not None and not last.in_sync else None
+        return standby_verdict(
+            StandbyState(
+                in_sync=side.in_sync,
+                pending_files=side.pending,
+                pending_bytes=side.pending_bytes,
+                apply_errors=len(side.errors),
+                first_error=None if first is None else f"{first.dir}/{first.path}: {first.cause}".replace("/:", ":"),
+                peer_error=None if peer_error is None else f"{peer_error.cause}: {peer_error.message}",
+                heard_s=None if side.heard_at is None else time.monotonic() - side.heard_at,
+                max_silence_s=self.max_silence_s,
+                oldest_missing_s=missing,
+            )
+        )
+
+    async def failover_alone(self, v: Verdict) -> Failover:
+        # Nothing syncs without the agent: only a check that shows the pair in sync now is safe.
+        first = v.out_of_sync[0] if v.out_of_sync else None
+        where = None if first is None else (f"{first.dir}/{first.path}".strip("/") or first.reason)
+        return from_check(v.in_sync, v.peer_reachable, None if v.cause is None else v.cause.value, where, v.lag_s)
 
     def pulling(self) -> StandbySide:
         return self.side
@@ -74,4 +107,5 @@ class StandbyRole(Role):
             "cause": None if snap.cause is None else str(snap.cause),
             "errors": [e.as_json() for e in snap.errors],
             "peer_error": None if err is None else {"cause": err.cause.value, "message": err.message},
+            **(await self.failover(last)).to_json(),
         }

@@ -104,6 +104,8 @@ class StandbySide(Side):
         self.last_sync_at: float | None = None
         self.oldest_pending_at: float | None = None
         self.pending = 0
+        self.pending_bytes = 0  # of the files being fetched now
+        self.heard_at: float | None = None  # monotonic time of the last answer of the active
         self._lock = asyncio.Lock()
         self._need_full = True
         self._last_full = 0.0
@@ -328,6 +330,7 @@ class StandbySide(Side):
         self.in_sync = False
 
     def peer_ok(self) -> None:
+        self.heard_at = time.monotonic()
         if self.peer_error is not None:
             log.info("peer available again %s", kv(peer=self.cfg.peer.name))
         self.peer_error = None
@@ -361,6 +364,7 @@ class StandbySide(Side):
             total_files = sum(len(p.fetch) for p, _ in plans.values())
             total_bytes = sum(sum(s.values()) for _, s in plans.values())
             self.pending = total_files + sum(len(p.make) + len(p.chmod) + len(p.delete) for p, _ in plans.values())
+            self.pending_bytes = total_bytes
             tally = {"files": 0, "bytes": 0, "total_files": total_files, "total_bytes": total_bytes, "deleted": 0}
             if progress:
                 progress(dict(tally, event="start"))
@@ -379,7 +383,7 @@ class StandbySide(Side):
             self._set_errors(failures.errors, full=True)
             self._need_full = False
             self._last_full = time.monotonic()
-            self.pending = 0
+            self.pending = self.pending_bytes = 0
             self._update_in_sync()
             result = SyncResult(bool(self.in_sync), tally["files"], tally["bytes"], tally["deleted"])
         await self._after_apply()
@@ -454,6 +458,7 @@ class StandbySide(Side):
                 if want is not None and want.kind == FILE:
                     sizes.setdefault(name, {})[rel] = want.size
             self.pending = sum(len(p.fetch) + len(p.make) + len(p.chmod) + len(p.delete) for p in by_dir.values())
+            self.pending_bytes = sum(sizes.get(n, {}).get(r, 0) for n, p in by_dir.items() for r in p.fetch)
             tally = {"files": 0, "bytes": 0, "deleted": 0}
             for name, plan in by_dir.items():
                 plan.delete.sort(key=lambda p: (-p.count("/"), p))
@@ -464,7 +469,7 @@ class StandbySide(Side):
             self.errors.update(failures.errors)
             self.seq = resp.seq
             self.remote_roots = dict(resp.roots)
-            self.pending = 0
+            self.pending = self.pending_bytes = 0
             self._update_in_sync()
         await self._after_apply()
 

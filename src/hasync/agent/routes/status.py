@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from aiohttp import web
@@ -12,11 +13,17 @@ from hasync.metrics import CONTENT_TYPE
 from hasync.node import Node
 from hasync.peer.protocol import API
 
+log = logging.getLogger("hasync.agent")
+
+FAILOVER = f"{API}/failover"
+PUBLIC = frozenset({"/healthz", FAILOVER})  # answered without a token: they tell nothing but a state
+
 
 def add_routes(app: web.Application, node: Node) -> None:
     r = app.router
     r.add_get("/healthz", healthz)  # liveness probe, no auth, no details
     r.add_get("/metrics", partial(prometheus, node))  # Prometheus text format
+    r.add_get(FAILOVER, partial(failover, node))  # for HTTP health checkers: 200 safe, 503 not; no auth
     r.add_get(f"{API}/status", partial(status, node))  # this node's sync state, as JSON
     r.add_post(f"{API}/check", partial(check_now, node))  # one sync check now, recorded ({"deep": true})
     r.add_post(f"{API}/audit", partial(audit_now, node))  # a full audit pass of this node now, its findings
@@ -28,6 +35,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def prometheus(node: Node, request: web.Request) -> web.Response:
     return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def failover(node: Node, request: web.Request) -> web.Response:
+    """200 when a switchover now would lose nothing, else 503; the body is a fixed word, never the
+    reason (it is unauthenticated: `status` and `check --failover` give the reason)."""
+    try:
+        safe = (await node.failover()).safe
+    except Exception:  # whatever happens, the answer is "not safe" and tells nothing more
+        log.exception("failover verdict failed")
+        safe = False
+    if safe:
+        return web.Response(text="safe\n")
+    return web.Response(status=503, text="not safe\n")
 
 
 async def status(node: Node, request: web.Request) -> web.Response:
