@@ -13,10 +13,11 @@ from pathlib import Path
 import blake3
 import pytest
 
+from hasync import hashcache
 from hasync.audit import FIRST_PASS_MAX_S, Auditor, Finding
 from hasync.config import load
 from hasync.demo import write_pair
-from hasync.manifest import RACY_NS, Tree, cache_path
+from hasync.manifest import RACY_NS, cache_path
 from hasync.replication.active import ActiveSide
 from pairlib import PairEnv, wait_for
 
@@ -52,12 +53,12 @@ def plant_behind_the_watchers(env: PairEnv, node: str, dir_name: str, rel: str) 
     old = p.read_bytes()
     new = rewrite_keeping_size_and_mtime(p)
     st = p.stat()
-    tree = Tree.load(cache)
+    tree = hashcache.load(cache)
     assert tree is not None
     e = tree.get(rel)
     assert e is not None and e.digest == blake3.blake3(old).digest()
     tree.put(rel, e._replace(ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns))
-    tree.save(cache)
+    hashcache.save(tree, cache)
     return new
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hasync import manifest
+from hasync import hashcache, manifest
 from hasync.errors import Cause, ScanError
 from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Excluder, Plan, Tree, diff, scan
 
@@ -153,11 +153,11 @@ def test_cache_roundtrip(tmp_path: Path) -> None:
     (tmp_path / "d" / "f").write_text("x")
     (tmp_path / "l").symlink_to("d/f")
     t = scan(tmp_path, Excluder([]))
-    t.save(tmp_path / "cache")
-    loaded = Tree.load(tmp_path / "cache")
+    hashcache.save(t, tmp_path / "cache")
+    loaded = hashcache.load(tmp_path / "cache")
     assert loaded is not None and dict(loaded.items()) == dict(t.items())
     (tmp_path / "cache").write_bytes(b"garbage")
-    assert Tree.load(tmp_path / "cache") is None
+    assert hashcache.load(tmp_path / "cache") is None
 
 
 def test_excluder_name_and_path_patterns() -> None:
@@ -179,7 +179,7 @@ def test_error_index_matches_a_walk(spec: dict, data: st.DataObject) -> None:  #
         t.remove(data.draw(st.sampled_from(paths)))
     walked = [(p, e) for p, e in sorted(t.items()) if e.kind == ERROR]
     assert t.errors() == walked
-    assert Tree.loads(t.dump()).errors() == walked
+    assert hashcache.loads(hashcache.dump(t)).errors() == walked
 
 
 # -- typed values, unchanged bytes ------------------------------------------------------------------------
@@ -201,8 +201,8 @@ def test_the_hash_cache_keeps_kind_letters_and_error_text() -> None:
         ["d/f", "f", 0o644, 3, 11, b"\1" * 32, "", 5, 6, 9, "", 0, 12],
     ]
     t = _typed_tree()
-    assert t.dump() == msgpack.packb({"v": 1, "with_owner": False, "rows": rows}, use_bin_type=True)
-    back = Tree.loads(t.dump())
+    assert hashcache.dump(t) == msgpack.packb({"v": 1, "with_owner": False, "rows": rows}, use_bin_type=True)
+    back = hashcache.loads(hashcache.dump(t))
     assert dict(back.items()) == dict(t.items())
     assert all(type(e.kind) is manifest.Kind for _, e in back.items())
     err = back.get("sed1")
@@ -230,7 +230,7 @@ def test_a_scan_error_keeps_cause_and_message_exactly() -> None:
         assert ScanError.from_text(str(err)) == err
         t = Tree()
         t.put("x", Entry(ERROR, 0, error=err))
-        again = Tree.loads(t.dump()).get("x")
+        again = hashcache.loads(hashcache.dump(t)).get("x")
         assert again is not None and again.error == err and again.cause is err.cause
     # An unknown cause in a cache or on the wire: sync_error, the text kept whole.
     assert ScanError.from_text("newer: boom") == ScanError(Cause.SYNC_ERROR, "newer: boom")
@@ -244,3 +244,16 @@ def test_an_unreadable_path_gets_the_junk_rule(tmp_path: Path) -> None:
     assert e.kind is ERROR and e.error == ScanError(Cause.JUNK_FILE, "Permission denied")
     e = manifest.error_entry("sedX", st, OSError(5, "Input/output error"))
     assert e.error == ScanError(Cause.SYNC_ERROR, "Input/output error")
+
+
+def test_a_hash_cache_save_that_fails_leaves_the_old_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = Tree()
+    t.put("a", Entry(FILE, 0o644, 1, 1))
+    hashcache.save(t, tmp_path / "cache")
+    t.put("b", Entry(FILE, 0o644, 2, 2))
+    monkeypatch.setattr(t, "items", lambda top="": iter([("a", t.get("a"))]))  # fewer rows than announced
+    with pytest.raises(ValueError):
+        hashcache.save(t, tmp_path / "cache")
+    back = hashcache.load(tmp_path / "cache")
+    assert back is not None and back.get("a") is not None and back.get("b") is None
+    assert os.listdir(tmp_path) == ["cache"]  # no temp file left

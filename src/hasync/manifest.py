@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import blake3
-import msgpack
 
 from hasync.errors import Cause, ScanError, unreadable_cause
-from hasync.fsutil import atomic_write, is_tmp_name
+from hasync.fsutil import is_tmp_name
 
 CHUNK = 1 << 20
 # The racy window (git's "racy clean" rule, on the ctime, which nobody can set back): a file whose
@@ -41,7 +40,7 @@ class Kind(enum.StrEnum):
 
 
 FILE, DIR, LINK, ERROR = Kind.FILE, Kind.DIR, Kind.LINK, Kind.ERROR
-_KINDS = {k.value: k for k in Kind}
+KIND_OF = {k.value: k for k in Kind}
 
 
 class Entry(NamedTuple):
@@ -389,47 +388,6 @@ class Tree:
 
     def root_hash(self) -> bytes:
         return self.dir_hash("")
-
-    # -- persistence (the hash cache) --------------------------------------
-    def dump(self) -> bytes:
-        # Names are bytes on Linux (str here with surrogateescape): surrogateescape writes the exact bytes.
-        rows = [[rel, *e] for rel, e in self.items()]
-        for row in rows:  # an entry's error as its text form ("" for none); the kind is its letter
-            row[ERROR_FIELD] = "" if row[ERROR_FIELD] is None else str(row[ERROR_FIELD])
-        data: bytes = msgpack.packb(
-            {"v": 1, "with_owner": self.with_owner, "rows": rows}, use_bin_type=True, unicode_errors="surrogateescape"
-        )
-        return data
-
-    @classmethod
-    def loads(cls, data: bytes) -> Tree:
-        doc = msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape")
-        tree = cls(with_owner=bool(doc.get("with_owner")))
-        dirs = tree.dirs
-        for row in doc["rows"]:  # parents come before children (see items())
-            rel = row[0]
-            parent, _, name = rel.rpartition("/")
-            kind = row[1] = _KINDS[row[1]]
-            row[ERROR_FIELD] = ScanError.from_text(row[ERROR_FIELD]) if kind is ERROR else None
-            e = Entry(*row[1:])
-            dirs.setdefault(parent, {})[name] = e
-            if e.kind == ERROR:
-                tree.error_paths.add(rel)
-            if e.kind == DIR:
-                dirs.setdefault(rel, {})
-        return tree
-
-    def save(self, path: Path) -> None:
-        atomic_write(path, self.dump())
-
-    @classmethod
-    def load(cls, path: Path) -> Tree | None:
-        try:
-            return cls.loads(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, IndexError, TypeError, msgpack.UnpackException):
-            return None  # a damaged cache only costs a re-hash
 
 
 def scan(

@@ -10,7 +10,7 @@ import msgpack
 
 from hasync.errors import Cause, MalformedAnswer, PathRefused, ScanError, cause_and_message, cause_of
 from hasync.fsutil import validate_relpath
-from hasync.manifest import DIR, ERROR, FILE, LINK, Entry, Kind
+from hasync.manifest import DIR, ERROR, FILE, KIND_OF, LINK, Entry
 from hasync.peer.models import Change, ChangeFeed, FileFailed, FileHead, PathError, PeerInfo, PeerStatus
 
 API = "/v1"
@@ -101,9 +101,9 @@ def dec_entry(row: list[Any]) -> tuple[Entry, bytes | None]:
     if not isinstance(row, list) or len(row) < 9:
         raise ValueError(f"entry {row!r:.60} is not an array of 9 or 10 fields")
     kind, mode, size, mtime_ns, digest, link, uid, gid, error = row[:9]
-    if not isinstance(kind, str) or kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in KIND_OF:
         raise ValueError(f"bad entry kind {kind!r:.20}")
-    kind = _KINDS[kind]
+    kind = KIND_OF[kind]
     mode, size, mtime_ns, uid, gid = dec_meta(mode, size, mtime_ns, uid, gid)
     if not isinstance(digest, bytes) or len(digest) not in (0, DIGEST_LEN):
         raise ValueError(f"digest {digest!r:.40} is not {DIGEST_LEN} bytes")
@@ -121,7 +121,6 @@ def dec_entry(row: list[Any]) -> tuple[Entry, bytes | None]:
 
 
 MAX_SEQ = 2**63 - 1
-_KINDS = {k.value: k for k in Kind}
 
 
 def dec_info(doc: Any) -> PeerInfo:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 
 import blake3
 
-from hasync import clock
+from hasync import clock, hashcache
 from hasync.config import Config, SyncDir
 from hasync.errors import Cause, PathRefused, ScanError, cause_of_oserror, unreadable_cause
 from hasync.fsutil import DirFds
@@ -154,7 +154,7 @@ class ActiveSide(Side):
         return [*plan.fetch, *(p for p, _ in plan.make), *(p for p, _ in plan.chmod), *plan.delete]
 
     def _scan_dir(self, d: SyncDir, previous: Tree | None) -> Tree | None:
-        prev = previous if previous is not None else Tree.load(self.cache_path(d.name))
+        prev = previous if previous is not None else hashcache.load(self.cache_path(d.name))
         try:
             return scan(
                 d.path, self.excluder, prev, self.with_owner, consume=previous is None, on_dir=self._watch_hook(d)

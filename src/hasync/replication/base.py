@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hasync import hashcache
 from hasync.config import Config, SyncDir
 from hasync.errors import PathRefused
 from hasync.fsutil import DirFds, is_tmp_name, validate_relpath
@@ -99,7 +100,7 @@ class Side:
             tree = self.trees.get(name)
             if tree is not None:
                 try:
-                    tree.save(self.cache_path(name))
+                    hashcache.save(tree, self.cache_path(name))
                 except OSError as exc:
                     log.warning("cannot save hash cache dir=%s error=%s", name, exc.strerror)
                     self._dirty.add(name)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hasync import clock
+from hasync import clock, hashcache
 from hasync.backup import BackupSets
 from hasync.config import Config, SyncDir
 from hasync.errors import Cause, MalformedAnswer, PeerError, first_cause
@@ -156,7 +156,7 @@ class StandbySide(Side):
 
     def _scan_local(self, d: SyncDir) -> Tree | None:
         current = self.trees.get(d.name)
-        prev = current if current is not None else Tree.load(self.cache_path(d.name))
+        prev = current if current is not None else hashcache.load(self.cache_path(d.name))
         try:
             tree = scan(
                 d.path, self.excluder, prev, self.with_owner, consume=current is None, on_dir=self._watch_hook(d)
