@@ -13,6 +13,7 @@
     │   └── StoreUnavailable    its database failed (connect, lock, damage): the agent goes on without it
     ├── NotifyError             HTTP 502: a notifier could not deliver (the dispatcher retries)
     └── PeerError               exit 1, HTTP 502: talking to the peer agent failed
+        ├── MalformedAnswer     the peer answered, not as the protocol says (sync_error)
         ├── PeerUnreachable     the peer host does not answer
         ├── PeerAgentDown       the host answers, the agent does not
         │   └── PeerStarting    the agent answers 503 `starting`
