@@ -8,7 +8,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from hasync.check import ActiveCheck, OutOfSync, Verdict
+import pytest
+
+from hasync.check import ActiveCheck, OutOfSync, Verdict, _Grace
 from hasync.errors import Cause, ScanError
 from hasync.manifest import ERROR, Entry, Tree
 from hasync.peer.client import AgentClient
@@ -87,3 +89,18 @@ def test_status_items_keep_an_empty_cause_when_there_is_none() -> None:
         "reason": "the standby reports it is not in sync (61 s)",
     }
     assert OutOfSync("conf", "a", "x", Cause.JUNK_FILE).status_json()["cause"] == "junk_file"
+
+
+def test_a_difference_ages_only_while_it_is_the_same_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standby's grace: a difference at the same seq of the active ages; once the active has moved
+    on, the difference seen is a new one (a steady stream of changes is not one old difference)."""
+    now = [100.0]
+    monkeypatch.setattr("hasync.check.time.monotonic", lambda: now[0])
+    g = _Grace()
+    assert g.age(True, 7) == 0.0
+    now[0] = 103.0
+    assert g.age(True, 7) == 3.0  # the same difference, 3 s old: past a 2-s interval
+    assert g.age(True, 8) == 0.0  # the active moved on: a new difference
+    now[0] = 104.0
+    assert g.age(True, 8) == 1.0
+    assert g.age(False, 8) == 0.0 and g.age(True, 8) == 0.0  # in sync in between: aged anew

@@ -147,17 +147,21 @@ def with_findings(v: Verdict, found: Sequence[Finding]) -> Verdict:
 
 
 class _Grace:
-    """Tracks how long the trees have differed: a difference younger than one interval is in flight."""
+    """Tracks how long the trees have differed: a difference younger than one interval is in flight.
+
+    `of` names what differs from what (the standby: the active's change seq). A difference seen under
+    another name is a new one, aged from this look."""
 
     def __init__(self) -> None:
         self.since: float | None = None
+        self.of: object = None
 
-    def age(self, differs: bool) -> float:
+    def age(self, differs: bool, of: object = None) -> float:
         if not differs:
             self.since = None
             return 0.0
-        if self.since is None:
-            self.since = time.monotonic()
+        if self.since is None or of != self.of:
+            self.since, self.of = time.monotonic(), of
         return time.monotonic() - self.since
 
 
@@ -196,8 +200,11 @@ class StandbyCheck:
         # its lag_s is the age of the oldest change we lack. Only a difference with nothing in flight
         # ages here, from our first look at it. (Under a steady stream of changes two checks in a row
         # often each see a difference, but a new one each time: that is not one old difference.)
-        in_flight = info.seq != side.seq
-        age = self.grace.age(bool(differs) and not in_flight)
+        # A difference is in flight too while this node applies (a reconcile or the feed holds the one
+        # writer's lock): its tree is being brought to the active's, and its seq moves only at the end.
+        # Once the active has moved on, a difference is a new one, aged from this look.
+        in_flight = info.seq != side.seq or side.writer_lock.locked()
+        age = self.grace.age(bool(differs) and not in_flight, info.seq)
         lag = max(info.lag_s or 0.0, age) if differs else 0.0
         if listed:
             cause = first_cause(o.cause for o in listed if o.cause is not None)
