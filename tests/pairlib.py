@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -227,6 +228,16 @@ class PairEnv:
                 agent.kill9()
             except Exception:
                 pass
+
+
+def raw_request(port: int, head: bytes) -> bytes:
+    """Send `head` as is (bytes no HTTP library would send) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
 
 
 def make_base() -> Path:

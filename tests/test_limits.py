@@ -22,7 +22,7 @@ from aiohttp import web
 
 from hasync import config
 from hasync.peer.protocol import MSGPACK, pack
-from pairlib import FakePeer, PairEnv, wait_for
+from pairlib import FakePeer, PairEnv, raw_request, wait_for
 
 LIMITS = "\n[limits]\n"
 
@@ -37,16 +37,6 @@ def http(url: str, token: str | None = None, data: bytes | None = None, ctype: s
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def raw_request(port: int, head: bytes) -> bytes:
-    """Send `head` as is (bytes no HTTP library would send) and read the whole answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(head)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
 
 
 def rss_kib(pid: int, key: str = "VmRSS") -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from hasync.errors import (
     WrongRole,
 )
 from hasync.node import Node
+from pairlib import raw_request
 
 RAISE = "/v1/test/raise"  # a route added for these tests: raises what the test puts in `Raiser.exc`
 OK = "/v1/test/ok"
@@ -233,16 +233,6 @@ def test_the_token_is_a_bearer_token_compared_whole(cfg: Config, header: str, ac
             assert resp.status == (200 if accepted else 401)
 
     run(scenario())
-
-
-def raw_request(port: int, head: bytes) -> bytes:
-    """Send `head` as is (bytes no HTTP library would send) and read the whole answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(head)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
 
 
 def test_a_non_utf8_token_is_a_wrong_token(cfg: Config, caplog: pytest.LogCaptureFixture) -> None:
