@@ -35,7 +35,7 @@ from hasync.replication.apply import Applier, ErrorKey, Failures, FileError
 from hasync.replication.base import Side
 from hasync.replication.fetch import Fetcher, Progress, walk
 from hasync.replication.partials import PartialTransfers
-from hasync.tasks import Backoff
+from hasync.tasks import Backoff, wait_or_stop
 
 log = logging.getLogger("hasync.standby")
 
@@ -85,9 +85,9 @@ class StandbySide(Side):
 
     role = "standby"
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, client: AgentClient | None = None) -> None:
         super().__init__(cfg)
-        self.client = AgentClient(
+        self.client = client or AgentClient(
             cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, cfg.limits.max_response_bytes
         )
         self.backups = BackupSets(cfg.backup.dir, cfg.cluster.role_name, cfg.backup.max_copies, cfg.backup.set_period_s)
@@ -114,6 +114,8 @@ class StandbySide(Side):
         self._kick_task: asyncio.Task[None] | None = None
         self._kick_again = False
         self._poll_abort = asyncio.Event()
+        self._peer_back = asyncio.Event()  # set while the active answers: ends the feed loop's retry wait
+        self.retry = Backoff(0.2, 5.0)  # the feed loop's wait after a peer failure (unless heard before)
         self.resumes = PartialTransfers(cfg.node.state_dir)
         self.fetcher = Fetcher(self.client, self.resumes, cfg.sync.batch_files, cfg.sync.batch_bytes, self._received)
         self.busy: dict[tuple[str, str], float] = {}  # files that kept changing while read: since when
@@ -261,7 +263,6 @@ class StandbySide(Side):
                 log.exception("reconcile after a local change failed")
 
     async def _run(self) -> None:
-        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 due = time.monotonic() - self._last_full > self.cfg.sync.full_reconcile_s
@@ -278,16 +279,18 @@ class StandbySide(Side):
                     feed = await self._long_poll(wait)
                 except MalformedAnswer as exc:
                     self._feed_refused(exc.reason)
-                    await asyncio.sleep(backoff.next())
+                    await asyncio.sleep(self.retry.next())
                     continue
                 await self._apply_changes(feed)
-                backoff.reset()
+                self.retry.reset()
             except asyncio.CancelledError:
                 raise
             except PeerError as exc:
                 self.peer_failed(exc)
                 self._need_full = True
-                await asyncio.sleep(backoff.next())
+                # Until the next try, or the peer heard again (by the check): a wait grown in a long outage
+                # would leave the feed behind a recovered peer, its changes ageing there as lag.
+                await wait_or_stop(self._peer_back, self.retry.next())
             except Exception:
                 log.exception("standby loop error")
                 self._need_full = True
@@ -318,6 +321,7 @@ class StandbySide(Side):
             log.error("peer unavailable %s", kv(cause=exc.cause, error=exc.message))
         self.peer_error = exc
         self.in_sync = False
+        self._peer_back.clear()
         self._poll_abort.set()
 
     def _feed_refused(self, reason: str) -> None:
@@ -334,6 +338,7 @@ class StandbySide(Side):
         if self.peer_error is not None:
             log.info("peer available again %s", kv(peer=self.cfg.peer.name))
         self.peer_error = None
+        self._peer_back.set()
 
     # -- full reconcile (Merkle walk) --------------------------------------
     async def reconcile(self, progress: Progress | None = None, rescan_local: bool = False) -> SyncResult:
