@@ -1,0 +1,233 @@
+"""The OCF resource agent (packaging/ocf/hasync) against a real pair in external mode.
+
+Debian's `ocf-tester` (package resource-agents) runs every action of the agent for node-b of a pair
+whose node-a runs as a plain agent; the monitor's codes are checked in each state by running the
+agent directly, as Pacemaker's executor does (OCF_ROOT, OCF_RESKEY_* in the environment).
+The agents run as a plain user (the agent's `user` parameter), as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hamanagers import OCF_AGENT, external_mode, hasync_command, run, status_role
+from pairlib import PLAIN_USER, ROOT, PairEnv, cleanup_base, make_base, new_pair, wait_for
+from realprogs import program
+
+OCF_SUCCESS, OCF_ERR_GENERIC, OCF_ERR_CONFIGURED = 0, 1, 6
+OCF_NOT_RUNNING, OCF_RUNNING_PROMOTED, OCF_FAILED_PROMOTED = 7, 8, 9
+CALL_TIMEOUT_S = 8  # the agent's call_timeout: a hung hasync agent is seen within it
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@dataclass
+class OcfPair:
+    env: PairEnv
+    hasync: Path
+    pidfile: Path
+    instance: str
+
+    def ra_env(self, **extra: str) -> dict[str, str]:
+        e = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "OCF_ROOT": "/usr/lib/ocf",
+            "OCF_RESOURCE_INSTANCE": self.instance,
+            "OCF_RESKEY_config": str(self.env.pair.config_b),
+            "OCF_RESKEY_hasync": str(self.hasync),
+            "OCF_RESKEY_pidfile": str(self.pidfile),
+            "OCF_RESKEY_call_timeout": str(CALL_TIMEOUT_S),
+            "OCF_RESKEY_CRM_meta_timeout": "60000",
+        }
+        if ROOT:
+            e["OCF_RESKEY_user"] = PLAIN_USER
+        e.update(extra)
+        return e
+
+    def action(self, name: str, **extra: str) -> tuple[int, str]:
+        """Run one action of the agent for node-b; (exit code, its output)."""
+        if name == "monitor":
+            extra.setdefault("OCF_RESKEY_CRM_meta_interval", "10000")
+        r = run([str(OCF_AGENT), name], env=self.ra_env(**extra), timeout=120)
+        return r.returncode, r.stdout + r.stderr
+
+    def role(self, node: str) -> str | None:
+        return status_role(self.env.hasync("status", "--json", node=node).stdout)
+
+    def agent_pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+
+@pytest.fixture
+def ocf_pair() -> Iterator[OcfPair]:
+    """node-a active (external mode, `active` its initial value) running as a plain agent; node-b's
+    agent is left to the OCF agent. Whatever runs is stopped afterwards."""
+    program("ocf-tester")
+    base = make_base()
+    hasync = hasync_command()
+    env = new_pair(base, unprivileged=True)
+    for cfg in (env.pair.config_a, env.pair.config_b):
+        external_mode(cfg, active="node-a", peer_timeout_s=2)
+    env.chown_all()
+    env.a.start()
+    p = OcfPair(env, hasync, base / "ocf-b.pid", f"hasync-test-{os.getpid()}")
+    try:
+        yield p
+    finally:
+        if p.pidfile.exists():
+            pid = p.agent_pid()
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        env.stop()
+        cleanup_base(base)
+        shutil.rmtree(hasync.parent, ignore_errors=True)
+
+
+def test_ocf_tester_passes(ocf_pair: OcfPair) -> None:
+    p = ocf_pair
+    args = [program("ocf-tester"), "-n", p.instance]
+    for k, v in p.ra_env().items():
+        if k.startswith("OCF_RESKEY_") and not k.startswith("OCF_RESKEY_CRM_"):
+            args += ["-o", f"{k.removeprefix('OCF_RESKEY_')}={v}"]
+    t0 = time.monotonic()
+    r = run([*args, str(OCF_AGENT)], env=dict(os.environ, OCF_ROOT="/usr/lib/ocf"), timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "passed all tests" in out, out
+    assert time.monotonic() - t0 < 110, "ocf-tester took too long"
+    # It ends with stop: nothing left running, no pid file.
+    assert not p.pidfile.exists()
+    assert p.action("monitor")[0] == OCF_NOT_RUNNING
+    assert p.env.a.healthy()  # node-a's agent went through it all
+
+
+def test_monitor_codes_in_each_state(ocf_pair: OcfPair) -> None:
+    p = ocf_pair
+    env = p.env
+    # Not running: 7 (a probe too).
+    assert p.action("monitor")[0] == OCF_NOT_RUNNING
+    assert p.action("monitor", OCF_RESKEY_CRM_meta_interval="0")[0] == OCF_NOT_RUNNING
+    code, out = p.action("start")
+    assert code == OCF_SUCCESS, out
+    pid = p.agent_pid()
+    if ROOT:  # the agent runs as the `user` parameter says
+        assert os.stat(f"/proc/{pid}").st_uid == env.user[0]  # type: ignore[index]
+    # Started: standby, 0.
+    assert p.action("monitor")[0] == OCF_SUCCESS
+    assert p.role("b") == "standby"
+    env.src.joinpath("conf", "before-promote.yaml").write_text("a: 1\n")
+    env.chown_all()
+    env.wait_standby_in_sync()
+
+    # Promoted: 8, and node-a follows (standby).
+    code, out = p.action("promote")
+    assert code == OCF_SUCCESS, out
+    assert p.action("monitor")[0] == OCF_RUNNING_PROMOTED
+    assert p.role("b") == "active"
+    wait_for(lambda: p.role("a") == "standby", 30, interval=0.2, what="node-a to become standby")
+    assert p.action("promote")[0] == OCF_SUCCESS  # promoting a promoted instance succeeds
+
+    # Promoted but hung (SIGSTOP): 9, within the call timeout.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t = time.monotonic()
+        code, out = p.action("monitor")
+        assert code == OCF_FAILED_PROMOTED, out
+        assert "ocf-exit-reason:" in out and str(pid) in out, out
+        assert time.monotonic() - t < CALL_TIMEOUT_S + 10
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: p.action("monitor")[0] == OCF_RUNNING_PROMOTED, 30, interval=0.2, what="8 after SIGCONT")
+
+    # Demoted: 0.
+    code, out = p.action("demote")
+    assert code == OCF_SUCCESS, out
+    assert p.action("monitor")[0] == OCF_SUCCESS
+    assert p.role("b") == "standby"
+
+    # Stopped: 7, the agent gone within the stop's 10 s budget.
+    t = time.monotonic()
+    code, out = p.action("stop")
+    assert code == OCF_SUCCESS, out
+    assert time.monotonic() - t < 12
+    assert gone(pid)
+    assert p.action("monitor")[0] == OCF_NOT_RUNNING
+    assert p.action("stop")[0] == OCF_SUCCESS  # stopping a stopped instance succeeds
+
+
+def test_promote_refused_while_out_of_sync(ocf_pair: OcfPair) -> None:
+    """A standby that would lose data is not promoted: `hasync role set active` refuses, promote fails
+    with the reason, and the instance stays unpromoted."""
+    p = ocf_pair
+    env = p.env
+    code, out = p.action("start")
+    assert code == OCF_SUCCESS, out
+    env.wait_standby_in_sync()
+    junk = env.src / "conf" / "sed123"  # what a crashed `sed -i` leaves: size 0, mode 000
+    junk.touch()
+    junk.chmod(0)
+    env.chown_all()
+    wait_for(
+        lambda: env.hasync("check", "--failover").returncode == 1,
+        30,
+        interval=0.2,
+        what="node-b's failover verdict to be 'not safe'",
+    )
+    code, out = p.action("promote")
+    assert code == OCF_ERR_GENERIC, out
+    assert "ocf-exit-reason:" in out and "role set active" in out, out
+    assert p.action("monitor")[0] == OCF_SUCCESS
+    assert p.role("b") == "standby" and p.role("a") == "active"
+
+    # Once the junk file is gone the same promote goes through.
+    junk.unlink()
+    wait_for(lambda: env.hasync("check", "--failover").returncode == 0, 30, interval=0.2, what="verdict safe")
+    code, out = p.action("promote")
+    assert code == OCF_SUCCESS, out
+    assert p.action("monitor")[0] == OCF_RUNNING_PROMOTED
+    assert p.action("stop")[0] == OCF_SUCCESS
+
+
+def test_validate_all() -> None:
+    """validate-all: 0 with a readable config, 6 (not configured) without one, 5 without hasync."""
+    base = make_base()
+    hasync = hasync_command()
+    try:
+        cfg = base / "hasync.toml"
+        cfg.write_text("")
+        e = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "OCF_ROOT": "/usr/lib/ocf",
+            "OCF_RESKEY_hasync": str(hasync),
+        }
+        assert run([str(OCF_AGENT), "validate-all"], env={**e, "OCF_RESKEY_config": str(cfg)}).returncode == 0
+        r = run([str(OCF_AGENT), "validate-all"], env=e)
+        assert r.returncode == OCF_ERR_CONFIGURED and "ocf-exit-reason:" in r.stderr, r.stderr
+        r = run([str(OCF_AGENT), "validate-all"], env={**e, "OCF_RESKEY_config": str(base / "nosuch.toml")})
+        assert r.returncode == OCF_ERR_CONFIGURED, r.stderr
+        r = run(
+            [str(OCF_AGENT), "validate-all"],
+            env={**e, "OCF_RESKEY_config": str(cfg), "OCF_RESKEY_hasync": "/nonexistent/hasync"},
+        )
+        assert r.returncode == 5, r.stderr
+        r = run([str(OCF_AGENT), "no-such-action"], env=e)
+        assert r.returncode == 3
+    finally:
+        cleanup_base(base)
+        shutil.rmtree(hasync.parent, ignore_errors=True)
