@@ -4,6 +4,10 @@ Debian's `ocf-tester` (package resource-agents) runs every action of the agent f
 whose node-a runs as a plain agent; the monitor's codes are checked in each state by running the
 agent directly, as Pacemaker's executor does (OCF_ROOT, OCF_RESKEY_* in the environment).
 The agents run as a plain user (the agent's `user` parameter), as in production.
+
+The promotion score is set with Pacemaker's own crm_attribute (pacemaker-cli-utils), on a CIB file
+(`CIB_file`, Pacemaker's offline mode) that holds node-b: the tests read back what Pacemaker would
+promote by.
 """
 
 from __future__ import annotations
@@ -25,6 +29,19 @@ from realprogs import program
 OCF_SUCCESS, OCF_ERR_GENERIC, OCF_ERR_CONFIGURED = 0, 1, 6
 OCF_NOT_RUNNING, OCF_RUNNING_PROMOTED, OCF_FAILED_PROMOTED = 7, 8, 9
 CALL_TIMEOUT_S = 8  # the agent's call_timeout: a hung hasync agent is seen within it
+SCORE_ACTIVE, SCORE_SAFE, SCORE_UNSAFE = "1000", "100", "-INFINITY"
+
+
+def write_cib(path: Path, node: str) -> None:
+    """An empty CIB (cibadmin --empty) with `node` in it, online: crm_attribute can keep its
+    transient attributes (the promotion score) there."""
+    r = run([program("cibadmin"), "--empty"])
+    assert r.returncode == 0, r.stderr
+    cib = r.stdout.replace("<nodes/>", f'<nodes><node id="1" uname="{node}"/></nodes>')
+    state = f'<node_state id="1" uname="{node}" in_ccm="true" crmd="online" join="member" expected="member"/>'
+    cib = cib.replace("<status/>", f"<status>{state}</status>")
+    assert state in cib and f'uname="{node}"/></nodes>' in cib, cib
+    path.write_text(cib)
 
 
 def gone(pid: int) -> bool:
@@ -41,6 +58,7 @@ class OcfPair:
     hasync: Path
     pidfile: Path
     instance: str
+    cib: Path
 
     def ra_env(self, **extra: str) -> dict[str, str]:
         e = {
@@ -52,6 +70,8 @@ class OcfPair:
             "OCF_RESKEY_pidfile": str(self.pidfile),
             "OCF_RESKEY_call_timeout": str(CALL_TIMEOUT_S),
             "OCF_RESKEY_CRM_meta_timeout": "60000",
+            "OCF_RESKEY_CRM_meta_on_node": "node-b",
+            "CIB_file": str(self.cib),
         }
         if ROOT:
             e["OCF_RESKEY_user"] = PLAIN_USER
@@ -67,6 +87,11 @@ class OcfPair:
 
     def role(self, node: str) -> str | None:
         return status_role(self.env.hasync("status", "--json", node=node).stdout)
+
+    def score(self) -> str | None:
+        """node-b's promotion score for this resource, as Pacemaker reads it (None: not set)."""
+        r = run([program("crm_attribute"), "--promotion", "-G", "-q"], env=self.ra_env())
+        return r.stdout.strip() if r.returncode == 0 else None
 
     def agent_pid(self) -> int:
         return int(self.pidfile.read_text())
@@ -84,7 +109,8 @@ def ocf_pair() -> Iterator[OcfPair]:
         external_mode(cfg, active="node-a", peer_timeout_s=2)
     env.chown_all()
     env.a.start()
-    p = OcfPair(env, hasync, base / "ocf-b.pid", f"hasync-test-{os.getpid()}")
+    p = OcfPair(env, hasync, base / "ocf-b.pid", f"hasync-test-{os.getpid()}", base / "cib.xml")
+    write_cib(p.cib, "node-b")
     try:
         yield p
     finally:
@@ -107,12 +133,17 @@ def test_ocf_tester_passes(ocf_pair: OcfPair) -> None:
         if k.startswith("OCF_RESKEY_") and not k.startswith("OCF_RESKEY_CRM_"):
             args += ["-o", f"{k.removeprefix('OCF_RESKEY_')}={v}"]
     t0 = time.monotonic()
-    r = run([*args, str(OCF_AGENT)], env=dict(os.environ, OCF_ROOT="/usr/lib/ocf"), timeout=300)
+    r = run(
+        [*args, str(OCF_AGENT)],
+        env=dict(os.environ, OCF_ROOT="/usr/lib/ocf", CIB_file=str(p.cib), OCF_RESKEY_CRM_meta_on_node="node-b"),
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "passed all tests" in out, out
     assert time.monotonic() - t0 < 110, "ocf-tester took too long"
-    # It ends with stop: nothing left running, no pid file.
+    # It ends with stop: nothing left running, no pid file, no promotion score.
     assert not p.pidfile.exists()
+    assert p.score() is None
     assert p.action("monitor")[0] == OCF_NOT_RUNNING
     assert p.env.a.healthy()  # node-a's agent went through it all
 
@@ -128,18 +159,19 @@ def test_monitor_codes_in_each_state(ocf_pair: OcfPair) -> None:
     pid = p.agent_pid()
     if ROOT:  # the agent runs as the `user` parameter says
         assert os.stat(f"/proc/{pid}").st_uid == env.user[0]  # type: ignore[index]
-    # Started: standby, 0.
+    # Started: standby, 0; in sync, so a switchover to it loses nothing: promotable.
     assert p.action("monitor")[0] == OCF_SUCCESS
     assert p.role("b") == "standby"
     env.src.joinpath("conf", "before-promote.yaml").write_text("a: 1\n")
     env.chown_all()
     env.wait_standby_in_sync()
+    wait_for(lambda: p.action("monitor")[0] == OCF_SUCCESS and p.score() == SCORE_SAFE, 30, what="score 100")
 
     # Promoted: 8, and node-a follows (standby).
     code, out = p.action("promote")
     assert code == OCF_SUCCESS, out
     assert p.action("monitor")[0] == OCF_RUNNING_PROMOTED
-    assert p.role("b") == "active"
+    assert p.role("b") == "active" and p.score() == SCORE_ACTIVE
     wait_for(lambda: p.role("a") == "standby", 30, interval=0.2, what="node-a to become standby")
     assert p.action("promote")[0] == OCF_SUCCESS  # promoting a promoted instance succeeds
 
@@ -168,6 +200,7 @@ def test_monitor_codes_in_each_state(ocf_pair: OcfPair) -> None:
     assert time.monotonic() - t < 12
     assert gone(pid)
     assert p.action("monitor")[0] == OCF_NOT_RUNNING
+    assert p.score() is None
     assert p.action("stop")[0] == OCF_SUCCESS  # stopping a stopped instance succeeds
 
 
@@ -189,15 +222,22 @@ def test_promote_refused_while_out_of_sync(ocf_pair: OcfPair) -> None:
         interval=0.2,
         what="node-b's failover verdict to be 'not safe'",
     )
+    # The monitor makes it unpromotable: Pacemaker would not even try.
+    assert p.action("monitor")[0] == OCF_SUCCESS
+    assert p.score() == SCORE_UNSAFE
+    # Promoted all the same (e.g. by hand): hasync refuses, the promote fails with the reason.
     code, out = p.action("promote")
     assert code == OCF_ERR_GENERIC, out
     assert "ocf-exit-reason:" in out and "role set active" in out, out
     assert p.action("monitor")[0] == OCF_SUCCESS
     assert p.role("b") == "standby" and p.role("a") == "active"
+    assert p.score() == SCORE_UNSAFE
 
     # Once the junk file is gone the same promote goes through.
     junk.unlink()
     wait_for(lambda: env.hasync("check", "--failover").returncode == 0, 30, interval=0.2, what="verdict safe")
+    assert p.action("monitor")[0] == OCF_SUCCESS
+    assert p.score() == SCORE_SAFE
     code, out = p.action("promote")
     assert code == OCF_SUCCESS, out
     assert p.action("monitor")[0] == OCF_RUNNING_PROMOTED
