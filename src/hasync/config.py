@@ -91,8 +91,16 @@ class PeerSection(_Section):
 
 
 class RoleSection(_Section):
-    mode: Literal["static", "zookeeper"] = "static"
-    active: str | None = Field(None, description="static mode: the active node's name")
+    mode: Literal["static", "external", "zookeeper"] = Field(
+        "static",
+        description="static: roles change only by `hasync switchover`; external: an HA manager (keepalived, "
+        "Pacemaker) sets them with `hasync role set`",
+    )
+    active: str | None = Field(
+        None,
+        description="the initial active node's name (required in static mode; in external mode, without it "
+        "both nodes start as standby); the current role is kept in <state_dir>/role.json",
+    )
     hosts: str | None = Field(None, description="zookeeper mode: ZooKeeper hosts")
     path: str | None = Field(None, description="zookeeper mode: election path")
 
@@ -425,7 +433,10 @@ def load(path: str | os.PathLike[str]) -> Config:
             if getattr(sec, k)
         }
     )
-    if cfg.role.mode == "static" and cfg.role.active not in (cfg.node.name, cfg.peer.name):
+    if (cfg.role.mode == "static" or cfg.role.active is not None) and cfg.role.active not in (
+        cfg.node.name,
+        cfg.peer.name,
+    ):
         raise ConfigError(
             f"{cfg_path}: role.active: must name this node ({cfg.node.name!r}) or the peer ({cfg.peer.name!r})"
         )

@@ -224,6 +224,14 @@ class PeerAgentDown(PeerError):
     cause = Cause.PEER_AGENT_DOWN
 
 
+class StaleEpoch(PeerError):
+    """A fencing epoch refused (SPEC §10): data from an active of an older epoch than this node has
+    seen, or a request to an active that a newer epoch has superseded (it becomes standby)."""
+
+    code = "stale_epoch"
+    http_status = 409
+
+
 class PeerStarting(PeerAgentDown):
     """The peer's agent runs but is still scanning its sync dirs (it answers 503 `starting`)."""
 

@@ -14,17 +14,19 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from hasync.agent.guard import BACKLOG, HTTP_LOG, MAX_HEADERS, ConnectionGuard
-from hasync.agent.routes import alarms, collect, diagnose, replication, status
-from hasync.errors import ConfigError, HasyncError
+from hasync.agent.routes import alarms, collect, diagnose, replication, roles, status
+from hasync.errors import BadRequest, ConfigError, HasyncError, Starting
 from hasync.fsutil import StateLock
 from hasync.halog import Throttle, clip, kv
 from hasync.node import Node
+from hasync.roles.state import EPOCH_HEADER, ROLE_HEADER, parse_epoch, parse_role
 
 log = logging.getLogger("hasync.agent")
 
 STOP_TIMEOUT_S = 4.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ROUTES = (status, replication, alarms, diagnose, collect)  # each module's add_routes(app, node)
+ROUTES = (status, replication, alarms, diagnose, collect, roles)  # each module's add_routes(app, node)
+AUTHENTICATED = web.RequestKey("authenticated", bool)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -48,9 +50,10 @@ class Agent:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self.guard.middleware, self._errors, self._auth],
+            middlewares=[self.guard.middleware, self._errors, self._auth, self._fence],
             client_max_size=self.cfg.limits.max_body_bytes,
         )
+        app.on_response_prepare.append(self._stamp)
         for module in ROUTES:
             module.add_routes(app, self.node)
         return app
@@ -79,7 +82,30 @@ class Agent:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.cfg.token.encode()):
             self._log_rejected(request.remote or "?", "no token" if not header else "wrong token", request.path)
             return error_response(401, "auth_failed", "missing or wrong bearer token")
+        request[AUTHENTICATED] = True
         return await handler(request)
+
+    @web.middleware
+    async def _fence(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The epoch rules applied to the requesting peer's epoch and role (hasync.roles.state): a higher
+        epoch is adopted, and an active that a newer active asks is superseded (409 `stale_epoch`). While
+        the role object is being replaced, the replication routes answer 503 `starting`."""
+        node = self.node
+        raw = request.headers.get(EPOCH_HEADER)
+        if raw is not None:
+            try:
+                epoch, role = parse_epoch(raw), parse_role(request.headers.get(ROLE_HEADER))
+            except ValueError as exc:
+                raise BadRequest(f"{EPOCH_HEADER}/{ROLE_HEADER}: {exc}") from None
+            node.fence.heard(epoch, role, answer=False)
+        if node.fence.role != node.role.name and request.path in replication.PATHS:
+            raise Starting(f"{self.cfg.node.name} is changing its role to {node.fence.role}")
+        return await handler(request)
+
+    async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer to an authenticated request carries this node's epoch and role."""
+        if request.get(AUTHENTICATED):  # nothing told to who has not shown the token
+            response.headers.update(self.node.fence.headers())
 
     def _log_rejected(self, peer: str, reason: str, path: str) -> None:
         """The first rejected request per client and reason in full, then one count per limits.log_rate_s."""

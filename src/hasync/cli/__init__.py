@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from hasync import __version__
-from hasync.cli import agent, alarms, check, collect, demo, diagnose, status, sync
+from hasync.cli import agent, alarms, check, collect, demo, diagnose, roles, status, sync
 from hasync.cli.common import plugin_exit
 
 
@@ -52,3 +52,5 @@ def main() -> None:
 
 for _module in (agent, alarms, check, collect, demo, diagnose, status, sync):
     main.add_command(getattr(_module, _module.__name__.rpartition(".")[2]))
+main.add_command(roles.switchover)
+main.add_command(roles.role)

@@ -30,9 +30,11 @@ def status(config_path: str, as_json: bool) -> None:
 
 
 async def _status(cfg: Any) -> dict[str, Any]:
+    from hasync.clock import iso
     from hasync.errors import PeerAgentDown, PeerError
     from hasync.peer.client import AgentClient
-    from hasync.roles import node_role
+    from hasync.roles import provider
+    from hasync.roles.state import load as kept_role
 
     async with AgentClient(cfg.local_url(), cfg.token, cfg.peer.timeout_s, name="local") as local:
         try:
@@ -42,11 +44,15 @@ async def _status(cfg: Any) -> dict[str, Any]:
             return doc
         except PeerAgentDown:
             pass
-    role = node_role(cfg)
+    provider(cfg)  # an unsupported role mode: one line, exit 2
+    role = kept_role(cfg)
     doc = {
         "node": cfg.node.name,
         "hostname": cfg.node.hostname,
-        "role": role,
+        "role": role.role,
+        "epoch": role.epoch,
+        "role_since": iso(role.since),
+        "role_reason": role.reason,
         "peer": cfg.peer.name,
         "agent_running": False,
         "peer_reachable": None,
@@ -73,6 +79,11 @@ def _print(d: dict[str, Any]) -> None:
         return "unknown" if v is None else ("yes" if v else "no")
 
     click.echo(f"node        {d['node']} ({d['role']}){'' if d.get('agent_running') else '  -- agent NOT running'}")
+    if d.get("epoch") is not None:
+        click.echo(f"role        {d['role']} since {d.get('role_since') or '-'}, epoch {d['epoch']}")
+    aside = d.get("set_aside")
+    if aside:
+        click.echo(f"set aside   {aside['paths']} path(s) when demoted at {aside['at']}, in {aside['backup_dir']}")
     click.echo(f"peer        {d['peer']}  reachable: {yn(d.get('peer_reachable'))}")
     if d.get("peer_error"):
         click.echo(f"            {d['peer_error']['cause']}: {d['peer_error']['message']}")

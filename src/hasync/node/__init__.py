@@ -11,6 +11,8 @@ import asyncio
 import logging
 import re
 import socket
+import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -25,20 +27,26 @@ from hasync.check import Verdict, log_transition, run_periodic, timed, with_find
 from hasync.config import Config
 from hasync.diagnose import runner
 from hasync.diagnose.nodes import LocalNode
-from hasync.errors import PeerError, Starting
+from hasync.errors import Cause, PeerError, Starting
 from hasync.failover import Failover
 from hasync.halog import kv
 from hasync.keeper import AlarmKeeper
+from hasync.manifest import Tree
 from hasync.metrics import Metrics
 from hasync.node.role import Role
 from hasync.node.table import make_role
 from hasync.peer.client import AgentClient
 from hasync.peer.protocol import API, dec_status
-from hasync.roles import node_role
+from hasync.roles import Fence, provider
+from hasync.roles.state import role_path, save
 from hasync.urls import is_postgres_url
 
 # The agent's component in the HA log, as before the Node was taken out of the agent.
 log = logging.getLogger("hasync.agent")
+
+# Out of sync for these just after a role change: the change explains it (see Node.settling).
+SETTLE_CAUSES = (Cause.PEER_UNREACHABLE, Cause.PEER_AGENT_DOWN, Cause.UNKNOWN, Cause.SYNC_ERROR)
+SETTLE_MIN_S = 10.0
 
 
 def status_url(cfg: Config) -> str:
@@ -67,7 +75,16 @@ class Node:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.role: Role = make_role(node_role(cfg), cfg)
+        provider(cfg)  # an unsupported role mode stops here, before anything starts
+        self.fence = Fence(cfg)  # the kept role and epoch (hasync.roles.state), else the config's
+        self.fence.on_superseded = lambda state: self.follow_fence_soon()
+        self.role: Role = make_role(self.fence.role, cfg, self.fence)
+        self.role_changed_at: float | None = None  # monotonic: when the role object was last replaced
+        self._follow: asyncio.Task[None] | None = None
+        # Called with the old trees when this node stops being the active (hasync.node.switch lists
+        # what it sets aside); that list is kept here for the status document.
+        self.on_demoted: Callable[[dict[str, Tree | None], bool], None] | None = None
+        self.set_aside: dict[str, Any] | None = None
         self.started_at = clock.now()
         self.metrics = Metrics(self.role.side)
         self.auditor = Auditor(self.role.side, cfg.audit, cfg.node.name)
@@ -107,10 +124,24 @@ class Node:
             m.checks.labels(result="in_sync" if v.in_sync else "out_of_sync").inc()
             m.check_duration.observe(v.duration_s)
             m.check_cpu.set(v.cpu_s)
-            if self.keeper is not None:
+            if self.keeper is not None and self.settling(v):
+                log.info("role change settling, alarm not raised %s", kv(cause=v.cause, role=role.name))
+            elif self.keeper is not None:
                 alarm = await self.keeper.on_verdict(v, role.standby_hostname)
                 m.alarm_active.labels(alarm_id="45641").set(1 if alarm is not None else 0)
             return v
+
+    def settling(self, v: Verdict) -> bool:
+        """An out-of-sync verdict that the role change itself explains (SPEC §10: alarm 45641 is not
+        raised for it): within one check interval of the change, or while the role object is being
+        replaced, and with a cause the change brings (the peer away or starting, a difference in flight,
+        a refused epoch), not one of the files (junk, permissions, disk, a missing dir)."""
+        if v.in_sync or v.cause not in SETTLE_CAUSES:
+            return False
+        if self.fence.role != self.role.name:
+            return True
+        changed = self.role_changed_at
+        return changed is not None and time.monotonic() - changed < max(self.cfg.check.interval_s, SETTLE_MIN_S)
 
     def audit_doc(self, found: list[Finding]) -> dict[str, Any]:
         a = self.auditor
@@ -163,7 +194,12 @@ class Node:
     # -- the status document -------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """Who answers: the head of `/v1/status`, `/v1/info` and `/v1/collect/info`."""
-        return {"node": self.cfg.node.name, "hostname": self.cfg.node.hostname, "role": self.role.name}
+        return {
+            "node": self.cfg.node.name,
+            "hostname": self.cfg.node.hostname,
+            "role": self.role.name,
+            "epoch": self.fence.epoch,
+        }
 
     async def status_doc(self, brief: bool = False) -> dict[str, Any]:
         """`GET /v1/status`: this node, its role's view of the pair, and (unless `brief`, what a peer
@@ -173,6 +209,9 @@ class Node:
             "peer": self.cfg.peer.name,
             "agent_running": True,
             "started_at": clock.iso(self.started_at),
+            "role_since": clock.iso(self.fence.state.since),
+            "role_reason": self.fence.state.reason,
+            "set_aside": self.set_aside,
         }
         doc.update(await self.role.status(brief, self.last_verdict))
         if brief:
@@ -279,6 +318,8 @@ class Node:
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
         """The alarms, then the role (the active's first scan), then the role's tasks."""
+        if not role_path(self.cfg).exists():  # the initial role, kept: its `since` survives restarts
+            await asyncio.to_thread(save, self.cfg, self.fence.state)
         await self.open_alarms()
         await self.role.start()
         self._running = True
@@ -294,6 +335,8 @@ class Node:
         """End the node's and the role's tasks, stop the role's side and close its peer client."""
         self.stopping.set()
         self._running = False
+        if self._follow is not None:
+            self._tasks.append(self._follow)
         await _cancel([*self._tasks, *self._role_tasks])
         self._tasks.clear()
         self._role_tasks.clear()
@@ -313,7 +356,8 @@ class Node:
             old = self.role
             await _cancel(self._role_tasks)
             await old.stop()
-            self.role = new = make_role(name, self.cfg)
+            self.role = new = make_role(name, self.cfg, self.fence)
+            self.role_changed_at = time.monotonic()
             # A new auditor for the new side: a pass of the old one never compares against the new trees.
             self.auditor = Auditor(new.side, self.cfg.audit, self.cfg.node.name)
             self.metrics.follow(new.side)
@@ -325,3 +369,15 @@ class Node:
                 await new.start()
         if self._running:
             self._start_role_tasks()
+        if old.name == "active" and new.name == "standby" and self.on_demoted is not None:
+            self.on_demoted(dict(old.side.trees), old.side.with_owner)
+
+    def follow_fence_soon(self) -> None:
+        """Swap the role object for the one the fence now says (called when this active was superseded)."""
+        if self._follow is None or self._follow.done():
+            self._follow = asyncio.create_task(self.follow_fence(), name="follow-role")
+
+    async def follow_fence(self) -> None:
+        """Replace the role object until it is the kept role (which may change again meanwhile)."""
+        while self._running and self.role.name != self.fence.role:
+            await self.replace_role(self.fence.role)

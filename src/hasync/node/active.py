@@ -25,9 +25,9 @@ from hasync.errors import PeerError, Starting
 from hasync.failover import Failover, active_verdict
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
-from hasync.peer.client import AgentClient
 from hasync.replication.active import ActiveSide
 from hasync.roles.providers import RoleName
+from hasync.roles.state import Fence
 
 FAILOVER_FRESH_S = 1.0  # the active reuses its failover verdict this long (see ActiveRole.failover)
 
@@ -41,12 +41,10 @@ class ActiveRole(Role):
     side: ActiveSide
     check: ActiveCheck
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, fence: Fence) -> None:
+        super().__init__(cfg, fence)
         self.side = ActiveSide(cfg)
-        self.peer = AgentClient(
-            cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, cfg.limits.max_response_bytes
-        )
+        self.peer = self.client()
         self.check = ActiveCheck(self.side, self.peer, cfg.check.interval_s)
         self._failover: tuple[float, Failover] | None = None  # the last verdict and when (monotonic)
         self._failover_lock = asyncio.Lock()

@@ -20,6 +20,7 @@ from hasync.replication.active import ActiveSide
 from hasync.replication.base import Side
 from hasync.replication.standby import StandbySide
 from hasync.roles.providers import RoleName
+from hasync.roles.state import Fence
 
 
 class Check(Protocol):
@@ -59,8 +60,9 @@ class Role:
     check: Check
     peer: AgentClient
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, fence: Fence) -> None:
         self.cfg = cfg
+        self.fence = fence
         self.ready = False  # set once the side has started (the active has scanned its dirs)
 
     # -- life cycle ----------------------------------------------------------
@@ -82,6 +84,12 @@ class Role:
     async def close(self) -> None:
         """Close the peer client (a role that was never started has nothing else to stop)."""
         await self.peer.close()
+
+    def client(self) -> AgentClient:
+        """A client to the peer agent, fenced by this node's role and epoch."""
+        cfg = self.cfg
+        limit = cfg.limits.max_response_bytes
+        return AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, limit, fence=self.fence)
 
     # -- what the routes and the node ask --------------------------------------
     def serving(self) -> ActiveSide:

@@ -21,12 +21,13 @@ from typing import Any, ClassVar
 from hasync import clock
 from hasync.check import StandbyCheck, Verdict
 from hasync.config import Config
-from hasync.errors import PeerError
+from hasync.errors import PeerError, Starting
 from hasync.failover import Failover, StandbyState, from_check, standby_verdict
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
 from hasync.replication.standby import LONG_POLL_S, StandbySide
 from hasync.roles.providers import RoleName
+from hasync.roles.state import Fence
 
 
 @register
@@ -39,10 +40,10 @@ class StandbyRole(Role):
     side: StandbySide
     check: StandbyCheck
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.side = StandbySide(cfg)
-        self.peer = self.side.client
+    def __init__(self, cfg: Config, fence: Fence) -> None:
+        super().__init__(cfg, fence)
+        self.peer = self.client()
+        self.side = StandbySide(cfg, self.peer)
         self.check = StandbyCheck(self.side, cfg.check.interval_s)
 
     async def prepare_once(self) -> None:
@@ -82,6 +83,14 @@ class StandbyRole(Role):
 
     def pulling(self) -> StandbySide:
         return self.side
+
+    def info(self, owner: str | None, since: int | None) -> dict[str, Any]:
+        """The Merkle roots of this copy (no change feed: seq 0): a node asked to become active
+        compares its own with them when no node is active (`role set` in external mode)."""
+        if not self.ready:
+            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        side = self.side
+        return {"instance": "", "seq": 0, "roots": side.roots(), "with_owner": side.with_owner}
 
     async def status(self, brief: bool, last: Verdict | None) -> dict[str, Any]:
         side = self.side

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from hasync.errors import AuthFailed, MalformedAnswer, PeerAgentDown, PeerError, PeerStarting
+from hasync.errors import AuthFailed, MalformedAnswer, PeerAgentDown, PeerError, PeerStarting, StaleEpoch
 from hasync.peer.frames import FrameError, read_frames
 from hasync.peer.models import ChangeFeed, PeerInfo, PeerStatus
 from hasync.peer.protocol import API, F_DONE, MSGPACK, dec_changes, dec_info, dec_status, pack, unpack
 from hasync.peer.transport import AiohttpTransport, Response, Timeouts, Transport, map_exceptions
+from hasync.roles.state import EPOCH_HEADER, ROLE_HEADER, Fence, parse_epoch, parse_role
 
 MAX_RESPONSE_BYTES = 64 << 20  # limits.max_response_bytes' default: answers read whole (not file streams)
 MAX_ERROR_BYTES = 64 << 10  # an error answer's body: only its first 200 characters are shown
@@ -42,8 +43,13 @@ class AgentClient:
         name: str = "peer",
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         transport: Transport | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # The node's role and epoch (hasync.roles.state): sent with every request, and the peer's, in every
+        # answer, judged by its rules (a stale active's answer is refused, a newer active demotes this one).
+        # None for the CLI's clients: a command is no party to the epochs.
+        self.fence = fence
         self.name = name
         self.timeout_s = timeout_s
         self.max_response_bytes = max_response_bytes
@@ -83,13 +89,35 @@ class AgentClient:
         """One request, its answer's status checked (`check`); a transport failure, here or while the
         caller reads the body, is raised as its PeerError."""
         headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
+        if self.fence is not None:
+            headers = {**headers, **self.fence.headers()}
         with map_exceptions(self._where, self.timeout_s):
             async with self.transport.request(
                 method, path, params=params, body=body, headers=headers, timeouts=timeouts
             ) as resp:
+                if self.fence is not None:
+                    self._fenced(resp)
                 if check:
                     await self._check_response(resp)
                 yield resp
+
+    def _fenced(self, resp: Response) -> None:
+        """The epoch rules applied to the answer's epoch and role (StaleEpoch when they refuse it). An
+        answer without them (an agent of before epochs, a proxy's error page) is left to its status."""
+        assert self.fence is not None
+        raw, role = resp.headers.get(EPOCH_HEADER), resp.headers.get(ROLE_HEADER)
+        if raw is None or role is None:
+            return
+        try:
+            epoch, role = parse_epoch(raw), parse_role(role)
+        except ValueError as exc:
+            resp.close()
+            raise MalformedAnswer("epoch", str(exc)) from None
+        try:
+            self.fence.heard(epoch, role, answer=True)
+        except StaleEpoch:
+            resp.close()
+            raise
 
     async def _read_capped(self, resp: Response, path: str, limit: int | None = None) -> bytes:
         """The whole body of `resp`, refused (PeerError) past `limit` (default: max_response_bytes)
@@ -129,6 +157,8 @@ class AgentClient:
             raise PeerAgentDown(f"{self._where} is busy: it holds its maximum of connections")
         if resp.status == 401:
             raise AuthFailed(f"{self._where} rejected our token (HTTP 401)")
+        if resp.status == 409 and msg.startswith("stale_epoch:"):
+            raise StaleEpoch(f"{self._where}: {msg}")
         raise PeerError(f"{self._where}: HTTP {resp.status}: {msg}")
 
     async def request(

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import errno
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
@@ -49,6 +49,10 @@ class Response(Protocol):
 
     @property
     def content_length(self) -> int | None: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The answer's headers (case-insensitive names where the transport has them)."""
 
     # Declared as returning an awaitable (not `async def`): an implementation may hand out its stream's
     # own bound methods, as AiohttpResponse does.
@@ -159,6 +163,7 @@ class AiohttpResponse:
         self._resp = resp
         self.status = resp.status
         self.content_length = resp.content_length
+        self.headers: Mapping[str, str] = resp.headers
         self.read: Callable[[int], Awaitable[bytes]] = resp.content.read
         self.readexactly: Callable[[int], Awaitable[bytes]] = resp.content.readexactly
 
@@ -238,6 +243,7 @@ class MemoryResponse:
     status: int = 200
     body: bytes | AsyncIterable[bytes] = b""
     content_length: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[MemoryRequest], Awaitable[MemoryResponse]]
@@ -248,6 +254,7 @@ class MemoryBody:
 
     def __init__(self, resp: MemoryResponse, read_timeout_s: float | None) -> None:
         self.status = resp.status
+        self.headers = resp.headers
         body = resp.body
         if isinstance(body, bytes):
             self.content_length: int | None = len(body) if resp.content_length is None else resp.content_length

@@ -20,7 +20,8 @@ import secrets
 import stat
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 
 import blake3
 
@@ -80,6 +81,10 @@ class ActiveSide(Side):
         self._wake = asyncio.Event()
         self._rescan_lock = asyncio.Lock()
         self._stale: set[asyncio.Task[None]] = set()  # refreshes of entries a transfer found stale
+        # A switchover's freeze (`freeze`): until then, file-system events are held, not recorded.
+        self.frozen_until: float | None = None
+        self._held: set[str] = set()
+        self._thaw: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -93,6 +98,8 @@ class ActiveSide(Side):
         await self.rescan_all(initial=True)
 
     async def stop(self) -> None:
+        if self._thaw is not None:  # a node that stops (or becomes standby) drops what it held
+            self._thaw.cancel()
         await super().stop()
 
     async def _periodic_rescan(self) -> None:
@@ -101,6 +108,9 @@ class ActiveSide(Side):
     # -- keeping the trees current ----------------------------------------
     async def rescan_all(self, initial: bool = False, only: str | None = None) -> None:
         """Full rescan of every sync dir (or of the one named `only`); record what changed since the last look."""
+        if self.frozen and not initial:
+            self._held.update(str(d.path) for d in self.cfg.sync.dirs if only in (None, d.name))
+            return
         async with self._rescan_lock:
             touched = await self._rescan(initial, only)
         if touched:  # events that came during the scan, looked at against the new trees
@@ -161,6 +171,40 @@ class ActiveSide(Side):
             )
         except FileNotFoundError:
             return None
+
+    # -- the switchover's freeze -------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_until is not None and time.monotonic() < self.frozen_until
+
+    def freeze(self, ttl_s: float) -> None:
+        """Hold every change from now for `ttl_s` at most (a switchover's last sync gets a fixed target;
+        a promoter that dies half-way never leaves the active frozen): trees, seq and roots stay put,
+        file-system events wait. `thaw()` records them; a node that becomes standby drops them."""
+        self.frozen_until = time.monotonic() + ttl_s
+        if self._thaw is not None:
+            self._thaw.cancel()
+        loop = asyncio.get_running_loop()
+        self._thaw = loop.call_later(ttl_s, lambda: self._tasks.append(loop.create_task(self.thaw())))
+        log.info("changes frozen for a switchover %s", kv(seq=self.seq, ttl_s=f"{ttl_s:g}"))
+
+    async def thaw(self) -> None:
+        if self.frozen_until is None:
+            return
+        self.frozen_until = None
+        if self._thaw is not None:
+            self._thaw.cancel()
+            self._thaw = None
+        held, self._held = self._held, set()
+        log.info("changes thawed %s", kv(seq=self.seq, held=len(held)))
+        if held:
+            await self.refresh(held)
+
+    async def refresh(self, paths: Iterable[str | Path]) -> None:
+        if self.frozen:
+            self._held.update(map(str, paths))
+            return
+        await super().refresh(paths)
 
     # -- the change feed ---------------------------------------------------
     async def root_changed(self, d: SyncDir) -> None:
@@ -398,6 +442,3 @@ class ActiveSide(Side):
             for tree in self.trees.values():
                 if tree is not None:
                     tree.set_with_owner(with_owner)
-
-    def roots(self) -> dict[str, bytes | None]:
-        return {name: (t.root_hash() if t is not None else None) for name, t in self.trees.items()}

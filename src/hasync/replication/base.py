@@ -236,6 +236,10 @@ class Side:
                 return True
         return False
 
+    def roots(self) -> dict[str, bytes | None]:
+        """The Merkle root of each sync dir's tree (None: the dir does not exist)."""
+        return {name: (t.root_hash() if t is not None else None) for name, t in self.trees.items()}
+
     async def refresh(self, paths: Iterable[str | Path]) -> None:
         """Re-read the given absolute paths after file-system events."""
         todo: dict[tuple[str, str], SyncDir] = {}

@@ -365,3 +365,44 @@ def _entries(
             failures.refused(dir_name, reldir, raw_name, exc)
             refused.add(name)
     return want, refused
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One path where this node's copy is not the peer's: `missing` here, `differs` (content or kind),
+    `extra` (here only), `metadata` (mode, owner, mtime), `unreadable` (on the peer, so not copied);
+    `size`: the peer's, for a file it has."""
+
+    dir: str
+    path: str
+    what: str
+    size: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"dir": self.dir, "path": self.path, "what": self.what, "size": self.size}
+
+
+async def differences(
+    client: AgentClient, roots: dict[str, bytes | None], trees: dict[str, Tree | None], with_owner: bool
+) -> list[Difference]:
+    """What turning `trees` into the peer's (whose Merkle roots are `roots`) would change, found by the
+    Merkle walk and applied nowhere: what a forced switchover's new active lacks, what a demoted node
+    sets aside. A dir missing on one side is one difference at its root. PeerError when the peer fails."""
+    out: list[Difference] = []
+    for name, tree in sorted(trees.items()):
+        remote = roots.get(name)
+        if tree is None or remote is None:
+            if (tree is None) != (remote is None):
+                out.append(Difference(name, "", "missing" if tree is None else "extra"))
+            continue
+        if tree.root_hash() == remote:
+            continue
+        failures = Failures()
+        plan, sizes = await walk(client, name, tree, with_owner, failures)
+        out += [Difference(name, p, "differs" if tree.get(p) else "missing", sizes.get(p)) for p in plan.fetch]
+        out += [Difference(name, p, "differs" if tree.get(p) else "missing") for p, _ in plan.make]
+        out += [Difference(name, p, "metadata") for p, _ in plan.chmod]
+        out += [Difference(name, p, "extra") for p in plan.delete]
+        out += [Difference(name, p, "unreadable", e.size) for p, e in plan.errors]  # on the peer: not copied
+        out += [Difference(name, e.path, "differs") for e in failures.errors.values()]
+    return out

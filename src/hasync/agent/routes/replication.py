@@ -25,6 +25,10 @@ from hasync.peer.protocol import API, FRAMES, MSGPACK, dec_path, pack
 log = logging.getLogger("hasync.agent")
 
 
+# Answered by the role object: refused (503 starting) while it is being replaced (agent/app.py).
+PATHS = frozenset(f"{API}/{p}" for p in ("info", "tree", "changes", "files", "sync"))
+
+
 def add_routes(app: web.Application, node: Node) -> None:
     r = app.router
     r.add_get(f"{API}/info", partial(info, node))  # identity, role, change seq, Merkle roots
