@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,12 @@ def test_switchover_in_sync_swaps_roles_with_a_new_epoch_and_the_new_standby_pul
     assert [s["step"] for s in rep["steps"]][-1] == "serving"
     wait_for(lambda: roles(env) == ("standby", "active"), 20, what="roles swapped")
     assert status(env, "a")["epoch"] == 1 and status(env, "b")["epoch"] == 1
+    # Every step is in the HA log of both nodes: the promoter's, and the old active's hand-over part.
+    log_a, log_b = (env.pair.base / "logs" / n / "ha.log" for n in ("node-a", "node-b"))
+    text_b = log_b.read_text()
+    for step in ("start", "peer", "freeze", "last sync", "verify", "epoch kept", "peer told", "serving"):
+        assert re.search(rf'switchover step step="?{re.escape(step)}"? ', text_b), step
+    assert "handover step step=freeze" in log_a.read_text() and "handover step step=demote" in log_a.read_text()
     # A file written on the new active reaches the new standby.
     (env.dst / "conf" / "new.xml").write_text("<new/>")
     env.chown_all()
