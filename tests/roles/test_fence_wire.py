@@ -114,7 +114,7 @@ def test_the_agent_stamps_authenticated_answers_only_and_adopts_a_higher_epoch(t
             r = await http.get("/v1/status?brief=1", headers={**auth, EPOCH_HEADER: "7", ROLE_HEADER: "active"})
             assert r.status == 200 and r.headers[EPOCH_HEADER] == "7"
             assert node.fence.epoch == 7 and load(cfg).epoch == 7
-            for bad in ("-1", "1e3", "9" * 20, "７"):
+            for bad in ("-1", "1e3", "9" * 20, "\uff17"):
                 r = await http.get("/v1/status", headers={**auth, EPOCH_HEADER: bad, ROLE_HEADER: "active"})
                 assert r.status == 400 and (await r.json())["error"]["code"] == "bad_request"
             assert node.fence.epoch == 7
