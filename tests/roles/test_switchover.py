@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -108,3 +113,31 @@ def test_switchover_refused_while_a_junk_file_blocks_the_sync_then_allowed_and_f
     wait_for(lambda: roles(env) == ("active", "standby"), 20, what="roles swapped back")
     log = (env.pair.base / "logs" / "node-a" / "ha.log").read_text()
     assert "forced: the new active lacks" in log and "sedZZZZ" in log
+
+
+def test_force_on_a_terminal_asks_first_and_no_changes_nothing(make_pair: Callable[..., PairEnv]) -> None:
+    """`--force` needs confirmation on a terminal (issue 13): answered "n", nothing changes."""
+    env = started(make_pair)
+    main, sub = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hasync", "switchover", "--force", "-c", str(env.pair.config_b)],
+            stdin=sub,
+            stdout=sub,
+            stderr=sub,
+            cwd=env.pair.base,
+        )
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"Go on?" not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            ready, _, _ = select.select([main], [], [], 1.0)
+            if ready:
+                seen += os.read(main, 4096)
+        os.write(main, b"n\n")
+        assert proc.wait(30) == 1
+    finally:
+        os.close(main)
+        os.close(sub)
+    assert roles(env) == ("active", "standby")
+    assert status(env, "b")["epoch"] == 0
