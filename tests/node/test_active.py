@@ -18,6 +18,7 @@ from hasync.demo import write_pair
 from hasync.errors import Cause
 from hasync.node.active import ActiveRole
 from hasync.peer.protocol import dec_status
+from hasync.roles.state import Fence
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def cfg(tmp_path: Path) -> Config:
 
 @pytest.fixture
 def active(cfg: Config) -> Iterator[ActiveRole]:
-    role = ActiveRole(cfg)
+    role = ActiveRole(cfg, Fence(cfg))
     asyncio.run(role.close())  # its client is never used here; the side's first scan is not needed either
     role.ready = True
     yield role
@@ -121,13 +122,13 @@ def test_a_reachable_standby_has_no_peer_error(active: ActiveRole) -> None:
 
 
 def test_the_standby_hostname_is_configured_or_learned(cfg: Config) -> None:
-    role = ActiveRole(cfg)
+    role = ActiveRole(cfg, Fence(cfg))
     asyncio.run(role.close())
     assert role.standby_hostname is None
     role.check.learned_hostname = "standby-host"
     assert role.standby_hostname == "standby-host"
     named = cfg.model_copy(update={"peer": cfg.peer.model_copy(update={"hostname": "configured-host"})})
-    role = ActiveRole(named)
+    role = ActiveRole(named, Fence(named))
     asyncio.run(role.close())
     role.check.learned_hostname = "standby-host"
     assert role.standby_hostname == "configured-host"

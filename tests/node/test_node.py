@@ -71,7 +71,7 @@ def test_replace_role_makes_the_node_the_other_role(tmp_path: Path) -> None:
             with pytest.raises(WrongRole):
                 node.role.pulling()  # sync runs on the standby
 
-            await node.replace_role("standby")
+            await node.become("standby", 1, "test")
 
             assert role(node) == "standby"
             doc = await node.status_doc(brief=True)
@@ -81,7 +81,7 @@ def test_replace_role_makes_the_node_the_other_role(tmp_path: Path) -> None:
                 node.role.serving()
             with pytest.raises(WrongRole):
                 await node.role.changes("", 0, 0.0)
-            assert node.role.info(None, None) == {}
+            assert node.role.info(None, None)["seq"] == 0  # a standby's roots, no change feed
             assert node.keeper is not None and node.keeper.duty.owner and node.keeper.duty.name == "standby"
             assert node.keeper.peer is node.role.peer
             assert node.auditor.side is node.role.side
@@ -92,7 +92,7 @@ def test_replace_role_makes_the_node_the_other_role(tmp_path: Path) -> None:
             assert old_side.watcher_health().watched_dirs == 0
             assert node.role.side.watcher_health().state != "off"
 
-            await node.replace_role("active")
+            await node.become("active", 2, "test")
             assert role(node) == "active" and node.ready
             assert (await node.status_doc(brief=True))["role"] == "active"
             assert node.role.serving() is node.role.side
@@ -140,8 +140,8 @@ def test_switched_pair_replicates_the_other_way(tmp_path: Path) -> None:
             one = pair.data_b / "conf" / "one.txt"
             await until(lambda: one.exists() and one.read_text() == "from a\n", "node-b to fetch one.txt")
 
-            await node_a.replace_role("standby")
-            await node_b.replace_role("active")
+            await node_a.become("standby", 1, "test")
+            await node_b.become("active", 1, "test")
 
             (pair.data_b / "conf" / "two.txt").write_text("from b\n")
             two = pair.data_a / "conf" / "two.txt"

@@ -21,6 +21,7 @@ from hasync.node.table import make_role
 from hasync.replication.active import ActiveSide
 from hasync.replication.standby import StandbySide
 from hasync.roles import node_role
+from hasync.roles.state import Fence
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "hasync"
 ROLE_TYPES = {"Role", "ActiveRole", "StandbyRole", "Side", "ActiveSide", "StandbySide", "ActiveCheck", "StandbyCheck"}
@@ -46,7 +47,7 @@ def test_node_role_follows_the_provider(configs: tuple[Config, Config]) -> None:
 def test_the_table_holds_each_role_under_its_name(configs: tuple[Config, Config]) -> None:
     a, _ = configs
     assert ROLES == {"active": ActiveRole, "standby": StandbyRole}
-    active, standby = make_role("active", a), make_role("standby", a)
+    active, standby = make_role("active", a, Fence(a)), make_role("standby", a, Fence(a))
     assert isinstance(active, ActiveRole) and isinstance(active.side, ActiveSide)
     assert isinstance(active.check, ActiveCheck) and active.check.client is active.peer
     assert isinstance(standby, StandbyRole) and isinstance(standby.side, StandbySide)
@@ -60,7 +61,7 @@ def test_each_role_refuses_the_others_operations(configs: tuple[Config, Config])
     a, b = configs
 
     async def scenario() -> None:
-        active, standby = ActiveRole(a), StandbyRole(b)
+        active, standby = ActiveRole(a, Fence(a)), StandbyRole(b, Fence(b))
         with pytest.raises(WrongRole, match="node-b is the standby; ask the active node"):
             standby.serving()
         with pytest.raises(WrongRole):
@@ -68,7 +69,9 @@ def test_each_role_refuses_the_others_operations(configs: tuple[Config, Config])
         with pytest.raises(WrongRole, match="node-a is the active node: sync runs on the standby"):
             active.pulling()
         assert standby.pulling() is standby.side
-        assert standby.info("1", 0) == {}
+        # The standby's roots (for a node that becomes active when none is) wait for its first scan too.
+        with pytest.raises(Starting):
+            standby.info("1", 0)
         # The active's own operations wait for its first scan.
         with pytest.raises(Starting):
             active.serving()
@@ -99,7 +102,7 @@ def test_standby_once_has_no_grace(configs: tuple[Config, Config]) -> None:
     _, b = configs
 
     async def scenario() -> None:
-        standby = make_role("standby", b)
+        standby = make_role("standby", b, Fence(b))
         assert isinstance(standby, StandbyRole) and standby.check.grace_s > 0
         try:
             await standby.prepare_once()

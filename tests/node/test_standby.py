@@ -20,6 +20,7 @@ from hasync.errors import Cause, PeerUnreachable
 from hasync.node.standby import StandbyRole
 from hasync.peer.models import PeerInfo
 from hasync.peer.protocol import dec_info
+from hasync.roles.state import Fence
 
 LAST_SYNC = datetime(2026, 11, 25, 9, 0, tzinfo=UTC).timestamp()
 
@@ -54,7 +55,7 @@ def active_info(lag_s: float | None) -> dict[str, Any]:
 def standby(tmp_path: Path) -> Iterator[StandbyRole]:
     cfg = config.load(write_pair(tmp_path).config_b)
     ensure_dirs(cfg)
-    role = StandbyRole(cfg)
+    role = StandbyRole(cfg, Fence(cfg))
     yield role
     asyncio.run(role.close())
 

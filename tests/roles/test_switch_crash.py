@@ -31,9 +31,7 @@ def dead(agent: AgentProc) -> bool:
     return agent.proc is not None and agent.proc.poll() is not None
 
 
-@pytest.mark.parametrize(
-    ("node", "step"), [("b", s) for s in PROMOTER_STEPS] + [("a", s) for s in PEER_STEPS]
-)
+@pytest.mark.parametrize(("node", "step"), [("b", s) for s in PROMOTER_STEPS] + [("a", s) for s in PEER_STEPS])
 def test_kill_9_at_a_step_of_a_switchover_leaves_one_active_and_converges(
     make_pair: Callable[..., PairEnv], monkeypatch: pytest.MonkeyPatch, node: str, step: str
 ) -> None:

@@ -37,7 +37,7 @@ from hasync.node.role import Role
 from hasync.node.table import make_role
 from hasync.peer.client import AgentClient
 from hasync.peer.protocol import API, dec_status
-from hasync.roles import Fence, provider
+from hasync.roles import Fence, RoleName, provider
 from hasync.roles.state import role_path, save
 from hasync.urls import is_postgres_url
 
@@ -87,6 +87,7 @@ class Node:
         self.set_aside: dict[str, Any] | None = None
         self.started_at = clock.now()
         self.metrics = Metrics(self.role.side)
+        self.metrics.epoch.set_function(lambda: self.fence.epoch)
         self.auditor = Auditor(self.role.side, cfg.audit, cfg.node.name)
         self.metrics.watch_audit(self.auditor)
         self.last_verdict: Verdict | None = None
@@ -371,6 +372,11 @@ class Node:
             self._start_role_tasks()
         if old.name == "active" and new.name == "standby" and self.on_demoted is not None:
             self.on_demoted(dict(old.side.trees), old.side.with_owner)
+
+    async def become(self, role: RoleName, epoch: int, reason: str) -> None:
+        """Keep `role` at `epoch` (hasync.roles.state), then take it: the role object replaced."""
+        self.fence.set(role, epoch, reason)
+        await self.follow_fence()
 
     def follow_fence_soon(self) -> None:
         """Swap the role object for the one the fence now says (called when this active was superseded)."""

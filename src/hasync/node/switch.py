@@ -216,12 +216,12 @@ class Switch:
             self._log_lost(rep)
         epoch = node.fence.next_epoch()
         why = f"{rep.action}{' --force' if force else ''} from {self.cfg.peer.name}"
-        node.fence.set("active", epoch, why)
+        node.fence.set("active", epoch, why)  # kept first: from now on this node's word is the active's
         rep.step("epoch kept", epoch=epoch)
         if info is not None:  # an unreachable peer learns the epoch when it is next heard from
             rep.peer_told = await _quietly(peer, {"step": "demote", "epoch": epoch})
             rep.step("peer told", told=rep.peer_told)
-        await node.replace_role("active")
+        await node.follow_fence()
         rep.ok = True
         rep.reason = rep.reason if force and (rep.lost or not rep.lost_known) else None
         rep.step("serving", epoch=epoch, seconds=f"{time.monotonic() - rep.started:.3f}")
@@ -247,9 +247,7 @@ class Switch:
                 rep.ok, rep.reason = True, f"{self.cfg.node.name} is already standby"
             else:
                 new = node.fence.next_epoch() if epoch is None else epoch
-                node.fence.set("standby", new, why)
-                rep.step("epoch kept", epoch=new)
-                await node.follow_fence()
+                await node.become("standby", new, why)
                 rep.ok = True
                 rep.step("standby", epoch=new)
             rep.role, rep.epoch = node.fence.role, node.fence.epoch

@@ -1,0 +1,85 @@
+"""`hasync role set` ([role] mode = "external", issue 13): an HA manager's word, through the agent,
+with the epoch rules and the refusal of `switchover`; refused in static mode."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pairlib import PairEnv, wait_for
+
+INTERVAL = 2.0
+
+
+def external(env: PairEnv, initial: str | None) -> None:
+    for path in (env.pair.config_a, env.pair.config_b):
+        text = path.read_text().replace('mode = "static"', 'mode = "external"')
+        if initial is None:
+            text = "\n".join(line for line in text.splitlines() if not line.startswith("active =")) + "\n"
+        path.write_text(text)
+
+
+def status(env: PairEnv, node: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(env.hasync("status", "--json", node=node).stdout)
+    return doc
+
+
+def role_set(env: PairEnv, node: str, role: str, *flags: str) -> tuple[int, dict[str, Any]]:
+    r = env.hasync("role", "set", role, "--json", *flags, node=node)
+    assert r.stdout, r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_role_set_is_refused_in_static_mode(make_pair: Callable[..., PairEnv]) -> None:
+    env = make_pair(interval_s=INTERVAL)
+    env.a.start()
+    env.b.start()
+    r = env.hasync("role", "set", "active", node="b")
+    assert r.returncode == 1 and "switchover" in r.stderr and "\n" not in r.stderr.strip(), r.stderr
+    assert status(env, "b")["role"] == "standby"
+
+
+def test_external_mode_both_start_standby_then_the_ha_managers_word_moves_the_roles(
+    make_pair: Callable[..., PairEnv],
+) -> None:
+    env = make_pair(interval_s=INTERVAL, unprivileged=True)
+    external(env, None)
+    (env.src / "conf" / "a.xml").write_text("same")
+    (env.dst / "conf" / "a.xml").write_text("same")
+    for root in (env.src, env.dst):  # the same file on both: same content, mode and times
+        (root / "conf" / "a.xml").chmod(0o644)
+        os.utime(root / "conf" / "a.xml", ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    env.chown_all()
+    env.a.start()
+    env.b.start()
+    assert (status(env, "a")["role"], status(env, "b")["role"]) == ("standby", "standby")
+    code, rep = role_set(env, "a", "active")  # no active: the copies are compared as they are
+    assert code == 0 and rep["ok"] and rep["role"] == "active" and rep["epoch"] == 1, rep
+    (env.src / "conf" / "n.xml").write_text("n")
+    env.chown_all()
+    env.wait_in_sync(30)
+    assert status(env, "b")["epoch"] == 1
+    code, rep = role_set(env, "a", "active")
+    assert code == 0 and rep["ok"] and "already" in rep["reason"] and rep["epoch"] == 1
+    # keepalived moves the VIP: the old master is told backup, the new one master.
+    code, rep = role_set(env, "a", "standby")
+    assert code == 0 and rep["role"] == "standby" and rep["epoch"] == 2, rep
+    code, rep = role_set(env, "b", "active")
+    assert code == 0 and rep["ok"] and rep["epoch"] == 3, rep
+    wait_for(lambda: status(env, "a")["epoch"] == 3, 20, what="a to learn epoch 3")
+    (env.dst / "conf" / "from-b.xml").write_text("b")
+    env.chown_all()
+    env.wait_in_sync(30)
+    # A copy that differs is refused, with the paths; --force takes it, saying what it lacks.
+    junk = env.dst / "conf" / "sed0Junk"
+    junk.write_bytes(b"")
+    os.chmod(junk, 0)
+    env.chown_all()
+    code, rep = role_set(env, "a", "active")
+    assert code == 1 and not rep["ok"] and "sed0Junk" in rep["reason"], rep
+    assert status(env, "a")["role"] == "standby"
+    code, rep = role_set(env, "a", "active", "--force")
+    assert code == 0 and rep["ok"] and rep["forced"] and rep["lost"]["files"] == 1, rep
+    wait_for(lambda: status(env, "b")["role"] == "standby", 20, what="b to follow")
