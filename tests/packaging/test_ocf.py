@@ -291,6 +291,24 @@ def test_validate_all() -> None:
         shutil.rmtree(hasync.parent, ignore_errors=True)
 
 
+def test_start_leaves_a_persisted_active_unpromoted_and_a_lone_node_is_not_promoted() -> None:
+    """A node whose agent comes up active (here its initial role; after a crash, its persisted one) is
+    unpromoted once started, as OCF wants of every start. Alone (its peer down) it cannot know what it
+    lacks: not promotable, and a promote tried anyway is refused by hasync."""
+    with ocf_setup(plain_a=False) as p:
+        code, out = p.action("start", "a")
+        assert code == OCF_SUCCESS, out
+        assert "came up active" in out, out
+        assert p.role("a") == "standby"
+        assert p.action("monitor", "a")[0] == OCF_SUCCESS
+        assert p.score("a") == SCORE_UNSAFE
+        code, out = p.action("promote", "a")
+        assert code == OCF_ERR_GENERIC and "ocf-exit-reason:" in out, out
+        assert p.action("monitor", "a")[0] == OCF_SUCCESS
+        assert p.action("stop", "a")[0] == OCF_SUCCESS
+        assert p.score("a") is None and p.action("monitor", "a")[0] == OCF_NOT_RUNNING
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="issue 13, hasync core: with no active node (both standby: a cluster start, or Pacemaker's recovery "
