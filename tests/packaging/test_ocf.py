@@ -309,13 +309,6 @@ def test_start_leaves_a_persisted_active_unpromoted_and_a_lone_node_is_not_promo
         assert p.score("a") is None and p.action("monitor", "a")[0] == OCF_NOT_RUNNING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13, hasync core: with no active node (both standby: a cluster start, or Pacemaker's recovery "
-    "of the promoted instance: demote, stop, start) `hasync check --failover` says 'not safe' on both nodes even "
-    "when their copies are equal, so both scores are -INFINITY and Pacemaker promotes neither; `role set active` "
-    "itself accepts equal copies (docs/ha-managers.md, 'When no node is active')",
-)
 def test_both_nodes_under_pacemaker_always_have_a_promotable_node() -> None:
     """Both nodes under the OCF agent, as in a cluster: every started instance is unpromoted, so after
     a start, and after the recovery of the promoted instance, both are standby. With equal copies a
