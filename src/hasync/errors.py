@@ -224,6 +224,11 @@ class PeerAgentDown(PeerError):
     cause = Cause.PEER_AGENT_DOWN
 
 
+class PeerNotActive(PeerError):
+    """The peer answers, but says it is not the active node (cause sync_error): no node is active, or
+    the two nodes disagree on which one is."""
+
+
 class StaleEpoch(PeerError):
     """A fencing epoch refused (SPEC §10): data from an active of an older epoch than this node has
     seen, or a request to an active that a newer epoch has superseded (it becomes standby)."""
