@@ -224,9 +224,10 @@ class PeerAgentDown(PeerError):
     cause = Cause.PEER_AGENT_DOWN
 
 
-class PeerNotActive(PeerError):
-    """The peer answers, but says it is not the active node (cause sync_error): no node is active, or
-    the two nodes disagree on which one is."""
+class PeerWrongRole(PeerError):
+    """The peer answers, but not in the role this node needs (cause sync_error): it is not the active
+    node, or it refused a call as the wrong role (409 `wrong_role`): no node is active, or the two nodes
+    disagree on which one is."""
 
 
 class StaleEpoch(PeerError):

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from hasync import clock
 from hasync.check import StandbyCheck, Verdict
 from hasync.config import Config
-from hasync.errors import PeerError, PeerNotActive, Starting
+from hasync.errors import PeerError, PeerWrongRole, Starting
 from hasync.failover import Failover, StandbyState, from_check, standby_verdict
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
@@ -58,7 +58,7 @@ class StandbyRole(Role):
 
     async def failover(self, last: Verdict | None) -> Failover:
         side = self.side
-        if isinstance(side.peer_error, PeerNotActive) and not side.errors and await self._peer_is_an_equal_standby():
+        if isinstance(side.peer_error, PeerWrongRole) and not side.errors and await self._peer_is_an_equal_standby():
             # No node is active (both set standby by an HA manager): this copy loses nothing if it is
             # the peer's, as `role set active` finds before it promotes (hasync.node.switch).
             return standby_verdict(StandbyState(True, 0, 0, 0, None, None, 0.0, self.max_silence_s, None))
