@@ -352,7 +352,7 @@ class StandbySide(Side):
                 if not info.is_active:
                     raise PeerError(
                         f"{self.cfg.peer.name} is not the active node (it says {info.role or None!r}): "
-                        f"the two configs disagree on [role] active"
+                        f"the two nodes disagree on which one is active (hasync status on both)"
                     )
             except PeerError as exc:
                 self.peer_failed(exc)
