@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,34 +176,69 @@ def race_role_set_active(env: PairEnv) -> dict[str, Any]:
     "demote) until the peer timeout; both answer ok/active at the same epoch, then both are demoted: no active",
 )
 def test_role_set_active_on_both_nodes_at_once_leaves_exactly_one_active(make_pair: Callable[..., PairEnv]) -> None:
-    """Two HA managers (or one confused one) say MASTER on both nodes at the same moment. Tried until
-    both promotions pass their `peer` step before either takes its epoch (a few tries)."""
+    """Two HA managers (or one confused one) say MASTER on both nodes at the same moment, again and again:
+    at most one is told "active", and that one is the pair's only active. (The race, both promotions past
+    their `peer` step before either keeps its epoch, is hit about one try in four.)"""
     env = make_pair(interval_s=INTERVAL)
     external(env, None)
     short_timeouts(env)
     env.a.start()
     env.b.start()
-    for _ in range(60):
+    for _ in range(40):
         for agent in (env.a, env.b):
             assert api(agent, "POST", "/v1/role", {"role": "standby"})[0] == 200
         wait_for(lambda: roles(env) == ("standby", "standby"), 20, what="both standby")
         out = race_role_set_active(env)
-        if all(d.get("ok") and d.get("role") == "active" for d in out.values()):
-            break
-    else:
-        pytest.skip("the race was not hit")  # never seen: it is hit within a few tries
-    # Both managers were told "you are active, epoch N"; the pair must end with exactly one active.
-    epochs = {n: d["epoch"] for n, d in out.items()}
-    seen: list[tuple[str, str]] = []
+        told = sorted(n for n, d in out.items() if d.get("ok") and d.get("role") == "active")
+        seen: list[tuple[str, str]] = []
+        try:
+            assert len(told) <= 1, f"both told active: {json.dumps(out)}"
+            wait_for(partial(settled, env, told, seen), 15, what="the roles the answers said")
+        except AssertionError:
+            raise AssertionError(f"told active: {told}; roles now (a, b): {seen[-1] if seen else None}") from None
 
-    def one_active() -> bool:
-        seen.append(roles(env))
-        return sorted(seen[-1]) == ["active", "standby"]
 
+def settled(env: PairEnv, told: list[str], seen: list[tuple[str, str]]) -> bool:
+    """The active nodes now are exactly `told` (their names' last letters); each look is added to `seen`."""
+    seen.append(roles(env))
+    return [n for n, r in zip("ab", seen[-1], strict=True) if r == "active"] == told
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="roles/state.py Fence.heard: a stale active adopts the higher epoch of a standby's request and stays "
+    "active; its answers then pass the standby's fence, which takes its older tree over the newer term's work",
+)
+def test_a_stale_active_never_serves_its_older_tree_to_a_standby_of_a_newer_epoch(
+    make_pair: Callable[..., PairEnv],
+) -> None:
+    """a is cut off (SIGSTOP); b is made active alone (epoch 1), its service writes, then the manager
+    makes b standby (epoch 2). a comes back, still active at epoch 0: it missed epoch 1's term, so its
+    tree is older than b's; it must not become the tree b pulls."""
+    env = make_pair(interval_s=INTERVAL)
+    external(env, "node-a")
+    short_timeouts(env)
+    (env.src / "conf" / "f.xml").write_text("v1")
+    env.a.start()
+    env.b.start()
+    env.wait_standby_in_sync()
+    assert env.a.proc is not None
+    env.a.proc.send_signal(signal.SIGSTOP)
     try:
-        wait_for(one_active, 15, what="exactly one active")
+        code, rep = run_json(env, "b", "role", "set", "active", "--force")
+        assert code == 0 and rep["epoch"] == 1, rep
+        (env.dst / "conf" / "f.xml").write_text("b-term")
+        code, rep = run_json(env, "b", "role", "set", "standby")
+        assert code == 0 and rep["epoch"] == 2, rep
+    finally:
+        env.a.proc.send_signal(signal.SIGCONT)
+    try:
+        wait_for(lambda: status(env, "a")["role"] == "standby", 15, what="the stale active to yield")
     except AssertionError:
-        raise AssertionError(f"answers said active at epochs {epochs}; roles now (a, b): {seen[-1]}") from None
+        doc = status(env, "a")
+        raise AssertionError(
+            f"a: {doc['role']} at epoch {doc['epoch']}; b's f.xml now: {(env.dst / 'conf' / 'f.xml').read_text()!r}"
+        ) from None
 
 
 # -- role.json that cannot be written -------------------------------------------------------------------
@@ -530,7 +566,8 @@ def test_an_old_active_superseded_while_it_starts_becomes_a_working_standby(
     make_pair: Callable[..., PairEnv],
 ) -> None:
     """The old active's agent was down during a forced switchover; it restarts (its hash cache gone, so
-    its first scan takes seconds) and the new active's check reaches it during that scan."""
+    its first scan takes seconds) and the new active's check reaches it during that scan (the request is
+    sent here, with b's epoch and role, so that it surely comes during the scan)."""
     env = make_pair(interval_s=INTERVAL)
     short_timeouts(env)
     (env.src / "conf" / "f.xml").write_text("v1")
@@ -546,7 +583,10 @@ def test_an_old_active_superseded_while_it_starts_becomes_a_working_standby(
     code, rep = run_json(env, "b", "switchover", "--force")
     assert code == 0 and rep["ok"], rep
     shutil.rmtree(state_dir(env, "a") / "manifests")  # a's next scan hashes everything again
-    env.a.start()
+    env.a.start(wait=False)
+    wait_for(env.a.healthy, 30, interval=0.005, what="a's listener")
+    # What the new active's check sends (its epoch and role), while a still scans.
+    api(env.a, "GET", "/v1/status?brief=1", headers={"Hasync-Epoch": "1", "Hasync-Role": "active"})
     (env.dst / "conf" / "from-b.xml").write_text("b")
     try:
         wait_for(lambda: (env.src / "conf" / "from-b.xml").exists(), 30, what="the old active to pull")
@@ -554,3 +594,43 @@ def test_an_old_active_superseded_while_it_starts_becomes_a_working_standby(
         doc = status(env, "a")
         raise AssertionError(f"a: role {doc['role']}, epoch {doc['epoch']}, {doc['role_reason']}") from None
     assert status(env, "a")["role"] == "standby"
+
+
+def test_a_switchover_during_the_standbys_initial_sync_loses_nothing(make_pair: Callable[..., PairEnv]) -> None:
+    """The standby has just started and is still copying everything when the switchover is asked."""
+    env = make_pair(interval_s=INTERVAL)
+    for i in range(400):
+        (env.src / "conf" / f"f{i:03d}.xml").write_bytes(bytes([i % 251]) * 65536)
+    env.a.start()
+    env.b.start(wait=False)
+    wait_for(env.b.healthy, 30, interval=0.005, what="b's listener")
+    code, rep = run_json(env, "b", "switchover")
+    if code == 0:
+        assert rep["ok"] and rep["role"] == "active", rep
+        wait_for(lambda: roles(env) == ("standby", "active"), 20, what="roles swapped")
+        for i in range(400):  # the new active has everything the old one had
+            assert (env.dst / "conf" / f"f{i:03d}.xml").read_bytes() == bytes([i % 251]) * 65536
+    else:
+        assert not rep["ok"] and rep["reason"], rep
+        assert roles(env) == ("active", "standby")
+    env.wait_in_sync(60)
+
+
+def test_two_switchovers_at_once_from_both_nodes_leave_one_active(make_pair: Callable[..., PairEnv]) -> None:
+    """An operator on each node runs `hasync switchover` at the same moment."""
+    env = started(make_pair)
+    out: dict[str, Any] = {}
+    barrier = threading.Barrier(2)
+
+    def go(node: str, agent: AgentProc) -> None:
+        barrier.wait()
+        out[node] = api(agent, "POST", "/v1/switchover", {"force": False})[1]
+
+    threads = [threading.Thread(target=go, args=(n, ag)) for n, ag in (("a", env.a), ("b", env.b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    wait_for(lambda: sorted(roles(env)) == ["active", "standby"], 20, what="exactly one active")
+    (env.src if roles(env)[0] == "active" else env.dst).joinpath("conf", "after.xml").write_text("after")
+    env.wait_in_sync(30)
