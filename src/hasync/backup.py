@@ -15,6 +15,8 @@ from hasync.errors import PathRefused
 from hasync.fsutil import DirFds, atomic_file_at, validate_relpath
 
 STAMP = "%Y%m%d%H%M%S"
+# In a set that pruning never removes: it holds what a demoted node set aside (its unsynced work).
+PINNED = ".hasync-set-aside"
 
 
 @dataclass
@@ -63,10 +65,19 @@ class BackupSets:
         self.prune()
         return path
 
+    def set_aside(self, reason: str) -> Path:
+        """Start a new set now and pin it: the versions a demoted node replaces go there and are never
+        pruned (the operator removes the set once merged). Returns the set."""
+        self._current = None
+        path = self.current()
+        (path / PINNED).write_text(reason + "\n", encoding="utf-8")  # a marker: its content is for people
+        return path
+
     def prune(self, keep: int | None = None) -> list[Path]:
-        """Remove the oldest sets beyond `keep` (default max_copies); never the newest."""
+        """Remove the oldest sets beyond `keep` (default max_copies); never the newest, never a pinned
+        one (`set_aside`), which does not count either."""
         keep = max(1, self.max_copies if keep is None else keep)
-        sets = self.sets()
+        sets = [s for s in self.sets() if not (s / PINNED).exists()]
         removed = []
         for old in sets[: max(0, len(sets) - keep)]:
             shutil.rmtree(old, ignore_errors=True)

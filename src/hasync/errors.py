@@ -9,11 +9,14 @@
     ├── LockHeld                exit 1: another process writes this node's state
     ├── WrongRole               HTTP 409: the request is for the other role
     ├── Starting                HTTP 503: the agent has not finished starting
+    ├── SwitchRefused           HTTP 409: a role change refused before it started
     ├── StoreError              exit 1, HTTP 503: the alarm store cannot be opened, read or written
     │   └── StoreUnavailable    its database failed (connect, lock, damage): the agent goes on without it
     ├── NotifyError             HTTP 502: a notifier could not deliver (the dispatcher retries)
     └── PeerError               exit 1, HTTP 502: talking to the peer agent failed
         ├── MalformedAnswer     the peer answered, not as the protocol says (sync_error)
+        ├── PeerWrongRole       the peer answered, not in the role this node needs (sync_error)
+        ├── StaleEpoch          HTTP 409: a fencing epoch refused (sync_error)
         ├── PeerUnreachable     the peer host does not answer
         ├── PeerAgentDown       the host answers, the agent does not
         │   └── PeerStarting    the agent answers 503 `starting`
@@ -171,6 +174,13 @@ class LockHeld(HasyncError):
 
 class WrongRole(HasyncError):
     code = "wrong_role"
+    http_status = 409
+
+
+class SwitchRefused(HasyncError):
+    """A role change refused before it started: `role set` in static mode, a bad request."""
+
+    code = "refused"
     http_status = 409
 
 

@@ -25,9 +25,6 @@ def pair_cfg(tmp_path: Path, node: str = "b") -> Config:
     return cfg
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Fence.heard: an active that hears a higher epoch from a standby adopts it and stays active"
-)
 def test_an_active_that_hears_a_higher_epoch_from_a_standby_stops_being_active(tmp_path: Path) -> None:
     """Issue 13: "an active that meets a peer with a higher epoch stops serving and becomes standby".
     In a pair, a peer holding a higher epoch than this active took part in a role change this node
@@ -46,9 +43,6 @@ def test_an_active_that_hears_a_higher_epoch_from_a_standby_stops_being_active(t
     assert load(cfg).role == "standby" and told
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Fence.set keeps an epoch above MAX_EPOCH: role.json then refuses to load, the agent to start"
-)
 def test_an_epoch_pushed_to_the_maximum_never_leaves_an_unloadable_role_file(tmp_path: Path) -> None:
     """A peer (or anyone with the token) sends `Hasync-Epoch: 9007199254740991`, which parses: the node
     adopts it. The next role change takes MAX_EPOCH + 1 and keeps it; the file then fails `load`
@@ -82,11 +76,6 @@ def test_parse_epoch_refuses_non_ascii_signed_and_oversized_values(raw: str) -> 
         parse_epoch(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fetch.differences walks only the dirs in `trees`: a dir the local side has not scanned "
-    "(or lacks in its dict) is no difference, so an unscanned standby 'equals' any peer",
-)
 def test_differences_reports_a_dir_the_local_trees_do_not_hold() -> None:
     """`Switch._promote` compares `dict(side.trees)` with the peer's roots and calls `differences` when
     they differ. Before the standby's first scan its trees are `{}`: the walk loops over nothing and

@@ -101,11 +101,6 @@ def started(make_pair: Callable[..., PairEnv], **kw: Any) -> PairEnv:
 # -- without the token --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/app.py Agent._auth/_fence: the public paths (/healthz, /v1/failover) pass the epoch middleware "
-    "unauthenticated: anyone who reaches the port demotes the active and pushes its epoch",
-)
 @pytest.mark.parametrize("path", [b"/healthz", b"/v1/failover"])
 def test_an_unauthenticated_request_cannot_demote_the_active(make_pair: Callable[..., PairEnv], path: bytes) -> None:
     env = make_pair(interval_s=60)
@@ -122,17 +117,13 @@ def test_an_unauthenticated_request_cannot_demote_the_active(make_pair: Callable
 # -- two actives --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="roles/state.py Fence.heard: two actives at the same epoch (forced takeovers on both sides of a "
-    "partition) never resolve: equal epochs are ignored",
-)
 def test_forced_takeovers_on_both_sides_of_a_partition_do_not_leave_two_actives(
     make_pair: Callable[..., PairEnv],
 ) -> None:
-    """keepalived split brain: each side, alone, is told MASTER and runs `role set active --force`. Each
-    takes epoch 0 + 1 = 1 (the other's epoch is unknown). When the link is back they must end with one
-    active (or none, for the manager to decide), never two that both stay active."""
+    """keepalived split brain: each side, alone, is told MASTER and runs `role set active --force`. The
+    other's epoch is unknown, so each takes the next one of its own parity (a: 2, b: 1): never the same.
+    When the link is back they must end with one active (or none, for the manager to decide), never two
+    that both stay active."""
     env = make_pair(interval_s=INTERVAL)
     external(env, None)
     short_timeouts(env)
@@ -142,7 +133,7 @@ def test_forced_takeovers_on_both_sides_of_a_partition_do_not_leave_two_actives(
     env.b.start()
     env.b.stop()  # the partition: each side alone
     code, rep = run_json(env, "a", "role", "set", "active", "--force")
-    assert code == 0 and rep["epoch"] == 1, rep
+    assert code == 0 and rep["epoch"] == 2, rep
     env.a.stop()
     env.b.start()
     code, rep = run_json(env, "b", "role", "set", "active", "--force")
@@ -170,11 +161,6 @@ def race_role_set_active(env: PairEnv) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/switch.py Switch.promote/demote: two promotions at once deadlock on each other's lock (handover "
-    "demote) until the peer timeout; both answer ok/active at the same epoch, then both are demoted: no active",
-)
 def test_role_set_active_on_both_nodes_at_once_leaves_exactly_one_active(make_pair: Callable[..., PairEnv]) -> None:
     """Two HA managers (or one confused one) say MASTER on both nodes at the same moment, again and again:
     at most one is told "active", and that one is the pair's only active. (The race, both promotions past
@@ -204,17 +190,12 @@ def settled(env: PairEnv, told: list[str], seen: list[tuple[str, str]]) -> bool:
     return [n for n, r in zip("ab", seen[-1], strict=True) if r == "active"] == told
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="roles/state.py Fence.heard: a stale active adopts the higher epoch of a standby's request and stays "
-    "active; its answers then pass the standby's fence, which takes its older tree over the newer term's work",
-)
 def test_a_stale_active_never_serves_its_older_tree_to_a_standby_of_a_newer_epoch(
     make_pair: Callable[..., PairEnv],
 ) -> None:
     """a is cut off (SIGSTOP); b is made active alone (epoch 1), its service writes, then the manager
-    makes b standby (epoch 2). a comes back, still active at epoch 0: it missed epoch 1's term, so its
-    tree is older than b's; it must not become the tree b pulls."""
+    makes b standby (epoch 3, b's next of its parity). a comes back, still active at epoch 0: it missed
+    epoch 1's term, so its tree is older than b's; it must not become the tree b pulls."""
     env = make_pair(interval_s=INTERVAL)
     external(env, "node-a")
     short_timeouts(env)
@@ -229,7 +210,7 @@ def test_a_stale_active_never_serves_its_older_tree_to_a_standby_of_a_newer_epoc
         assert code == 0 and rep["epoch"] == 1, rep
         (env.dst / "conf" / "f.xml").write_text("b-term")
         code, rep = run_json(env, "b", "role", "set", "standby")
-        assert code == 0 and rep["epoch"] == 2, rep
+        assert code == 0 and rep["epoch"] == 3, rep
     finally:
         env.a.proc.send_signal(signal.SIGCONT)
     try:
@@ -252,11 +233,6 @@ def unwritable_role_file(env: PairEnv, node: str) -> None:
     path.mkdir()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="roles/state.py Fence.set/heard: an old active that cannot keep its demotion stays active in memory "
-    "(every request then fails 500) while the new active serves: two actives",
-)
 def test_an_old_active_that_cannot_keep_its_demotion_still_stops_being_active(
     make_pair: Callable[..., PairEnv],
 ) -> None:
@@ -268,11 +244,6 @@ def test_an_old_active_that_cannot_keep_its_demotion_still_stops_being_active(
     wait_for(lambda: status(env, "a")["role"] == "standby", 15, what="the old active to stop being active")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/switch.py Switch._promote: an error that is not a PeerError after the freeze (here role.json "
-    "unwritable) leaves the peer frozen up to 30 s and answers 500, not a refusal",
-)
 def test_a_promotion_that_cannot_keep_its_epoch_is_refused_cleanly_and_thaws_the_active(
     make_pair: Callable[..., PairEnv],
 ) -> None:
@@ -301,11 +272,6 @@ def set_aside_paths(env: PairEnv, node: str) -> set[str]:
     return {p["path"] for p in aside.get("listed", [])}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/switch.py Switch._report_set_aside: its loop ends without a report when the epoch moves on "
-    "(role set standby, then the peer's role set active): the set-aside files are never listed",
-)
 def test_role_set_standby_then_the_peer_promoted_lists_what_was_set_aside(make_pair: Callable[..., PairEnv]) -> None:
     """keepalived's failover in external mode: the old master is told BACKUP (`role set standby`), the new
     one MASTER (`role set active --force`: the old one had work the standby never got)."""
@@ -331,11 +297,6 @@ def test_role_set_standby_then_the_peer_promoted_lists_what_was_set_aside(make_p
     wait_for(lambda: "unsynced.xml" in set_aside_paths(env, "a"), 15, what="status set_aside to list unsynced.xml")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/__init__.py replace_role/on_demoted: the set-aside list is made from the frozen trees, so a file "
-    "the service wrote on the active during the freeze is set aside unlisted (and not in the report's lost)",
-)
 def test_a_file_written_on_the_active_during_the_freeze_is_listed_somewhere(
     make_pair: Callable[..., PairEnv],
 ) -> None:
@@ -396,11 +357,6 @@ def test_a_stale_actives_unsynced_version_is_kept_even_if_its_backup_set_already
     assert b"a-late" in kept, kept
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/switch.py Switch._promote + fetch.differences: with no active, the Merkle walk asks the standby "
-    "peer's /v1/tree, which answers wrong_role: the refusal says 'the peer cannot be asked', never the paths",
-)
 def test_role_set_active_with_no_active_and_differing_copies_is_refused_with_the_paths(
     make_pair: Callable[..., PairEnv],
 ) -> None:
@@ -420,11 +376,6 @@ def test_role_set_active_with_no_active_and_differing_copies_is_refused_with_the
 # -- a promotion before the agent has scanned its copy -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/switch.py Switch._promote: not refused while the node's first scan runs; its trees are {} and "
-    "fetch.differences walks none, so 'verify equal' promotes a copy that differs",
-)
 def test_role_set_active_while_the_agent_still_scans_its_copy_is_not_a_blind_promotion(
     make_pair: Callable[..., PairEnv],
 ) -> None:
@@ -482,15 +433,17 @@ def test_a_handover_demote_below_the_nodes_epoch_is_refused_and_the_active_stays
 ) -> None:
     env = make_pair(interval_s=60)
     env.a.start()
-    # A standby's higher epoch is adopted by the active (see test_hostile_fence for why it should not stay).
-    code, _, headers = api(env.a, "GET", "/v1/status?brief=1", headers={"Hasync-Epoch": "5", "Hasync-Role": "standby"})
-    assert code == 200 and headers["Hasync-Epoch"] == "5"
-    code, body, headers = api(env.a, "POST", "/v1/handover", {"step": "demote", "epoch": 3})
+    env.b.start()
+    env.wait_standby_in_sync()
+    for node in ("a", "b"):  # to b (epoch 1) and back to a (epoch 2)
+        code, rep = run_json(env, node, "switchover")
+        assert code == 0 and rep["ok"], rep
+    code, body, _ = api(env.a, "POST", "/v1/handover", {"step": "demote", "epoch": 1})
     assert code == 409 and body["error"]["code"] == "stale_epoch", body
     code, body, _ = api(env.a, "POST", "/v1/handover", {"step": "demote", "epoch": 0})
     assert code == 400, body
     doc = status(env, "a")
-    assert (doc["role"], doc["epoch"]) == ("active", 5)
+    assert (doc["role"], doc["epoch"]) == ("active", 2)
 
 
 def alarms(env: PairEnv, node: str) -> list[dict[str, Any]]:
@@ -515,11 +468,6 @@ def test_a_real_fault_right_after_a_switchover_still_raises_45641(make_pair: Cal
     assert any("sed9Qq1z" in json.dumps(a) for a in found), found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backup.py BackupSets.prune: the set holding a demoted node's set-aside work is pruned like any other "
-    "after max_copies newer sets: the unsynced work is lost after ordinary churn",
-)
 def test_the_set_aside_work_survives_later_backup_sets(make_pair: Callable[..., PairEnv]) -> None:
     env = make_pair(interval_s=INTERVAL)
     short_timeouts(env)
@@ -557,11 +505,6 @@ def test_the_set_aside_work_survives_later_backup_sets(make_pair: Callable[..., 
     assert b"a-late" in backed_up(env, "a").get("conf/f.xml", []), backed_up(env, "a")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/__init__.py Node.follow_fence: a node superseded during its start (_running still False) never "
-    "swaps its role object: it neither serves (503) nor pulls, and settling() hides the alarm for ever",
-)
 def test_an_old_active_superseded_while_it_starts_becomes_a_working_standby(
     make_pair: Callable[..., PairEnv],
 ) -> None:

@@ -56,19 +56,19 @@ def test_external_mode_both_start_standby_then_the_ha_managers_word_moves_the_ro
     env.b.start()
     assert (status(env, "a")["role"], status(env, "b")["role"]) == ("standby", "standby")
     code, rep = role_set(env, "a", "active")  # no active: the copies are compared as they are
-    assert code == 0 and rep["ok"] and rep["role"] == "active" and rep["epoch"] == 1, rep
+    assert code == 0 and rep["ok"] and rep["role"] == "active" and rep["epoch"] == 2, rep
     (env.src / "conf" / "n.xml").write_text("n")
     env.chown_all()
     env.wait_in_sync(30)
-    assert status(env, "b")["epoch"] == 1
+    assert status(env, "b")["epoch"] == 2
     code, rep = role_set(env, "a", "active")
-    assert code == 0 and rep["ok"] and "already" in rep["reason"] and rep["epoch"] == 1
+    assert code == 0 and rep["ok"] and "already" in rep["reason"] and rep["epoch"] == 2
     # keepalived moves the VIP: the old master is told backup, the new one master.
     code, rep = role_set(env, "a", "standby")
-    assert code == 0 and rep["role"] == "standby" and rep["epoch"] == 2, rep
+    assert code == 0 and rep["role"] == "standby" and rep["epoch"] == 4, rep  # node-a takes even epochs
     code, rep = role_set(env, "b", "active")
-    assert code == 0 and rep["ok"] and rep["epoch"] == 3, rep
-    wait_for(lambda: status(env, "a")["epoch"] == 3, 20, what="a to learn epoch 3")
+    assert code == 0 and rep["ok"] and rep["epoch"] == 5, rep  # node-b odd ones
+    wait_for(lambda: status(env, "a")["epoch"] == 5, 20, what="a to learn epoch 5")
     (env.dst / "conf" / "from-b.xml").write_text("b")
     env.chown_all()
     env.wait_in_sync(30)

@@ -86,7 +86,7 @@ def test_set_keeps_before_it_takes_effect_and_never_goes_back(tmp_path: Path) ->
     with pytest.raises(StaleEpoch):
         fence.set("standby", 2, "older")
     assert (load(cfg).role, load(cfg).epoch) == ("active", 3)
-    assert fence.next_epoch(peer_epoch=9) == 10 and fence.next_epoch() == 4
+    assert fence.next_epoch(peer_epoch=9) == 11 and fence.next_epoch() == 5  # node-b: odd epochs
 
 
 def test_an_active_that_hears_a_newer_active_becomes_standby_at_its_epoch(tmp_path: Path) -> None:
@@ -95,8 +95,8 @@ def test_an_active_that_hears_a_newer_active_becomes_standby_at_its_epoch(tmp_pa
     told: list[RoleState] = []
     fence.on_superseded = told.append
     fence.heard(0, "standby", answer=True)  # the same epoch: nothing
-    fence.heard(2, "standby", answer=False)  # a standby's higher epoch: adopted, still active
-    assert (fence.role, fence.epoch) == ("active", 2) and not told
+    fence.heard(0, "active", answer=True)  # an active at the same epoch, whose name sorts last: a stays
+    assert (fence.role, fence.epoch) == ("active", 0) and not told
     with pytest.raises(StaleEpoch):
         fence.heard(3, "active", answer=True)
     assert (fence.role, fence.epoch) == ("standby", 3)
@@ -104,7 +104,35 @@ def test_an_active_that_hears_a_newer_active_becomes_standby_at_its_epoch(tmp_pa
     fence.set("active", 4, "test")
     fence.heard(5, "active", answer=False)  # a newer active's request: served, by a standby now
     assert (fence.role, fence.epoch) == ("standby", 5)
-    assert [(s.role, s.epoch) for s in told] == [("standby", 3), ("standby", 5)]
+    fence.set("active", 6, "test")
+    fence.heard(7, "standby", answer=False)  # any newer epoch ends this active's term, a standby's too
+    assert (fence.role, fence.epoch) == ("standby", 7)
+    assert [(s.role, s.epoch) for s in told] == [("standby", 3), ("standby", 5), ("standby", 7)]
+
+
+def test_two_actives_at_one_epoch_the_name_that_sorts_last_yields(tmp_path: Path) -> None:
+    fence = Fence(pair_cfg(tmp_path, "b"))
+    fence.set("active", 4, "test")
+    with pytest.raises(StaleEpoch):
+        fence.heard(4, "active", answer=True)
+    assert (fence.role, fence.epoch) == ("standby", 4)
+
+
+def test_epochs_a_node_takes_alone_never_equal_the_peers(tmp_path: Path) -> None:
+    a, b = Fence(pair_cfg(tmp_path, "a")), Fence(pair_cfg(tmp_path, "b"))
+    for mine, peer in [(0, 0), (1, 0), (0, 5), (7, 7), (2**53 - 3, 0)]:
+        a.state = b.state = RoleState("standby", mine, 0.0, "")
+        assert a.next_epoch(peer) % 2 == 0 and b.next_epoch(peer) % 2 == 1
+        assert min(a.next_epoch(peer), b.next_epoch(peer)) > max(mine, peer)
+
+
+def test_an_epoch_past_the_largest_is_never_kept(tmp_path: Path) -> None:
+    cfg = pair_cfg(tmp_path, "a")
+    fence = Fence(cfg)
+    fence.set("standby", 2**53 - 1, "test")
+    with pytest.raises(StaleEpoch):
+        fence.set("active", fence.next_epoch(), "test")
+    assert load(cfg).epoch == 2**53 - 1
 
 
 def test_a_standby_refuses_the_answers_of_an_active_of_an_older_epoch(tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ class Agent:
         the role object is being replaced, the replication routes answer 503 `starting`."""
         node = self.node
         raw = request.headers.get(EPOCH_HEADER)
-        if raw is not None:
+        # Only the peer's word counts: the public routes' requests (no token) never move an epoch.
+        if raw is not None and request.get(AUTHENTICATED):
             try:
                 epoch, role = parse_epoch(raw), parse_role(request.headers.get(ROLE_HEADER))
             except ValueError as exc:

@@ -13,7 +13,9 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from hasync import clock
@@ -69,6 +71,17 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     tasks.clear()
 
 
+@dataclass(frozen=True)
+class Demoted:
+    """What a node that stopped being the active had: its trees, the paths its freeze held (changed,
+    not yet looked at: `(dir, rel)`), and the pinned backup set its replaced versions go to."""
+
+    trees: dict[str, Tree | None]
+    with_owner: bool
+    held: list[tuple[str, str]]
+    backup_set: Path | None
+
+
 class Node:
     """One node: config, role, check recorder (last verdict, one check at a time), alarm keeper,
     store and dispatcher, auditor and metrics; started and stopped as one."""
@@ -81,9 +94,9 @@ class Node:
         self.role: Role = make_role(self.fence.role, cfg, self.fence)
         self.role_changed_at: float | None = None  # monotonic: when the role object was last replaced
         self._follow: asyncio.Task[None] | None = None
-        # Called with the old trees when this node stops being the active (hasync.node.switch lists
-        # what it sets aside); that list is kept here for the status document.
-        self.on_demoted: Callable[[dict[str, Tree | None], bool], None] | None = None
+        # Called when this node stops being the active (hasync.node.switch lists what it sets aside);
+        # that list is kept here for the status document.
+        self.on_demoted: Callable[[Demoted], None] | None = None
         self.set_aside: dict[str, Any] | None = None
         self.started_at = clock.now()
         self.metrics = Metrics(self.role.side)
@@ -325,6 +338,7 @@ class Node:
         await self.role.start()
         self._running = True
         self._start_role_tasks()
+        await self.follow_fence()  # superseded while it started (its first scan): the role it holds now
 
     def _start_role_tasks(self) -> None:
         if self.cfg.audit.enabled:
@@ -359,6 +373,16 @@ class Node:
             await old.stop()
             self.role = new = make_role(name, self.cfg, self.fence)
             self.role_changed_at = time.monotonic()
+            demoted: Demoted | None = None
+            if old.name == "active" and new.name == "standby":
+                # The versions the new standby replaces are this node's unsynced work: a pinned set.
+                why = f"set aside when {self.cfg.node.name} became standby at epoch {self.fence.epoch}"
+                try:
+                    aside: Path | None = await asyncio.to_thread(new.pulling().backups.set_aside, why)
+                except OSError as exc:
+                    aside = None
+                    log.error("cannot start the set-aside backup set %s", kv(error=exc.strerror or exc))
+                demoted = Demoted(dict(old.side.trees), old.side.with_owner, old.side.held_paths(), aside)
             # A new auditor for the new side: a pass of the old one never compares against the new trees.
             self.auditor = Auditor(new.side, self.cfg.audit, self.cfg.node.name)
             self.metrics.follow(new.side)
@@ -370,8 +394,8 @@ class Node:
                 await new.start()
         if self._running:
             self._start_role_tasks()
-        if old.name == "active" and new.name == "standby" and self.on_demoted is not None:
-            self.on_demoted(dict(old.side.trees), old.side.with_owner)
+        if demoted is not None and self.on_demoted is not None:
+            self.on_demoted(demoted)
 
     async def become(self, role: RoleName, epoch: int, reason: str) -> None:
         """Keep `role` at `epoch` (hasync.roles.state), then take it: the role object replaced."""

@@ -34,15 +34,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hasync import clock
-from hasync.errors import BadRequest, HasyncError, PeerError
+from hasync.errors import BadRequest, HasyncError, PeerError, PeerWrongRole, Starting, SwitchRefused, WrongRole
 from hasync.halog import kv
-from hasync.manifest import Tree
-from hasync.node import Node
+from hasync.node import Demoted, Node
 from hasync.peer.client import AgentClient
 from hasync.peer.models import PeerInfo
 from hasync.peer.protocol import API
 from hasync.replication.fetch import Difference, differences
 from hasync.roles import provider
+from hasync.roles.state import role_path
 
 log = logging.getLogger("hasync.switch")
 
@@ -53,13 +53,6 @@ FREEZE_TTL_S = 30.0  # a promoter that dies half-way never leaves the active fro
 MAX_LISTED = 100  # paths listed in a report and in the HA log (the count and bytes are whole)
 SET_ASIDE_RETRY_S = 2.0
 SWITCH_TIMEOUT_S = 900.0  # a forwarded switchover: the standby's last sync may move many files
-
-
-class SwitchRefused(HasyncError):
-    """A role change refused (static mode and `role set`, a bad request): 409."""
-
-    code = "refused"
-    http_status = 409
 
 
 @dataclass
@@ -177,6 +170,8 @@ class Switch:
             rep.ok, rep.reason = True, f"{self.cfg.node.name} is already active"
             return
         side = node.role.pulling()
+        if not node.ready:  # its copy is not known yet: nothing to compare (keepalived at boot)
+            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
         peer = node.role.peer
         rep.step("start", force=force, epoch=node.fence.epoch)
         info: PeerInfo | None = None
@@ -184,10 +179,17 @@ class Switch:
         try:
             info = await peer.peer_info(owner=self.cfg.is_root)
             rep.step("peer", role=info.role or None)
-            if info.is_active:
-                await peer.json("POST", f"{API}/handover", {"step": "freeze", "ttl_s": FREEZE_TTL_S})
-                frozen = True
-                rep.step("freeze", ttl_s=FREEZE_TTL_S)
+            # The peer's part: the active freezes its changes; a standby only says it is not promoting
+            # itself now. A peer that is promoting itself refuses both (409): then so does this node.
+            step = "freeze" if info.is_active else "claim"
+            try:
+                await peer.json("POST", f"{API}/handover", {"step": step, "ttl_s": FREEZE_TTL_S})
+            except PeerWrongRole as exc:
+                rep.reason = f"{self.cfg.peer.name} is changing its own role: {exc.message}"
+                rep.step("refused", reason=rep.reason)
+                return
+            frozen = info.is_active
+            rep.step(step, ttl_s=FREEZE_TTL_S)
             if info.is_active:
                 result = await side.reconcile()
                 rep.step("last sync", in_sync=result.in_sync, files=result.files, bytes=result.bytes)
@@ -216,7 +218,15 @@ class Switch:
             self._log_lost(rep)
         epoch = node.fence.next_epoch()
         why = f"{rep.action}{' --force' if force else ''} from {self.cfg.peer.name}"
-        node.fence.set("active", epoch, why)  # kept first: from now on this node's word is the active's
+        try:
+            node.fence.set("active", epoch, why)  # kept first: from now on this node's word is the active's
+        except (OSError, HasyncError) as exc:
+            if frozen:
+                await _quietly(peer, {"step": "thaw"})
+            text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            rep.ok, rep.reason = False, f"cannot keep the new epoch in {role_path(self.cfg)}: {text}"
+            rep.step("refused", reason=rep.reason)
+            return
         rep.step("epoch kept", epoch=epoch)
         if info is not None:  # an unreachable peer learns the epoch when it is next heard from
             rep.peer_told = await _quietly(peer, {"step": "demote", "epoch": epoch})
@@ -258,6 +268,11 @@ class Switch:
         """The peer's steps of a promotion it runs: freeze, thaw, demote."""
         node = self.node
         log.info("handover step %s", kv(step=step, node=self.cfg.node.name, asked_by=self.cfg.peer.name))
+        if step in ("freeze", "claim") and self._lock.locked():
+            # Both nodes promoting themselves at once: both refuse, and neither becomes active.
+            raise WrongRole(f"{self.cfg.node.name} is changing its own role now")
+        if step == "claim":
+            return {"ok": True}
         if step in ("freeze", "thaw"):
             side = node.role.serving()
             if step == "freeze":
@@ -274,33 +289,38 @@ class Switch:
         raise SwitchRefused(f"unknown handover step {step!r:.40}")
 
     # -- what a demoted node set aside ------------------------------------------------
-    def _demoted(self, old_trees: dict[str, Tree | None], with_owner: bool) -> None:
+    def _demoted(self, old: Demoted) -> None:
         if self._set_aside_task is not None:
             self._set_aside_task.cancel()
-        self._set_aside_task = asyncio.create_task(self._report_set_aside(old_trees, with_owner), name="set-aside")
+        self._set_aside_task = asyncio.create_task(self._report_set_aside(old), name="set-aside")
 
-    async def _report_set_aside(self, old: dict[str, Tree | None], with_owner: bool) -> None:
+    async def _report_set_aside(self, old: Demoted) -> None:
         """Once an active answers, list where the old copy differed from it: each such old version goes
         into a backup set as the standby replaces it."""
         node = self.node
         epoch = node.fence.epoch
-        while node.fence.role == "standby" and node.fence.epoch == epoch:
+        while node.fence.role == "standby":  # until an active answers, whatever epochs pass meanwhile
             peer = node.role.peer
             try:
                 info = await peer.peer_info(owner=self.cfg.is_root)
                 if info.is_active:
-                    diffs = await differences(peer, dict(info.roots), old, with_owner)
+                    diffs = await differences(peer, dict(info.roots), old.trees, old.with_owner)
                     break
             except PeerError:
                 pass
             await asyncio.sleep(SET_ASIDE_RETRY_S)
         else:
             return
-        kept = [d for d in diffs if d.what in ("differs", "extra", "metadata")]
+        kept = [d for d in diffs if d.what in ("differs", "extra", "metadata")]  # those this node had
+        listed = {(d.dir, d.path) for d in kept}
+        # Changed while the freeze held its events: not in the old trees, set aside all the same.
+        kept += [
+            Difference(name, rel, "changed during the hand-over") for name, rel in old.held if (name, rel) not in listed
+        ]
         node.set_aside = {
             "at": clock.iso(clock.now()),
             "epoch": epoch,
-            "backup_dir": str(self.cfg.backup.dir),
+            "backup_dir": str(old.backup_set or self.cfg.backup.dir),
             "paths": len(kept),
             "listed": [d.as_json() for d in kept[:MAX_LISTED]],
         }

@@ -389,8 +389,8 @@ async def differences(
     Merkle walk and applied nowhere: what a forced switchover's new active lacks, what a demoted node
     sets aside. A dir missing on one side is one difference at its root. PeerError when the peer fails."""
     out: list[Difference] = []
-    for name, tree in sorted(trees.items()):
-        remote = roots.get(name)
+    for name in sorted(trees.keys() | roots.keys()):  # a dir only one side knows differs too
+        tree, remote = trees.get(name), roots.get(name)
         if tree is None or remote is None:
             if (tree is None) != (remote is None):
                 out.append(Difference(name, "", "missing" if tree is None else "extra"))

@@ -147,14 +147,28 @@ class Fence:
         return {EPOCH_HEADER: str(self.state.epoch), ROLE_HEADER: self.state.role}
 
     def set(self, role: RoleName, epoch: int, reason: str) -> RoleState:
-        """Take `role` at `epoch` (never lower than the current one), kept before it is used."""
+        """Take `role` at `epoch` (never lower than the current one, at most MAX_EPOCH), kept before it
+        is used. A standby state that cannot be kept (a full or read-only state dir) is taken all the
+        same, with an ERROR: giving up the active role is the safe direction, and a node restarted on
+        its old kept "active" yields again when it hears the newer epoch. Becoming active is refused
+        (OSError) when it cannot be kept."""
         with self._lock:
             if epoch < self.state.epoch:
                 raise StaleEpoch(f"epoch {epoch} is older than this node's epoch {self.state.epoch}")
+            if epoch > MAX_EPOCH:
+                raise StaleEpoch(f"epoch {epoch} is past the largest epoch {MAX_EPOCH}")
             if (role, epoch) == (self.state.role, self.state.epoch):
                 return self.state
             new = RoleState(role, epoch, clock.now() if role != self.state.role else self.state.since, reason)
-            save(self.cfg, new)
+            try:
+                save(self.cfg, new)
+            except OSError as exc:
+                if role == "active":
+                    raise
+                log.error(
+                    "cannot keep the role, taken in memory only %s",
+                    kv(path=role_path(self.cfg), role=role, epoch=epoch, error=exc.strerror or exc),
+                )
             old, self.state = self.state, new
         log.info(
             "role kept %s",
@@ -162,9 +176,16 @@ class Fence:
         )
         return new
 
+    @property
+    def parity(self) -> int:
+        """The parity of the epochs this node takes (0 for the name that sorts first): two nodes that
+        each change role alone (forced, on both sides of a partition) never take the same epoch."""
+        return 0 if self.cfg.node.name < self.cfg.peer.name else 1
+
     def next_epoch(self, peer_epoch: int = 0) -> int:
-        """The epoch of a new role change: above this node's and the peer's."""
-        return max(self.state.epoch, peer_epoch) + 1
+        """The epoch of a role change this node makes: above this node's and the peer's, of its parity."""
+        epoch = max(self.state.epoch, peer_epoch) + 1
+        return epoch if epoch % 2 == self.parity else epoch + 1
 
     def heard(self, epoch: int, peer_role: str, answer: bool) -> None:
         """Apply the epoch rules to the peer's `epoch` and role. `answer`: it came with an answer to this
@@ -172,9 +193,12 @@ class Fence:
         call it answered was made as the active), not with a request the peer sent (served)."""
         mine = self.state
         peer = self.cfg.peer.name
-        if epoch > mine.epoch:
-            if mine.role == "active" and peer_role == "active":
-                new = self.set("standby", epoch, f"superseded: {peer} is active at epoch {epoch}")
+        # Two actives at one epoch (not made by this protocol, whose epochs differ by parity): the node
+        # whose name sorts last yields, so that the pair never stays with two.
+        tie = epoch == mine.epoch and mine.role == "active" and peer_role == "active" and peer < self.cfg.node.name
+        if epoch > mine.epoch or tie:
+            if mine.role == "active":  # any newer epoch: this node's term is over, whatever the peer is now
+                new = self.set("standby", epoch, f"superseded: {peer} is {peer_role} at epoch {epoch}")
                 log.warning(
                     "this node is the active no more %s",
                     kv(node=self.cfg.node.name, peer=peer, peer_epoch=epoch, was_epoch=mine.epoch),
@@ -184,8 +208,8 @@ class Fence:
                 if not answer:  # a request of the new active (its hand-over, its check): served as standby
                     return
                 raise StaleEpoch(
-                    f"{self.cfg.node.name} was active at epoch {mine.epoch}; {peer} is active at epoch {epoch}: "
-                    f"{self.cfg.node.name} becomes standby"
+                    f"{self.cfg.node.name} was active at epoch {mine.epoch}; {peer} is {peer_role} at epoch "
+                    f"{epoch}: {self.cfg.node.name} becomes standby"
                 )
             self.set(mine.role, epoch, f"epoch {epoch} learned from {peer} ({peer_role})")
         elif answer and epoch < mine.epoch and peer_role == "active" and mine.role == "standby":
