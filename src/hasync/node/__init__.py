@@ -357,6 +357,7 @@ class Node:
             await _cancel(self._role_tasks)
             await old.stop()
             self.role = new = make_role(name, self.cfg, self.fence)
+            new.side.adopt(old.side.trees)  # the new side's first scan reuses the old one's digests
             self.role_changed_at = time.monotonic()
             # A new auditor for the new side: a pass of the old one never compares against the new trees.
             self.auditor = Auditor(new.side, self.cfg.audit, self.cfg.node.name)
