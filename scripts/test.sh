@@ -8,9 +8,11 @@ repo=$(pwd)
 . scripts/venv.sh "[test]"
 # rsync (benchmark smoke test), ping/ip/nft (network faults), PostgreSQL (alarm store),
 # the monitoring programs the monitoring tests run for real (Prometheus with promtool, Alertmanager,
-# rsyslog, Nagios 4, Icinga 2).
+# rsyslog, Nagios 4, Icinga 2), the HA managers' tools (keepalived; ocf-tester of resource-agents,
+# which validates the OCF meta-data with xmllint; crm_attribute of pacemaker-cli-utils, on a CIB file).
 need_debs rsync iputils-ping iproute2 nftables postgresql \
-  prometheus prometheus-alertmanager rsyslog nagios4-core icinga2-bin
+  prometheus prometheus-alertmanager rsyslog nagios4-core icinga2-bin \
+  keepalived resource-agents libxml2-utils pacemaker-cli-utils
 
 if [ "$(id -u)" = 0 ]; then
   # Let the unprivileged test agents reach the interpreter and the sources.
@@ -19,7 +21,7 @@ if [ "$(id -u)" = 0 ]; then
     [ $(( 0$(stat -c %a "$d") & 01 )) -ne 0 ] || chmod o+x "$d"
     d=$(dirname "$d")
   done
-  chmod -R o+rX "$repo/src" "$repo/.venv" "$repo/tests"
+  chmod -R o+rX "$repo/src" "$repo/.venv" "$repo/tests" "$repo/packaging"
 fi
 
 .venv/bin/ruff check src tests bench

@@ -186,7 +186,10 @@ class StandbyCheck:
             self.grace.age(False)
             return Verdict(False, exc.cause, False, None, (OutOfSync("", "", exc.message, exc.cause),))
         if not info.is_active:
-            msg = f"{side.cfg.peer.name} is not the active node: the two configs disagree on [role] active"
+            msg = (
+                f"{side.cfg.peer.name} is not the active node: "
+                f"the two nodes disagree on which one is active (hasync status on both)"
+            )
             return Verdict(False, Cause.SYNC_ERROR, True, None, (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
         recovered = side.peer_error is not None
         side.peer_ok()
@@ -317,7 +320,7 @@ class ActiveCheck:
         if not st.is_standby:
             msg = (
                 f"{self.side.cfg.peer.name} says it is {st.role!r}, not the standby: "
-                f"the two configs disagree on [role] active"
+                f"the two nodes disagree on which one is active (hasync status on both)"
             )
             return Verdict(False, Cause.SYNC_ERROR, True, self.lag(), (OutOfSync("", "", msg, Cause.SYNC_ERROR),))
         self.learn_hostname(st.hostname)

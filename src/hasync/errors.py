@@ -224,6 +224,12 @@ class PeerAgentDown(PeerError):
     cause = Cause.PEER_AGENT_DOWN
 
 
+class PeerWrongRole(PeerError):
+    """The peer answers, but not in the role this node needs (cause sync_error): it is not the active
+    node, or it refused a call as the wrong role (409 `wrong_role`): no node is active, or the two nodes
+    disagree on which one is."""
+
+
 class StaleEpoch(PeerError):
     """A fencing epoch refused (SPEC §10): data from an active of an older epoch than this node has
     seen, or a request to an active that a newer epoch has superseded (it becomes standby)."""

@@ -121,6 +121,8 @@ class Metrics:
         self.last_sync = _LastSync()
         r.register(self.last_sync)
         self._role = Gauge("hasync_role", "This agent's node and role (always 1)", ["node", "role"], registry=r)
+        # Set to read the node's fence at scrape time (hasync.node): a larger value after every role change.
+        self.epoch = Gauge("hasync_role_epoch", "This node's fencing epoch (larger at each role change)", registry=r)
         self._watcher = _Watcher(side)
         r.register(self._watcher)
         self._audit: _Audit | None = None

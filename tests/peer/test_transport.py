@@ -23,6 +23,8 @@ from hasync.errors import (
     PeerError,
     PeerStarting,
     PeerUnreachable,
+    PeerWrongRole,
+    StaleEpoch,
 )
 from hasync.peer.client import MAX_ERROR_BYTES, AgentClient
 from hasync.peer.frames import frame
@@ -151,7 +153,8 @@ def err_body(code: str, message: str) -> bytes:
         (503, err_body("starting", "scanning"), PeerStarting, "is starting"),
         (503, err_body("busy", "full"), PeerAgentDown, "is busy"),
         (503, err_body("other", "x"), PeerError, "HTTP 503: other: x"),
-        (409, err_body("wrong_role", "I am the standby"), PeerError, "HTTP 409: wrong_role: I am the standby"),
+        (409, err_body("wrong_role", "I am the standby"), PeerWrongRole, "HTTP 409: wrong_role: I am the standby"),
+        (409, err_body("stale_epoch", "older"), StaleEpoch, "stale_epoch: older"),
         (500, b"<html>oops</html>", PeerError, "HTTP 500: <html>oops</html>"),
     ],
 )

@@ -72,6 +72,18 @@ def test_external_mode_both_start_standby_then_the_ha_managers_word_moves_the_ro
     (env.dst / "conf" / "from-b.xml").write_text("b")
     env.chown_all()
     env.wait_in_sync(30)
+    # No node active and the copies differ: refused, naming what differs (the standby peer's listings).
+    code, rep = role_set(env, "b", "standby")
+    assert code == 0 and rep["role"] == "standby", rep
+    (env.dst / "conf" / "only-here.xml").write_text("b's")
+    env.chown_all()
+    code, rep = role_set(env, "a", "active")
+    assert code == 1 and "only-here.xml" in rep["reason"], rep
+    code, rep = role_set(env, "b", "active")
+    assert code == 1 and "only-here.xml" in rep["reason"], rep
+    (env.dst / "conf" / "only-here.xml").unlink()
+    wait_for(lambda: role_set(env, "b", "active")[0] == 0, 20, what="equal copies: b promoted")
+    env.wait_in_sync(30)
     # A copy that differs is refused, with the paths; --force takes it, saying what it lacks.
     junk = env.dst / "conf" / "sed0Junk"
     junk.write_bytes(b"")

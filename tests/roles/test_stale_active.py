@@ -55,6 +55,8 @@ def test_a_stale_active_yields_by_epoch_pulls_and_sets_its_unsynced_files_aside(
         # The service goes on writing on the old active's disk: work that never reaches the standby.
         (env.src / "conf" / "f1.xml").write_text("a-late")
         (env.src / "conf" / "unsynced.xml").write_text("a-only")
+        r = env.hasync("switchover", "--json", node="b")  # the active cannot be asked: refused
+        assert r.returncode == 1 and "cannot be asked" in json.loads(r.stdout)["reason"], r.stdout
         r = env.hasync("switchover", "--force", "--json", node="b")
         rep = json.loads(r.stdout)
         assert r.returncode == 0 and rep["ok"] and rep["epoch"] == 1, rep

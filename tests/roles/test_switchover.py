@@ -6,6 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +58,12 @@ def test_switchover_in_sync_swaps_roles_with_a_new_epoch_and_the_new_standby_pul
     assert [s["step"] for s in rep["steps"]][-1] == "serving"
     wait_for(lambda: roles(env) == ("standby", "active"), 20, what="roles swapped")
     assert status(env, "a")["epoch"] == 1 and status(env, "b")["epoch"] == 1
+    # Every step is in the HA log of both nodes: the promoter's, and the old active's hand-over part.
+    log_a, log_b = (env.pair.base / "logs" / n / "ha.log" for n in ("node-a", "node-b"))
+    text_b = log_b.read_text()
+    for step in ("start", "peer", "freeze", "last sync", "verify", "epoch kept", "peer told", "serving"):
+        assert re.search(rf'switchover step step="?{re.escape(step)}"? ', text_b), step
+    assert "handover step step=freeze" in log_a.read_text() and "handover step step=demote" in log_a.read_text()
     # A file written on the new active reaches the new standby.
     (env.dst / "conf" / "new.xml").write_text("<new/>")
     env.chown_all()
@@ -101,3 +113,31 @@ def test_switchover_refused_while_a_junk_file_blocks_the_sync_then_allowed_and_f
     wait_for(lambda: roles(env) == ("active", "standby"), 20, what="roles swapped back")
     log = (env.pair.base / "logs" / "node-a" / "ha.log").read_text()
     assert "forced: the new active lacks" in log and "sedZZZZ" in log
+
+
+def test_force_on_a_terminal_asks_first_and_no_changes_nothing(make_pair: Callable[..., PairEnv]) -> None:
+    """`--force` needs confirmation on a terminal (issue 13): answered "n", nothing changes."""
+    env = started(make_pair)
+    main, sub = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hasync", "switchover", "--force", "-c", str(env.pair.config_b)],
+            stdin=sub,
+            stdout=sub,
+            stderr=sub,
+            cwd=env.pair.base,
+        )
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"Go on?" not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            ready, _, _ = select.select([main], [], [], 1.0)
+            if ready:
+                seen += os.read(main, 4096)
+        os.write(main, b"n\n")
+        assert proc.wait(30) == 1
+    finally:
+        os.close(main)
+        os.close(sub)
+    assert roles(env) == ("active", "standby")
+    assert status(env, "b")["epoch"] == 0

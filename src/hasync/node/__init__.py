@@ -87,6 +87,7 @@ class Node:
         self.set_aside: dict[str, Any] | None = None
         self.started_at = clock.now()
         self.metrics = Metrics(self.role.side)
+        self.metrics.epoch.set_function(lambda: self.fence.epoch)
         self.auditor = Auditor(self.role.side, cfg.audit, cfg.node.name)
         self.metrics.watch_audit(self.auditor)
         self.last_verdict: Verdict | None = None

@@ -100,6 +100,10 @@ class Role:
         """The side that pulls and applies the active's changes: the standby's only."""
         raise WrongRole(f"{self.cfg.node.name} is the active node: sync runs on the standby")
 
+    def listing(self, dir_name: str, dirs: list[str]) -> list[list[object]]:
+        """`POST /v1/tree`: listings of `dirs` in this node's tree of `dir_name`."""
+        return self.serving().listing(dir_name, dirs)
+
     async def changes(self, instance: str, since: int, wait: float) -> dict[str, object]:
         """The change feed after `since`, waiting up to `wait` seconds for one."""
         return await self.serving().changes(instance, since, wait)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from hasync import clock
 from hasync.check import StandbyCheck, Verdict
 from hasync.config import Config
-from hasync.errors import PeerError, Starting
+from hasync.errors import PeerError, PeerWrongRole, Starting
 from hasync.failover import Failover, StandbyState, from_check, standby_verdict
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
@@ -58,6 +58,10 @@ class StandbyRole(Role):
 
     async def failover(self, last: Verdict | None) -> Failover:
         side = self.side
+        if isinstance(side.peer_error, PeerWrongRole) and not side.errors and await self._peer_is_an_equal_standby():
+            # No node is active (both set standby by an HA manager): this copy loses nothing if it is
+            # the peer's, as `role set active` finds before it promotes (hasync.node.switch).
+            return standby_verdict(StandbyState(True, 0, 0, 0, None, None, 0.0, self.max_silence_s, None))
         peer_error = side.peer_error or side.feed_error
         first = next(iter(side.errors.values()), None)
         missing = last.lag_s if last is not None and not last.in_sync else None
@@ -75,6 +79,13 @@ class StandbyRole(Role):
             )
         )
 
+    async def _peer_is_an_equal_standby(self) -> bool:
+        try:
+            info = await self.peer.peer_info(timeout=min(5.0, self.cfg.peer.timeout_s))
+        except PeerError:
+            return False
+        return not info.is_active and bool(info.roots) and dict(info.roots) == self.side.roots()
+
     async def failover_alone(self, v: Verdict) -> Failover:
         # Nothing syncs without the agent: only a check that shows the pair in sync now is safe.
         first = v.out_of_sync[0] if v.out_of_sync else None
@@ -83,6 +94,12 @@ class StandbyRole(Role):
 
     def pulling(self) -> StandbySide:
         return self.side
+
+    def listing(self, dir_name: str, dirs: list[str]) -> list[list[object]]:
+        """This copy's listings: for a node that, when no node is active, lists where the copies differ."""
+        if not self.ready:
+            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        return self.side.listing(dir_name, dirs)
 
     def info(self, owner: str | None, since: int | None) -> dict[str, Any]:
         """The Merkle roots of this copy (no change feed: seq 0): a node asked to become active

@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from hasync.errors import AuthFailed, MalformedAnswer, PeerAgentDown, PeerError, PeerStarting, StaleEpoch
+from hasync.errors import (
+    AuthFailed,
+    MalformedAnswer,
+    PeerAgentDown,
+    PeerError,
+    PeerStarting,
+    PeerWrongRole,
+    StaleEpoch,
+)
 from hasync.peer.frames import FrameError, read_frames
 from hasync.peer.models import ChangeFeed, PeerInfo, PeerStatus
 from hasync.peer.protocol import API, F_DONE, MSGPACK, dec_changes, dec_info, dec_status, pack, unpack
@@ -159,6 +167,8 @@ class AgentClient:
             raise AuthFailed(f"{self._where} rejected our token (HTTP 401)")
         if resp.status == 409 and msg.startswith("stale_epoch:"):
             raise StaleEpoch(f"{self._where}: {msg}")
+        if resp.status == 409 and msg.startswith("wrong_role:"):
+            raise PeerWrongRole(f"{self._where}: HTTP 409: {msg}")
         raise PeerError(f"{self._where}: HTTP {resp.status}: {msg}")
 
     async def request(

@@ -32,7 +32,6 @@ from hasync.fsutil import DirFds
 from hasync.halog import kv
 from hasync.manifest import (
     CHUNK,
-    DIR,
     FILE,
     Entry,
     FileChanged,
@@ -51,7 +50,6 @@ from hasync.peer.protocol import (
     F_END,
     F_ERR,
     F_HEAD,
-    enc_entry,
     enc_failed,
     enc_head,
     enc_path,
@@ -265,26 +263,6 @@ class ActiveSide(Side):
             "roots": self.roots(),
             "with_owner": self.with_owner,
         }
-
-    @staticmethod
-    def enc(tree: Tree | None, rel: str, e: Entry) -> list[object]:
-        return enc_entry(e, tree.dir_hash(rel) if tree is not None and e.kind == DIR else None)
-
-    def listing(self, dir_name: str, reldirs: list[str]) -> list[list[object]]:
-        """Children of each requested directory, with each subdirectory's Merkle hash."""
-        tree = self.trees.get(dir_name)
-        out: list[list[object]] = []
-        for reldir in reldirs:
-            if tree is None or reldir not in tree.dirs:
-                out.append([enc_path(reldir), None, []])
-                continue
-            kids = tree.children(reldir)
-            rows = []
-            for name, e in kids.items():
-                rel = f"{reldir}/{name}" if reldir else name
-                rows.append([enc_path(name), self.enc(tree, rel, e)])
-            out.append([enc_path(reldir), tree.dir_hash(reldir), rows])
-        return out
 
     # -- file contents -----------------------------------------------------
     async def stream_files(

@@ -37,6 +37,7 @@ from hasync.manifest import (
     scan,
     stat_entry,
 )
+from hasync.peer.protocol import enc_entry, enc_path
 from hasync.replication.watcher import Batch, DirWatcher
 from hasync.tasks import periodic
 
@@ -239,6 +240,27 @@ class Side:
             if is_tmp_name(name) or self.excluder("/".join(parts[: i + 1]), name):
                 return True
         return False
+
+    @staticmethod
+    def enc(tree: Tree | None, rel: str, e: Entry) -> list[object]:
+        return enc_entry(e, tree.dir_hash(rel) if tree is not None and e.kind == DIR else None)
+
+    def listing(self, dir_name: str, reldirs: list[str]) -> list[list[object]]:
+        """Children of each requested directory, with each subdirectory's Merkle hash (the active's, for
+        the Merkle walk; a standby's, for a node that compares its copy when no node is active)."""
+        tree = self.trees.get(dir_name)
+        out: list[list[object]] = []
+        for reldir in reldirs:
+            if tree is None or reldir not in tree.dirs:
+                out.append([enc_path(reldir), None, []])
+                continue
+            kids = tree.children(reldir)
+            rows = []
+            for name, e in kids.items():
+                rel = f"{reldir}/{name}" if reldir else name
+                rows.append([enc_path(name), self.enc(tree, rel, e)])
+            out.append([enc_path(reldir), tree.dir_hash(reldir), rows])
+        return out
 
     def roots(self) -> dict[str, bytes | None]:
         """The Merkle root of each sync dir's tree (None: the dir does not exist)."""

@@ -24,7 +24,7 @@ from typing import Any
 from hasync import clock, hashcache
 from hasync.backup import BackupSets
 from hasync.config import Config, SyncDir
-from hasync.errors import Cause, MalformedAnswer, PeerError, first_cause
+from hasync.errors import Cause, MalformedAnswer, PeerError, PeerWrongRole, first_cause
 from hasync.fsutil import is_tmp_name, remove_paths
 from hasync.halog import kv
 from hasync.manifest import DIR, FILE, Plan, Tree, compare_entry, scan
@@ -350,9 +350,9 @@ class StandbySide(Side):
             try:
                 info = await self.client.peer_info(owner=self.cfg.is_root)
                 if not info.is_active:
-                    raise PeerError(
+                    raise PeerWrongRole(
                         f"{self.cfg.peer.name} is not the active node (it says {info.role or None!r}): "
-                        f"the two configs disagree on [role] active"
+                        f"the two nodes disagree on which one is active (hasync status on both)"
                     )
             except PeerError as exc:
                 self.peer_failed(exc)

@@ -49,7 +49,7 @@ async def tree(node: Node, request: web.Request) -> web.Response:
     req = await msgpack_body(node, request)
     name = dir_name(node, req, BadRequest)
     dirs = [dec_path(p, allow_root=True) for p in field(req, "dirs", list)]
-    return web.Response(body=pack(node.role.serving().listing(name, dirs)), content_type=MSGPACK)
+    return web.Response(body=pack(node.role.listing(name, dirs)), content_type=MSGPACK)
 
 
 async def changes(node: Node, request: web.Request) -> web.Response:
