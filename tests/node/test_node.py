@@ -13,7 +13,7 @@ import pytest
 from ephemeral_port_reserve import reserve
 
 import hasync.node
-from hasync import config
+from hasync import config, hashcache
 from hasync.agent.app import Agent
 from hasync.config import Config, ensure_dirs
 from hasync.demo import Pair, write_pair
@@ -168,3 +168,35 @@ def test_the_node_knows_nothing_of_http_serving() -> None:
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "hasync.node.table" in imported  # the scan sees the imports
     assert not {m for m in imported if m.startswith(("aiohttp", "hasync.agent"))}
+
+
+def test_a_promoted_standby_scans_with_its_own_trees_not_the_hash_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the way to serving, the new active's first scan reuses the standby's trees (replication.base
+    `Side.adopt`): the hash cache files they were just saved to are not read again."""
+    pair = make_pair(tmp_path)
+    (pair.data_a / "conf" / "a.yaml").write_text("a: 1\n")
+    cfg = load(pair.config_a)
+    loaded: list[Path] = []
+
+    async def scenario() -> None:
+        node = Node(cfg)
+        await node.start()
+        try:
+            await node.become("standby", 1, "test")
+            standby = node.role.side.trees["conf"]
+            assert standby is not None
+            want = standby.get("a.yaml")
+            monkeypatch.setattr(hashcache, "load", lambda path: loaded.append(path))
+            await node.become("active", 2, "test")
+            assert role(node) == "active" and node.ready
+            tree = node.role.side.trees["conf"]
+            got = None if tree is None else tree.get("a.yaml")
+            assert want is not None and got is not None and got.digest == want.digest
+        finally:
+            await node.stop()
+            await node.close()
+
+    run(scenario())
+    assert loaded == []

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from hasync import hashcache
 from hasync.config import load
 from hasync.demo import write_pair
+from hasync.manifest import Tree
 from hasync.replication.active import ActiveSide
 
 
@@ -49,3 +51,36 @@ def test_full_rescan_stops_promptly_during_its_wait(tmp_path: Path) -> None:
         await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
+
+
+def test_the_first_scan_reuses_the_adopted_trees_not_the_hash_cache(tmp_path: Path) -> None:
+    """A promoted standby's trees are the first scan's hash cache: a digest they hold for a file whose stat
+    is unchanged is taken as it is (a real one would be the file's BLAKE3), and the cache file is not read."""
+    pair = write_pair(tmp_path)
+    (pair.data_a / "conf" / "a.xml").write_text("<a/>")
+    cfg = load(pair.config_a)
+    standby = ActiveSide(cfg)  # the standby's tree of the same files: what a scan makes
+    asyncio.run(standby.prepare())
+    old = standby.trees["conf"]
+    assert old is not None
+    real = old.get("a.xml")
+    assert real is not None
+    # (its inode: the entry of a file older than the racy window, which a cache's digest may stand for)
+    ino = (pair.data_a / "conf" / "a.xml").stat().st_ino
+    old.put("a.xml", real._replace(digest=b"\x01" * 32, ino=ino))
+    hashcache.save(old, standby.cache_path("conf"))  # the cache file says the same...
+    hashcache.save(Tree(), standby.cache_path("conf"))  # ...or not: it is not read
+
+    side = ActiveSide(cfg)
+    side.adopt({"conf": old, "udf": None})
+    asyncio.run(side.prepare())
+    tree = side.trees["conf"]
+    got = None if tree is None else tree.get("a.xml")
+    assert got is not None and got.digest == b"\x01" * 32
+    assert len(old) == 0  # consumed as the scan went: two big trees are never held at once
+    # Without adopted trees, the cache file is the first scan's: here an empty one, so the file is hashed.
+    fresh = ActiveSide(cfg)
+    asyncio.run(fresh.prepare())
+    again = fresh.trees["conf"]
+    got = None if again is None else again.get("a.xml")
+    assert got is not None and got.digest == real.digest

@@ -372,6 +372,7 @@ class Node:
             await _cancel(self._role_tasks)
             await old.stop()
             self.role = new = make_role(name, self.cfg, self.fence)
+            new.side.adopt(old.side.trees)  # the new side's first scan reuses the old one's digests
             self.role_changed_at = time.monotonic()
             demoted: Demoted | None = None
             if old.name == "active" and new.name == "standby":

@@ -74,7 +74,7 @@ class Report:
     duration_s: float = 0.0
 
     def step(self, name: str, **detail: Any) -> None:
-        self.steps.append({"step": name, "at": clock.iso(clock.now()), **detail})
+        self.steps.append({"step": name, "at": clock.iso(clock.now(), "milliseconds"), **detail})
         log.info("%s step %s", self.action, kv(step=name, node=self.node, **detail))
         crash_point(name)
 

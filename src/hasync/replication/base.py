@@ -109,6 +109,10 @@ class Side:
     async def start(self) -> None:
         raise NotImplementedError
 
+    def adopt(self, trees: dict[str, Tree | None]) -> None:
+        """The trees of the side this one replaces (a role change), stopped: the active reuses their digests
+        in its first scan instead of loading the hash caches they were just saved to."""
+
     async def prepare(self) -> None:
         """Know the local trees (for a one-off command), without starting background work."""
         raise NotImplementedError
