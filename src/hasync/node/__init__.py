@@ -370,6 +370,11 @@ class Node:
         async with self._check_lock:  # no check runs on a role being stopped
             old = self.role
             await _cancel(self._role_tasks)
+            if old.name == "active" and name == "standby":
+                try:
+                    await old.look_once_more()
+                except Exception:  # the demotion goes on: a path it missed is still set aside, unlisted
+                    log.exception("demoted: the last look at the copy failed")
             await old.stop()
             self.role = new = make_role(name, self.cfg, self.fence)
             new.side.adopt(old.side.trees)  # the new side's first scan reuses the old one's digests

@@ -58,6 +58,13 @@ class ActiveRole(Role):
         self.check.peer_since = since  # what the standby has read: the lag is dated from there
         return await self.serving().changes(instance, since, wait)
 
+    async def look_once_more(self) -> None:
+        # Changes its watchers had not brought in yet (written while it was stopped, or held by a
+        # freeze) are in the trees the demoted node lists as set aside.
+        if self.ready:
+            self.side.frozen_until = None
+            await self.side.rescan_all()
+
     def info(self, owner: str | None, since: int | None) -> dict[str, Any]:
         side = self.serving()  # not before the first scan: its roots would say the dirs are missing
         if owner is not None:

@@ -75,6 +75,10 @@ class Role:
         """For one check without an agent: know the local trees, start nothing."""
         await self.side.prepare()
 
+    async def look_once_more(self) -> None:
+        """Before this role is replaced: bring its trees up to the disk (what the node had is then
+        listed whole, hasync.node.switch). Nothing to do but for the active."""
+
     async def stop(self) -> None:
         """Stop the side and its tasks, close the peer client."""
         self.ready = False

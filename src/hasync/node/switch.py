@@ -49,7 +49,9 @@ log = logging.getLogger("hasync.switch")
 # Crash tests only (tests/roles/test_switch_crash.py): this agent kills itself with SIGKILL right
 # after the step of this name (a promoter's step, or "handover:freeze" / "handover:demote" on the peer).
 CRASH_ENV = "HASYNC_CRASH_AT"
-FREEZE_TTL_S = 30.0  # a promoter that dies half-way never leaves the active frozen longer
+# The freeze is a lease: the promoter renews it every third of it while it works, so that a promoter
+# that dies half-way leaves the active frozen this long at most.
+FREEZE_TTL_S = 6.0
 MAX_LISTED = 100  # paths listed in a report and in the HA log (the count and bytes are whole)
 SET_ASIDE_RETRY_S = 2.0
 SWITCH_TIMEOUT_S = 900.0  # a forwarded switchover: the standby's last sync may move many files
@@ -112,6 +114,7 @@ class Switch:
         self.node = node
         self._lock = asyncio.Lock()
         self._set_aside_task: asyncio.Task[None] | None = None
+        self._renew: asyncio.Task[None] | None = None  # renews the peer's freeze while a promotion works
         node.on_demoted = self._demoted
 
     @property
@@ -160,6 +163,7 @@ class Switch:
             try:
                 await self._promote(rep, force)
             finally:
+                self._stop_renewing()
                 rep.role, rep.epoch = node.fence.role, node.fence.epoch
                 rep.duration_s = time.monotonic() - rep.started
             return rep
@@ -190,6 +194,8 @@ class Switch:
                 return
             frozen = info.is_active
             rep.step(step, ttl_s=FREEZE_TTL_S)
+            if frozen:
+                self._renew = asyncio.create_task(self._keep_frozen(peer), name="keep-frozen")
             if info.is_active:
                 result = await side.reconcile()
                 rep.step("last sync", in_sync=result.in_sync, files=result.files, bytes=result.bytes)
@@ -202,6 +208,7 @@ class Switch:
             errors = side.sorted_errors()
             if errors and not rep.lost:  # the roots agree, yet a file failed: it counts as lacking
                 rep.lost = [Difference(e.dir, e.path, "differs", e.size or None) for e in errors]
+            self._stop_renewing()
             rep.step("verify", equal=not rep.lost, paths=len(rep.lost))
         except PeerError as exc:
             rep.lost_known = False
@@ -235,6 +242,16 @@ class Switch:
         rep.ok = True
         rep.reason = rep.reason if force and (rep.lost or not rep.lost_known) else None
         rep.step("serving", epoch=epoch, seconds=f"{time.monotonic() - rep.started:.3f}")
+
+    async def _keep_frozen(self, peer: AgentClient) -> None:
+        while True:
+            await asyncio.sleep(FREEZE_TTL_S / 3)
+            await _quietly(peer, {"step": "freeze", "ttl_s": FREEZE_TTL_S})
+
+    def _stop_renewing(self) -> None:
+        if self._renew is not None:
+            self._renew.cancel()
+            self._renew = None
 
     def _log_lost(self, rep: Report) -> None:
         if not rep.lost_known:
