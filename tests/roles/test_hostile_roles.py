@@ -18,41 +18,9 @@ from typing import Any
 import pytest
 
 from pairlib import AgentProc, PairEnv, raw_request, wait_for
+from roles.rolelib import external, roles, run_json, short_timeouts, started, status
 
 INTERVAL = 1.0
-
-
-def status(env: PairEnv, node: str) -> dict[str, Any]:
-    r = env.hasync("status", "--json", node=node)
-    doc: dict[str, Any] = json.loads(r.stdout)
-    return doc
-
-
-def roles(env: PairEnv) -> tuple[str, str]:
-    return status(env, "a")["role"], status(env, "b")["role"]
-
-
-def run_json(env: PairEnv, node: str, *args: str) -> tuple[int, dict[str, Any]]:
-    r = env.hasync(*args, "--json", node=node)
-    try:
-        return r.returncode, json.loads(r.stdout)
-    except ValueError:
-        return r.returncode, {"ok": False, "stdout": r.stdout, "stderr": r.stderr}
-
-
-def external(env: PairEnv, initial: str | None) -> None:
-    """[role] mode = "external"; without `initial`, both nodes start as standby."""
-    for path in (env.pair.config_a, env.pair.config_b):
-        text = path.read_text().replace('mode = "static"', 'mode = "external"')
-        if initial is None:
-            text = "\n".join(line for line in text.splitlines() if not line.startswith("active =")) + "\n"
-        path.write_text(text)
-
-
-def short_timeouts(env: PairEnv) -> None:
-    for path in (env.pair.config_a, env.pair.config_b):
-        text = path.read_text()
-        path.write_text(text.replace('[peer]\nname = "', '[peer]\ntimeout_s = 2.0\nname = "'))
 
 
 def state_dir(env: PairEnv, node: str) -> Path:
@@ -86,16 +54,6 @@ def api(agent: AgentProc, method: str, path: str, body: Any = None, headers: dic
             return r.status, json.loads(r.read() or b"null"), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null"), dict(e.headers)
-
-
-def started(make_pair: Callable[..., PairEnv], **kw: Any) -> PairEnv:
-    env = make_pair(interval_s=INTERVAL, **kw)
-    (env.src / "conf" / "a.xml").write_text("<a/>")
-    env.chown_all()
-    env.a.start()
-    env.b.start()
-    env.wait_standby_in_sync()
-    return env
 
 
 # -- without the token --------------------------------------------------------------------------------
@@ -236,7 +194,7 @@ def unwritable_role_file(env: PairEnv, node: str) -> None:
 def test_an_old_active_that_cannot_keep_its_demotion_still_stops_being_active(
     make_pair: Callable[..., PairEnv],
 ) -> None:
-    env = started(make_pair)
+    env = started(make_pair, INTERVAL)
     unwritable_role_file(env, "a")
     code, rep = run_json(env, "b", "switchover")
     assert code == 0 and rep["ok"] and rep["role"] == "active", rep
@@ -247,7 +205,7 @@ def test_an_old_active_that_cannot_keep_its_demotion_still_stops_being_active(
 def test_a_promotion_that_cannot_keep_its_epoch_is_refused_cleanly_and_thaws_the_active(
     make_pair: Callable[..., PairEnv],
 ) -> None:
-    env = started(make_pair)
+    env = started(make_pair, INTERVAL)
     unwritable_role_file(env, "b")
     r = env.hasync("switchover", "--json", node="b")
     # The active is not left frozen: its next change reaches the standby at once, not after FREEZE_TTL_S.
@@ -303,7 +261,7 @@ def test_a_file_written_on_the_active_during_the_freeze_is_listed_somewhere(
     """The service keeps writing on the active while the switchover runs: what it writes between the
     freeze and the demotion never reaches the new active. The freeze is widened here by asking it first
     (the promoter's own step 2, `POST /v1/handover freeze`), so that the write falls inside it for sure."""
-    env = started(make_pair)
+    env = started(make_pair, INTERVAL)
     code, body, _ = api(env.a, "POST", "/v1/handover", {"step": "freeze", "ttl_s": 6})
     assert code == 200, body
     (env.src / "conf" / "during-freeze.xml").write_text("written during the switchover")
@@ -455,7 +413,7 @@ def alarms(env: PairEnv, node: str) -> list[dict[str, Any]]:
 def test_a_real_fault_right_after_a_switchover_still_raises_45641(make_pair: Callable[..., PairEnv]) -> None:
     """The settling window (no alarm for the role change itself) does not hide a file's fault: a junk file
     on the new active, within that window, raises the alarm; the switchover itself raised none."""
-    env = started(make_pair, unprivileged=True)
+    env = started(make_pair, INTERVAL, unprivileged=True)
     code, rep = run_json(env, "b", "switchover")
     assert code == 0 and rep["ok"], rep
     wait_for(lambda: roles(env) == ("standby", "active"), 20, what="roles swapped")
@@ -561,7 +519,7 @@ def test_a_switchover_during_the_standbys_initial_sync_loses_nothing(make_pair: 
 
 def test_two_switchovers_at_once_from_both_nodes_leave_one_active(make_pair: Callable[..., PairEnv]) -> None:
     """An operator on each node runs `hasync switchover` at the same moment."""
-    env = started(make_pair)
+    env = started(make_pair, INTERVAL)
     out: dict[str, Any] = {}
     barrier = threading.Barrier(2)
 

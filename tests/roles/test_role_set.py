@@ -9,21 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pairlib import PairEnv, wait_for
+from roles.rolelib import external, status
 
 INTERVAL = 2.0
-
-
-def external(env: PairEnv, initial: str | None) -> None:
-    for path in (env.pair.config_a, env.pair.config_b):
-        text = path.read_text().replace('mode = "static"', 'mode = "external"')
-        if initial is None:
-            text = "\n".join(line for line in text.splitlines() if not line.startswith("active =")) + "\n"
-        path.write_text(text)
-
-
-def status(env: PairEnv, node: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(env.hasync("status", "--json", node=node).stdout)
-    return doc
 
 
 def role_set(env: PairEnv, node: str, role: str, *flags: str) -> tuple[int, dict[str, Any]]:

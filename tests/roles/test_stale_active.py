@@ -9,23 +9,11 @@ import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pairlib import PairEnv, snapshot, wait_for
+from roles.rolelib import short_timeouts, status
 
 INTERVAL = 2.0
-
-
-def short_timeouts(env: PairEnv) -> None:
-    """A peer timeout of 2 s: the forced takeover does not wait 10 s for the stopped active."""
-    for path in (env.pair.config_a, env.pair.config_b):
-        text = path.read_text()
-        path.write_text(text.replace('[peer]\nname = "', '[peer]\ntimeout_s = 2.0\nname = "'))
-
-
-def status(env: PairEnv, node: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(env.hasync("status", "--json", node=node).stdout)
-    return doc
 
 
 def backed_up(backup_dir: Path) -> dict[str, bytes]:

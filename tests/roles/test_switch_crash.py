@@ -5,22 +5,16 @@ steps, the old active (node a) after each of its hand-over steps."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from pairlib import AgentProc, PairEnv, snapshot, wait_for
+from roles.rolelib import roles
 
 INTERVAL = 2.0
 PROMOTER_STEPS = ["start", "peer", "freeze", "last sync", "verify", "epoch kept", "peer told", "serving"]
 PEER_STEPS = ["handover:freeze", "handover:demote"]
-
-
-def roles(env: PairEnv) -> tuple[Any, Any]:
-    docs = [json.loads(env.hasync("status", "--json", node=n).stdout) for n in ("a", "b")]
-    return docs[0]["role"], docs[1]["role"]
 
 
 def one_active(env: PairEnv) -> bool:

@@ -16,18 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pairlib import PairEnv, wait_for
+from roles.rolelib import roles, started, status
 
 INTERVAL = 2.0
-
-
-def status(env: PairEnv, node: str) -> dict[str, Any]:
-    r = env.hasync("status", "--json", node=node)
-    doc: dict[str, Any] = json.loads(r.stdout)
-    return doc
-
-
-def roles(env: PairEnv) -> tuple[str, str]:
-    return status(env, "a")["role"], status(env, "b")["role"]
 
 
 def switchover(env: PairEnv, *args: str, node: str = "b") -> tuple[int, dict[str, Any]]:
@@ -36,20 +27,10 @@ def switchover(env: PairEnv, *args: str, node: str = "b") -> tuple[int, dict[str
     return r.returncode, json.loads(r.stdout)
 
 
-def started(make_pair: Callable[..., PairEnv], **kw: Any) -> PairEnv:
-    env = make_pair(interval_s=INTERVAL, **kw)
-    (env.src / "conf" / "a.xml").write_text("<a/>")
-    env.chown_all()
-    env.a.start()
-    env.b.start()
-    env.wait_standby_in_sync()
-    return env
-
-
 def test_switchover_in_sync_swaps_roles_with_a_new_epoch_and_the_new_standby_pulls(
     make_pair: Callable[..., PairEnv],
 ) -> None:
-    env = started(make_pair)
+    env = started(make_pair, INTERVAL)
     before = status(env, "a")["epoch"], status(env, "b")["epoch"]
     assert before == (0, 0)
     code, rep = switchover(env, node="a")  # run on the active: it asks the standby to take over
@@ -84,7 +65,7 @@ def test_switchover_in_sync_swaps_roles_with_a_new_epoch_and_the_new_standby_pul
 def test_switchover_refused_while_a_junk_file_blocks_the_sync_then_allowed_and_forced(
     make_pair: Callable[..., PairEnv],
 ) -> None:
-    env = started(make_pair, unprivileged=True)
+    env = started(make_pair, INTERVAL, unprivileged=True)
     junk = env.src / "conf" / "sed4Xk2p"
     junk.write_bytes(b"")
     os.chmod(junk, 0)
@@ -117,7 +98,7 @@ def test_switchover_refused_while_a_junk_file_blocks_the_sync_then_allowed_and_f
 
 def test_force_on_a_terminal_asks_first_and_no_changes_nothing(make_pair: Callable[..., PairEnv]) -> None:
     """`--force` needs confirmation on a terminal (issue 13): answered "n", nothing changes."""
-    env = started(make_pair)
+    env = started(make_pair, INTERVAL)
     main, sub = pty.openpty()
     try:
         proc = subprocess.Popen(
