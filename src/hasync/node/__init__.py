@@ -29,7 +29,7 @@ from hasync.check import Verdict, log_transition, run_periodic, timed, with_find
 from hasync.config import Config
 from hasync.diagnose import runner
 from hasync.diagnose.nodes import LocalNode
-from hasync.errors import Cause, PeerError, Starting
+from hasync.errors import Cause, PeerError
 from hasync.failover import Failover
 from hasync.halog import kv
 from hasync.keeper import AlarmKeeper
@@ -73,12 +73,11 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 @dataclass(frozen=True)
 class Demoted:
-    """What a node that stopped being the active had: its trees, the paths its freeze held (changed,
-    not yet looked at: `(dir, rel)`), and the pinned backup set its replaced versions go to."""
+    """What a node that stopped being the active had (its trees, brought up to its disk by a last look),
+    and the pinned backup set its replaced versions go to."""
 
     trees: dict[str, Tree | None]
     with_owner: bool
-    held: list[tuple[str, str]]
     backup_set: Path | None
 
 
@@ -170,8 +169,7 @@ class Node:
 
     async def audit_now(self) -> dict[str, Any]:
         """This node's part of a deep check: its findings are reported by the asking node's check."""
-        if not self.ready:
-            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        self.role.require_ready()
         found = await self.auditor.run_now()
         self.auditor.unreported = [f for f in self.auditor.unreported if f not in found]
         return self.audit_doc(found)
@@ -369,8 +367,9 @@ class Node:
         the metrics and the last verdict (the pair's state, whoever holds which role) stay."""
         async with self._check_lock:  # no check runs on a role being stopped
             old = self.role
+            demoting = old.name == "active" and name == "standby"
             await _cancel(self._role_tasks)
-            if old.name == "active" and name == "standby":
+            if demoting:
                 try:
                     await old.look_once_more()
                 except Exception:  # the demotion goes on: a path it missed is still set aside, unlisted
@@ -380,7 +379,7 @@ class Node:
             new.side.adopt(old.side.trees)  # the new side's first scan reuses the old one's digests
             self.role_changed_at = time.monotonic()
             demoted: Demoted | None = None
-            if old.name == "active" and new.name == "standby":
+            if demoting:
                 # The versions the new standby replaces are this node's unsynced work: a pinned set.
                 why = f"set aside when {self.cfg.node.name} became standby at epoch {self.fence.epoch}"
                 try:
@@ -388,7 +387,7 @@ class Node:
                 except OSError as exc:
                     aside = None
                     log.error("cannot start the set-aside backup set %s", kv(error=exc.strerror or exc))
-                demoted = Demoted(dict(old.side.trees), old.side.with_owner, old.side.held_paths(), aside)
+                demoted = Demoted(dict(old.side.trees), old.side.with_owner, aside)
             # A new auditor for the new side: a pass of the old one never compares against the new trees.
             self.auditor = Auditor(new.side, self.cfg.audit, self.cfg.node.name)
             self.metrics.follow(new.side)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from hasync import clock
 from hasync.check import ActiveCheck, Verdict
 from hasync.config import Config
-from hasync.errors import PeerError, Starting
+from hasync.errors import PeerError
 from hasync.failover import Failover, active_verdict
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
@@ -50,8 +50,7 @@ class ActiveRole(Role):
         self._failover_lock = asyncio.Lock()
 
     def serving(self) -> ActiveSide:
-        if not self.ready:
-            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        self.require_ready()
         return self.side
 
     async def changes(self, instance: str, since: int, wait: float) -> dict[str, object]:
@@ -62,7 +61,7 @@ class ActiveRole(Role):
         # Changes its watchers had not brought in yet (written while it was stopped, or held by a
         # freeze) are in the trees the demoted node lists as set aside.
         if self.ready:
-            self.side.frozen_until = None
+            await self.side.thaw()
             await self.side.rescan_all()
 
     def info(self, owner: str | None, since: int | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from hasync.check import Verdict
 from hasync.config import Config
-from hasync.errors import WrongRole
+from hasync.errors import Starting, WrongRole
 from hasync.failover import Failover
 from hasync.keeper import AlarmDuty
 from hasync.peer.client import AgentClient
@@ -96,6 +96,11 @@ class Role:
         return AgentClient(cfg.peer_url(), cfg.token, cfg.peer.timeout_s, cfg.peer.name, limit, fence=self.fence)
 
     # -- what the routes and the node ask --------------------------------------
+    def require_ready(self) -> None:
+        """Starting (503) until the side has started: before its first scan its trees say nothing."""
+        if not self.ready:
+            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+
     def serving(self) -> ActiveSide:
         """The side that serves trees, the change feed and file contents: the active's only."""
         raise WrongRole(f"{self.cfg.node.name} is the standby; ask the active node")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from hasync import clock
 from hasync.check import StandbyCheck, Verdict
 from hasync.config import Config
-from hasync.errors import PeerError, PeerWrongRole, Starting
+from hasync.errors import PeerError, PeerWrongRole
 from hasync.failover import Failover, StandbyState, from_check, standby_verdict
 from hasync.keeper import AlarmDuty
 from hasync.node.role import Role, register
@@ -97,15 +97,13 @@ class StandbyRole(Role):
 
     def listing(self, dir_name: str, dirs: list[str]) -> list[list[object]]:
         """This copy's listings: for a node that, when no node is active, lists where the copies differ."""
-        if not self.ready:
-            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        self.require_ready()
         return self.side.listing(dir_name, dirs)
 
     def info(self, owner: str | None, since: int | None) -> dict[str, Any]:
         """The Merkle roots of this copy (no change feed: seq 0): a node asked to become active
         compares its own with them when no node is active (`role set` in external mode)."""
-        if not self.ready:
-            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        self.require_ready()
         side = self.side
         return {"instance": "", "seq": 0, "roots": side.roots(), "with_owner": side.with_owner}
 

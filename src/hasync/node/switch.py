@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hasync import clock
-from hasync.errors import BadRequest, HasyncError, PeerError, PeerWrongRole, Starting, SwitchRefused, WrongRole
+from hasync.errors import BadRequest, HasyncError, PeerError, PeerWrongRole, SwitchRefused, WrongRole
 from hasync.halog import kv
 from hasync.node import Demoted, Node
 from hasync.peer.client import AgentClient
@@ -174,8 +174,7 @@ class Switch:
             rep.ok, rep.reason = True, f"{self.cfg.node.name} is already active"
             return
         side = node.role.pulling()
-        if not node.ready:  # its copy is not known yet: nothing to compare (keepalived at boot)
-            raise Starting(f"{self.cfg.node.name} is starting: it is still scanning its sync dirs")
+        node.role.require_ready()  # its copy is not known yet: nothing to compare (keepalived at boot)
         peer = node.role.peer
         rep.step("start", force=force, epoch=node.fence.epoch)
         info: PeerInfo | None = None
@@ -203,7 +202,7 @@ class Switch:
             # compared as they are, each kept current by its watcher)
             info = await peer.peer_info(owner=self.cfg.is_root)
             trees = dict(side.trees)
-            if dict(info.roots) != {n: (t.root_hash() if t else None) for n, t in trees.items()}:
+            if dict(info.roots) != side.roots():
                 rep.lost = await differences(peer, dict(info.roots), trees, side.with_owner)
             errors = side.sorted_errors()
             if errors and not rep.lost:  # the roots agree, yet a file failed: it counts as lacking
@@ -329,11 +328,6 @@ class Switch:
         else:
             return
         kept = [d for d in diffs if d.what in ("differs", "extra", "metadata")]  # those this node had
-        listed = {(d.dir, d.path) for d in kept}
-        # Changed while the freeze held its events: not in the old trees, set aside all the same.
-        kept += [
-            Difference(name, rel, "changed during the hand-over") for name, rel in old.held if (name, rel) not in listed
-        ]
         node.set_aside = {
             "at": clock.iso(clock.now()),
             "epoch": epoch,

@@ -206,11 +206,6 @@ class ActiveSide(Side):
         if held:
             await self.refresh(held)
 
-    def held_paths(self) -> list[tuple[str, str]]:
-        """The paths the freeze held, as (sync dir, relative path); a sync dir's root as ""."""
-        found = (self._locate(p) for p in sorted(self._held))
-        return [(d.name, rel) for d, rel in (h for h in found if h is not None)]
-
     async def refresh(self, paths: Iterable[str | Path]) -> None:
         if self.frozen:
             self._held.update(map(str, paths))

@@ -262,10 +262,6 @@ class Side:
             out.append([enc_path(reldir), tree.dir_hash(reldir), rows])
         return out
 
-    def held_paths(self) -> list[tuple[str, str]]:
-        """Paths changed but not yet looked at, as (sync dir, relative path): the active's freeze holds some."""
-        return []
-
     def roots(self) -> dict[str, bytes | None]:
         """The Merkle root of each sync dir's tree (None: the dir does not exist)."""
         return {name: (t.root_hash() if t is not None else None) for name, t in self.trees.items()}

@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hasync import clock
 from hasync.config import Config
@@ -48,9 +47,6 @@ class RoleState:
     epoch: int
     since: float
     reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"role": self.role, "epoch": self.epoch, "since": clock.iso(self.since), "reason": self.reason}
 
 
 def parse_epoch(value: object) -> int:
